@@ -1,0 +1,15 @@
+from lora_harness.wiring import CHECK, evaluate_wiring
+
+
+def test_wiring(adapter, harness, record_check):
+    def evaluate():
+        return evaluate_wiring(
+            adapter.name,
+            adapter.application,
+            adapted=harness.renders(adapter),
+            at_scale_zero=harness.renders(adapter, scale=0.0),
+            base=harness.renders(None),
+            tolerance=harness.config.determinism_tolerance,
+        )
+
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

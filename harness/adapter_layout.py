@@ -1,0 +1,211 @@
+"""Every supported on-disk layout, brought to the one diffusers' loaders take, with a trace back to the file.
+
+diffusers and peft do the conversions where they can; the trace follows each tensor by identity (the
+conversions rename keys, they do not copy tensors), so the proof of application can name file keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter_file import AdapterFile, AdapterLoadError
+
+KOHYA = "kohya"
+PEFT_FOLDER = "peft"
+PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata
+DIFFUSERS = "diffusers"
+ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
+LORA_METADATA_KEY = "lora_adapter_metadata"
+COMPONENTS = ("unet", "text_encoder")
+ROLES = ("lora_A", "lora_B")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a file tensor must land: `component.get_submodule(module)`'s `role` layer."""
+
+    component: str
+    module: str
+    role: str  # lora_A | lora_B
+
+    @property
+    def qualified_module(self) -> str:
+        return f"{self.component}.{self.module}"
+
+
+@dataclass
+class NormalizedAdapter:
+    format: str
+    # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
+    state_dicts: dict[str, dict[str, torch.Tensor]]
+    lora_configs: dict[str, dict]  # per component, LoraConfig kwargs the file carries (PEFT config, metadata)
+    network_alphas: dict[str, float] | None  # Kohya alphas, keyed as diffusers' conversion keys them
+    targets: dict[str, Target]  # file key -> target, for every LoRA weight tensor that a conversion kept
+    untraced: list[str]  # file keys that are neither LoRA weights that landed in a state dict nor alphas
+    expected_scales: dict[str, float]  # "component.module" -> alpha / rank, as the file declares it
+    ranks: dict[str, int]
+    alphas: dict[str, float]
+    tensor_keys: list[str] = field(default_factory=list)  # the file's LoRA weight tensors (alphas not counted)
+
+
+def detect_format(adapter: AdapterFile) -> str:
+    keys = list(adapter.tensors)
+    if not keys:
+        raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
+    if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
+        return PEFT_FOLDER
+    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return KOHYA
+    if any(".processor." in k and "_lora." in k for k in keys):
+        return ATTN_PROCS
+    if all(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in keys):
+        return DIFFUSERS
+    if any(".lora_A." in k or ".lora.down." in k for k in keys):
+        return PEFT_FILE
+    raise AdapterLoadError(
+        f"{adapter.weights_path}: no known LoRA layout (first keys: {', '.join(keys[:3])}); expected PEFT "
+        "(`…lora_A.weight`), diffusers (`unet.…lora.down.weight`) or Kohya (`lora_unet_…lora_down.weight`) keys"
+    )
+
+
+def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
+    layout = detect_format(adapter)
+    tensors = dict(adapter.tensors)
+    lora_configs: dict[str, dict] = {}
+    alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha
+    network_alphas = None
+    if layout == KOHYA:
+        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+        for key, value in tensors.items():
+            if key.endswith(".alpha"):
+                alphas_in_file[key.removesuffix(".alpha") + ".lora_down.weight"] = float(value)
+        try:
+            prefixed, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
+        except (KeyError, ValueError) as error:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: Kohya keys that diffusers cannot map ({error}); "
+                "the file was probably renamed by hand: convert it again with the trainer's own tools"
+            ) from None
+    elif layout == PEFT_FOLDER:
+        # peft's save_pretrained wraps one model; diffusers has no loader for that layout, so map it here.
+        component = "text_encoder" if any(".text_model." in k or ".encoder.layers." in k for k in tensors) else "unet"
+        prefixed = {f"{component}.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
+        lora_configs[component] = _lora_config_kwargs(adapter.adapter_config)
+    elif layout == PEFT_FILE:
+        prefixed = {f"unet.{k}": v for k, v in tensors.items()}
+        lora_configs = _metadata_configs(adapter, default_component="unet")
+    elif layout == ATTN_PROCS:
+        prefixed = {k if k.startswith(("unet.", "text_encoder.")) else f"unet.{k}": v for k, v in tensors.items()}
+    else:
+        prefixed = tensors
+        lora_configs = _metadata_configs(adapter, default_component=None)
+
+    state_dicts = {c: _to_peft_keys(c, prefixed, pipeline) for c in COMPONENTS}
+    state_dicts = {c: sd for c, sd in state_dicts.items() if sd}
+    file_key_of = {id(tensor): key for key, tensor in tensors.items()}
+    targets: dict[str, Target] = {}
+    for component, state_dict in state_dicts.items():
+        for peft_key, tensor in state_dict.items():
+            for role in ROLES:
+                if f".{role}." in peft_key and id(tensor) in file_key_of:
+                    module = peft_key.split(f".{role}.")[0]
+                    targets[file_key_of[id(tensor)]] = Target(component, module, role)
+    tensor_keys = [k for k in tensors if not k.endswith(".alpha")]
+    untraced = [k for k in tensor_keys if k not in targets]
+
+    ranks, alphas, expected = {}, {}, {}
+    for key, target in targets.items():
+        if target.role != "lora_B":
+            continue
+        name = target.qualified_module
+        ranks[name] = int(tensors[key].shape[1])
+    for key, target in targets.items():
+        if target.role != "lora_A" or target.qualified_module not in ranks:
+            continue
+        name = target.qualified_module
+        rank = ranks[name]
+        config = lora_configs.get(target.component)
+        if layout == KOHYA:
+            alpha = alphas_in_file.get(key, float(rank))  # Kohya: no alpha means alpha = rank
+        elif config is not None:
+            alpha = float(_pattern_value(config.get("alpha_pattern") or {}, target.module, config.get("lora_alpha", rank)))
+        else:
+            alpha = float(rank)  # diffusers and peft convention without metadata: scale 1
+        alphas[name] = alpha
+        use_rslora = bool(config and config.get("use_rslora"))
+        expected[name] = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+    return NormalizedAdapter(
+        format=layout,
+        state_dicts=state_dicts,
+        lora_configs=lora_configs,
+        network_alphas=network_alphas,
+        targets=targets,
+        untraced=untraced,
+        expected_scales=expected,
+        ranks=ranks,
+        alphas=alphas,
+        tensor_keys=tensor_keys,
+    )
+
+
+def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.Tensor]:
+    """The component's tensors with peft keys, through the same conversions diffusers' loaders apply."""
+    from diffusers.utils.state_dict_utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    state_dict = {k.removeprefix(f"{component}."): v for k, v in prefixed.items() if k.startswith(f"{component}.")}
+    if not state_dict:
+        return {}
+    if component == "unet":
+        if not any("lora_A" in k for k in state_dict):
+            state_dict = convert_unet_state_dict_to_peft(state_dict)
+        return state_dict
+    state_dict = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state_dict))
+    text_encoder = getattr(pipeline, component, None)
+    if text_encoder is not None and not hasattr(text_encoder, "text_model"):
+        state_dict = {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _lora_config_kwargs(config: dict) -> dict:
+    from peft import LoraConfig
+
+    allowed = set(LoraConfig.__dataclass_fields__) - {"peft_type", "task_type", "base_model_name_or_path", "revision"}
+    return {k: v for k, v in config.items() if k in allowed}
+
+
+def _metadata_configs(adapter: AdapterFile, default_component: str | None) -> dict[str, dict]:
+    raw = adapter.file_metadata.get(LORA_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: its `{LORA_METADATA_KEY}` metadata is not valid JSON; save the adapter again"
+        ) from None
+    prefixed = any(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in metadata)
+    if not prefixed:
+        return {default_component or "unet": _lora_config_kwargs(metadata)}
+    configs = {}
+    for component in COMPONENTS:
+        part = {k.removeprefix(f"{component}."): v for k, v in metadata.items() if k.startswith(f"{component}.")}
+        if part:
+            configs[component] = _lora_config_kwargs(part)
+    return configs
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    from peft.utils.other import get_pattern_key
+
+    key = get_pattern_key(patterns.keys(), module)
+    return patterns.get(key, default)

@@ -1,0 +1,58 @@
+"""The base pipeline: the embedded tiny one, a local diffusers folder, or a hub id from the local cache."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .config import TINY, HarnessConfig
+from .families import family_of_width
+
+
+@dataclass
+class BaseModel:
+    pipeline: object
+    model: str  # as the user named it
+    family: str
+    cross_attention_width: int | None
+    unet_params: int
+    native_size: int
+
+    def summary(self, fingerprint: str) -> dict:
+        return {"model": self.model, "family": self.family, "fingerprint": fingerprint, "unet_params": self.unet_params}
+
+
+def load_base(config: HarnessConfig) -> BaseModel:
+    if config.base_path is None:
+        from .tiny_base import build_tiny_pipeline
+
+        pipeline = build_tiny_pipeline()
+    else:
+        pipeline = _load_folder(config.base_path)
+    pipeline.to(config.device)
+    pipeline.set_progress_bar_config(disable=True)
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    width = denoiser.config.get("cross_attention_dim")
+    native_size = denoiser.config.sample_size * pipeline.vae_scale_factor
+    family = "tiny (SD1.x-shaped)" if config.base_model == TINY else family_of_width(width)
+    if getattr(pipeline, "text_encoder_2", None) is not None and width == 2048:
+        family = "SDXL"
+    return BaseModel(
+        pipeline=pipeline,
+        model=config.base_model,
+        family=family,
+        cross_attention_width=width,
+        unet_params=sum(p.numel() for p in denoiser.parameters()),
+        native_size=native_size,
+    )
+
+
+def _load_folder(path):
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((path / "model_index.json").read_text())
+    extra = {}
+    if "safety_checker" in index:
+        # A validation run judges the adapter's pixels, not content; the checker would black out images.
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, **extra)

@@ -1,0 +1,36 @@
+"""param_budget: LoRA parameters injected, against an absolute or relative budget, broken down by block."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .injection import Application
+from .options import ParamBudget
+from .results import verdict
+
+CHECK = "param_budget"
+
+
+def block_of(module: str) -> str:
+    """'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'down/attn2'."""
+    parts = module.split(".")
+    component = parts[0]
+    if component != "unet":
+        return component
+    stage = next((p.removesuffix("_blocks").removesuffix("_block") for p in parts if p.endswith(("_blocks", "_block"))), "other")
+    kind = next((p for p in parts if p in ("attn1", "attn2")), "other")
+    return f"{stage}/{kind}"
+
+
+def evaluate_param_budget(adapter: str, application: Application, budget: ParamBudget, denoiser_params: int):
+    limit = budget.limit(denoiser_params)
+    breakdown = Counter()
+    for name, layer in application.lora_layers.items():
+        breakdown[block_of(name)] += sum(
+            p.numel() for n, p in layer.named_parameters() if n.startswith(("lora_", "lora_magnitude")) and f".{application.adapter_name}" in f".{n}."
+        )
+    count = application.lora_params
+    percent = 100 * count / denoiser_params if denoiser_params else 0.0
+    details = {"percent_of_denoiser": percent, "budget": str(budget), "per_block": dict(sorted(breakdown.items()))}
+    message = f"{count:,} LoRA parameters ({percent:.3f}% of the denoiser) exceed the budget of {limit:,} ({budget})"
+    return verdict(adapter, CHECK, count <= limit, count, limit, message, details)

@@ -1,0 +1,118 @@
+"""HarnessConfig: every option in force, resolved and validated once, before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .options import ParamBudget
+
+REFERENCE = "reference"
+TINY = "tiny"
+DEFAULT_PROMPTS = (
+    "a photo of a cat sitting on a windowsill",
+    "a watercolor painting of a lighthouse at dusk",
+)
+
+
+class ConfigError(ValueError):
+    """An option value that cannot work; the plugin turns it into a pytest usage error."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One `--adapter` as given: `name` is its file or folder name (`reference` for the reference overfit)."""
+
+    name: str
+    path: Path | None  # None for the reference, which is trained during the run
+
+    @property
+    def is_reference(self) -> bool:
+        return self.path is None
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    adapters: tuple[AdapterSpec, ...]
+    base_model: str  # as given: "tiny", a folder or a hub id
+    base_path: Path | None  # the local folder it resolved to; None for the tiny base
+    render_size: int | None  # None: the base's native size
+    render_steps: int
+    render_seeds: int
+    prompts: tuple[str, ...]
+    reference_steps: int
+    report_dir: Path
+    device: str
+    param_budget: ParamBudget
+    diff_floor: float
+
+    @property
+    def determinism_tolerance(self) -> float:
+        """The most two renders of the same inputs may differ (mean |diff|, 0-255) before the run is unsound."""
+        return self.diff_floor / 10
+
+    def settings(self) -> dict:
+        """Every option in force, as plain JSON values, for results.json."""
+        settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
+        settings["base_path"] = str(self.base_path) if self.base_path else None
+        settings["report_dir"] = str(self.report_dir)
+        settings["param_budget"] = str(self.param_budget)
+        settings["prompts"] = list(self.prompts)
+        settings["determinism_tolerance"] = self.determinism_tolerance
+        return settings
+
+
+def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
+    specs: list[AdapterSpec] = []
+    seen: set[str] = set()
+    for value in values:
+        if value == REFERENCE:
+            name, path = REFERENCE, None
+        else:
+            path = Path(value).expanduser()
+            name = path.name or str(path)
+        unique, n = name, 2
+        while unique in seen:  # two files of the same name from different folders
+            unique, n = f"{name}#{n}", n + 1
+        seen.add(unique)
+        specs.append(AdapterSpec(unique, path))
+    return tuple(specs)
+
+
+def resolve_base(base_model: str) -> Path | None:
+    """The local folder holding `base_model`; never downloads."""
+    if base_model == TINY:
+        return None
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet" / "config.json").is_file():
+            raise ConfigError(
+                f"--base-model {base_model}: the folder has no model_index.json; "
+                "pass a diffusers pipeline folder (as written by `save_pretrained`) or `tiny`"
+            )
+        return path
+    looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or `tiny`")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(base_model, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"--base-model {base_model}: not in the local Hugging Face cache, and lora-harness never downloads; "
+            f"fetch it once (`hf download {base_model}`) or pass a local folder"
+        ) from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return device

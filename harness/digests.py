@@ -1,0 +1,50 @@
+"""Bitwise digests of a pipeline's base parameters, by their names before any LoRA was injected."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae", "transformer")
+
+
+def base_parameters(pipeline) -> dict[str, torch.Tensor]:
+    """Every base parameter of the pipeline, keyed `component.name` as it was before injection.
+
+    peft moves a wrapped weight to `<module>.base_layer.weight`; LoRA parameters are left out.
+    """
+    parameters = {}
+    for component_name in COMPONENTS:
+        component = getattr(pipeline, component_name, None)
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for name, parameter in component.named_parameters():
+            if "lora_" in name or "lora_magnitude_vector" in name:
+                continue
+            parameters[f"{component_name}.{name.replace('.base_layer.', '.')}"] = parameter
+    return parameters
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_parameters(pipeline) -> dict[str, str]:
+    """name -> blake2b of the parameter's bytes. hashlib releases the GIL, so two threads use two cores."""
+    parameters = base_parameters(pipeline)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(parameters, pool.map(_digest, parameters.values())))
+
+
+def fingerprint(digests: dict[str, str]) -> str:
+    """One short hash for the whole set of parameters."""
+    combined = hashlib.sha256("".join(f"{name}={value};" for name, value in sorted(digests.items())).encode())
+    return combined.hexdigest()[:16]
+
+
+def changed_parameters(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Names whose bytes differ, or that appeared or vanished."""
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))

@@ -1,0 +1,243 @@
+"""Inject an adapter with diffusers' own per-component loaders, then prove what landed: values and scale."""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter_file import AdapterFile, AdapterLoadError
+from .adapter_layout import NormalizedAdapter, Target, normalize
+from .families import describe_width, family_of_width
+
+LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+@dataclass
+class Application:
+    """What one adapter file asked for and what is now in the pipeline."""
+
+    adapter_name: str
+    format: str
+    family: str
+    tensors: int  # LoRA weight tensors in the file (alpha scalars not counted)
+    tensors_applied: int  # those found in their module with their values
+    lora_params: int  # LoRA parameters injected
+    rank: int | None
+    alpha: float | None
+    scale: float | None  # alpha / rank as applied (the most common value when it varies)
+    scales: dict[str, float] = field(default_factory=dict)  # per module, as applied
+    unmatched: list[tuple[str, str, list[str]]] = field(default_factory=list)  # file key, module, nearest modules
+    shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # file key, expected, found
+    value_mismatches: list[str] = field(default_factory=list)  # file keys whose values did not land
+    scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
+    nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
+    lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft layer
+
+    def record(self) -> dict:
+        return {
+            "format": self.format,
+            "family": self.family,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "tensors": self.tensors,
+            "tensors_applied": self.tensors_applied,
+            "lora_params": self.lora_params,
+        }
+
+
+class FamilyMismatch(AdapterLoadError):
+    """The adapter was made for another model family than the base."""
+
+
+def apply_adapter(pipeline, base_width: int | None, adapter: AdapterFile, adapter_name: str) -> Application:
+    normalized = normalize(adapter, pipeline)
+    accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
+    adapter_width = _cross_attention_width(normalized)
+    family = family_of_width(adapter_width)
+    if adapter_width is not None and base_width is not None and adapter_width != base_width:
+        raise FamilyMismatch(
+            f"{adapter.weights_path}: made for {describe_width(adapter_width)}, but the base is "
+            f"{describe_width(base_width)}; pass the base it was trained on with --base-model"
+        )
+    if not accepted:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "
+            f"base; {describe_unmatched(unmatched, shape_mismatches)}"
+        )
+    _inject(pipeline, normalized, accepted, adapter_name)
+    return _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+
+
+def _validate_targets(pipeline, normalized: NormalizedAdapter):
+    """Split the file's traced tensors into those whose module exists with matching shapes and the rest."""
+    accepted: set[str] = set()
+    unmatched, shape_mismatches = [], []
+    for key, target in normalized.targets.items():
+        component = getattr(pipeline, target.component, None)
+        module = _find_module(component, target.module)
+        if module is None:
+            unmatched.append((key, target.qualified_module, _nearest(component, target.module)))
+            continue
+        tensor = normalized_tensor(normalized, key)
+        expected = _expected_shape(module, target.role, tensor)
+        if tuple(tensor.shape) != expected:
+            shape_mismatches.append((key, expected, tuple(tensor.shape)))
+            continue
+        accepted.add(key)
+    unmatched += [(key, "?", []) for key in normalized.untraced]
+    return accepted, unmatched, shape_mismatches
+
+
+def normalized_tensor(normalized: NormalizedAdapter, file_key: str) -> torch.Tensor:
+    target = normalized.targets[file_key]
+    for peft_key, tensor in normalized.state_dicts[target.component].items():
+        if peft_key.startswith(f"{target.module}.{target.role}."):
+            return tensor
+    raise KeyError(file_key)
+
+
+def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
+    if isinstance(module, torch.nn.Conv2d):
+        if role == "lora_A":
+            return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
+        return (module.out_channels, tensor.shape[1], *tensor.shape[2:])
+    if role == "lora_A":
+        return (tensor.shape[0], module.in_features)
+    return (module.out_features, tensor.shape[1])
+
+
+def _cross_attention_width(normalized: NormalizedAdapter) -> int | None:
+    """The text width the adapter's cross-attention keys read: it tells SD1.x (768) from SD2.x (1024) and SDXL."""
+    widths = Counter(
+        int(normalized_tensor(normalized, key).shape[1])
+        for key, target in normalized.targets.items()
+        if target.component == "unet" and target.role == "lora_A" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
+    )
+    return widths.most_common(1)[0][0] if widths else None
+
+
+def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
+    accepted_ids = {id(normalized_tensor(normalized, key)) for key in accepted}
+    for component, state_dict in normalized.state_dicts.items():
+        kept = {k: v for k, v in state_dict.items() if id(v) in accepted_ids}
+        if not kept:
+            continue
+        prefixed = {f"{component}.{k}": v for k, v in kept.items()}
+        config = normalized.lora_configs.get(component)
+        metadata = {f"{component}.{k}": v for k, v in config.items()} if config else None
+        alphas = None if metadata else normalized.network_alphas
+        if component == "unet":
+            pipeline.unet.load_lora_adapter(
+                prefixed, prefix="unet", adapter_name=adapter_name, network_alphas=alphas, metadata=metadata
+            )
+        else:
+            pipeline.load_lora_into_text_encoder(
+                prefixed,
+                network_alphas=alphas,
+                text_encoder=getattr(pipeline, component),
+                prefix=component,
+                adapter_name=adapter_name,
+                metadata=metadata,
+            )
+
+
+def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches) -> Application:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers: dict[str, torch.nn.Module] = {}
+    lora_params = 0
+    for component_name in normalized.state_dicts:
+        component = getattr(pipeline, component_name)
+        for name, module in component.named_modules():
+            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {}):
+                layers[f"{component_name}.{name}"] = module
+        lora_params += sum(
+            p.numel() for n, p in component.named_parameters() if "lora_" in n and f".{adapter_name}." in f"{n}."
+        )
+
+    value_mismatches = []
+    applied = 0
+    for key, target in normalized.targets.items():
+        layer = layers.get(target.qualified_module)
+        if layer is None:
+            continue
+        landed = getattr(layer, target.role)[adapter_name].weight
+        if _same_values(landed, adapter.tensors[key]):
+            applied += 1
+        else:
+            value_mismatches.append(key)
+
+    scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
+    scale_mismatches = [
+        (name, normalized.expected_scales[name], scales[name])
+        for name in scales
+        if name in normalized.expected_scales
+        and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=1e-5)
+    ]
+    nonfinite = [k for k in normalized.tensor_keys if not torch.isfinite(adapter.tensors[k].float()).all()]
+    return Application(
+        adapter_name=adapter_name,
+        format=normalized.format,
+        family=family,
+        tensors=len(normalized.tensor_keys),
+        tensors_applied=applied,
+        lora_params=lora_params,
+        rank=_most_common(normalized.ranks.values()),
+        alpha=_most_common(normalized.alphas.values()),
+        scale=_most_common(scales.values()),
+        scales=scales,
+        unmatched=unmatched,
+        shape_mismatches=shape_mismatches,
+        value_mismatches=value_mismatches,
+        scale_mismatches=scale_mismatches,
+        nonfinite=nonfinite,
+        lora_layers=layers,
+    )
+
+
+def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
+    """Equal up to dtype conversion and a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
+    if landed.numel() != in_file.numel():
+        return False
+    landed = landed.detach().to("cpu", in_file.dtype).reshape(in_file.shape)
+    return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
+
+
+def _find_module(component, path: str):
+    if component is None:
+        return None
+    try:
+        module = component.get_submodule(path)
+    except AttributeError:
+        return None
+    base_layer = getattr(module, "base_layer", None)  # already wrapped by another adapter
+    module = base_layer if base_layer is not None else module
+    return module if isinstance(module, LAYER_TYPES) else None
+
+
+def _nearest(component, path: str) -> list[str]:
+    if component is None:
+        return []
+    names = [n.replace(".base_layer", "") for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)]
+    return difflib.get_close_matches(path, names, n=3, cutoff=0.6)
+
+
+def describe_unmatched(unmatched, shape_mismatches) -> str:
+    parts = []
+    if unmatched:
+        key, module, nearest = unmatched[0]
+        hint = f" (nearest: {', '.join(nearest)})" if nearest else ""
+        parts.append(f"{len(unmatched)} keys match no module, first {key} -> {module}{hint}")
+    if shape_mismatches:
+        key, expected, found = shape_mismatches[0]
+        parts.append(f"{len(shape_mismatches)} shapes disagree, first {key}: base needs {expected}, file has {found}")
+    return "; ".join(parts) + "; check that the adapter was trained for this base"
+
+
+def _most_common(values):
+    counted = Counter(values).most_common(1)
+    return counted[0][0] if counted else None

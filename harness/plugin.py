@@ -1,0 +1,204 @@
+"""pytest plugin wiring: options, collection of the check modules, parametrization, and the report hooks.
+
+Imports nothing heavy at import time, so `pytest --help` and runs without `--adapter` stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from . import properties
+
+session_key = pytest.StashKey["HarnessSession"]()
+results_key = pytest.StashKey["ResultsTable"]()
+
+CHECK_MODULES = ("test_wiring.py", "test_param_budget.py", "test_pixel_diff.py", "test_frozen_base.py")
+NODE_PREFIX = "lora_harness/checks"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lora-harness", "LoRA adapter validation (lora-harness)")
+    group.addoption(
+        "--adapter", action="append", default=[], metavar="PATH",
+        help="LoRA adapter to check: a .safetensors file or a PEFT folder; `reference` for the built-in reference "
+        "overfit. Repeatable. Without it the plugin adds no tests.",
+    )
+    options = [
+        ("--base-model", "base_model", "MODEL", "tiny",
+         "Base: `tiny` (embedded), a local diffusers folder, or a hub id already in the local cache."),
+        ("--render-size", "render_size", "PX", "",
+         "Render height and width in pixels, a multiple of 8. Default: the base's native size."),
+        ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),
+        ("--render-seeds", "render_seeds", "N", "2", "Seeds rendered per prompt. Default: 2."),
+        ("--prompts", "prompts", "FILE", "", "Prompts, one per line. Default: a small built-in set."),
+        ("--reference-steps", "reference_steps", "N", "30",
+         "Training steps of the reference overfit; 0 skips it and its controls. Default: 30."),
+        ("--report-dir", "report_dir", "DIR", "lora-report", "Where results.json and the report go. Default: lora-report/."),
+        ("--device", "device", "DEVICE", "auto", "auto, cpu, cuda or cuda:N. Default: auto (CUDA when present)."),
+        ("--param-budget", "param_budget", "BUDGET", "2%",
+         "Most LoRA parameters allowed: a count or a percentage of the denoiser. Default: 2%."),
+        ("--diff-floor", "diff_floor", "FLOAT", "0.5",
+         "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5."),
+    ]
+    for flag, dest, metavar, default, help_text in options:
+        group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text)
+        parser.addini(f"lora_{dest}", f"{help_text} (ini twin of {flag}; the command line wins)", default=default)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("adapter"):
+        return
+    from lora_harness.fixtures import harness_fixtures
+    from lora_harness.reports.results_table import ResultsTable
+
+    from .session import HarnessSession
+
+    harness_config = _harness_config(config)  # raises pytest.UsageError before any model loads
+    config.stash[session_key] = HarnessSession(harness_config, progress=_progress_writer(config))
+    config.pluginmanager.register(harness_fixtures, "lora_harness.fixtures")
+    if not hasattr(config, "workerinput"):  # under xdist only the controller writes reports
+        table = ResultsTable(harness_config)
+        table.write()  # a valid results.json exists from the start, whatever happens later
+        config.stash[results_key] = table
+        config.pluginmanager.register(ReportHooks(table), "lora_harness.report")
+    check_files = [str(path) for path in _check_files()]
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args = check_files
+        config.args_source = pytest.Config.ArgsSource.ARGS
+    else:
+        config.args = [*config.args, *check_files]
+
+
+def _check_files() -> list[Path]:
+    from importlib import resources
+
+    folder = Path(str(resources.files("lora_harness.checks")))
+    return [folder / name for name in CHECK_MODULES]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    """Give the check modules a namespaced node id: they live in site-packages, outside the rootdir."""
+    if session_key not in parent.config.stash or module_path not in _check_files():
+        return None
+    return pytest.Module.from_parent(parent, path=module_path, nodeid=f"{NODE_PREFIX}/{module_path.name}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "adapter_spec" in metafunc.fixturenames:
+        specs = metafunc.config.stash[session_key].config.adapters
+        metafunc.parametrize("adapter_spec", specs, ids=[spec.name for spec in specs], indirect=True, scope="session")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    session = item.config.stash.get(session_key, None)
+    if session is None:
+        return report
+    has_result = any(name == properties.RESULT for name, _ in item.user_properties)
+    if report.failed and not has_result and call.excinfo is not None and report.when in ("setup", "call"):
+        # A crash inside a check still becomes a record: the report must say what happened.
+        spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
+        message = f"{call.excinfo.typename}: {call.excinfo.value}"
+        item.user_properties.append((properties.RESULT, _error_record(spec, item.originalname, message)))
+        report.user_properties = list(item.user_properties)
+    if report.when == "teardown":
+        report.user_properties = [*report.user_properties, (properties.FORWARD_PASSES, session.take_forward_passes())]
+        if "base" in session.__dict__:
+            report.user_properties.append((properties.BASE, session.base_summary()))
+        if "controls" in session.__dict__:
+            controls = session.controls
+            report.user_properties.append(
+                (properties.CONTROLS, {"status": controls.status, "message": controls.message, "details": controls.details})
+            )
+    return report
+
+
+def _error_record(spec, test_name: str, message: str) -> dict:
+    from .results import ERROR, CheckResult
+
+    check = test_name.removeprefix("test_")
+    return CheckResult(spec.name if spec else "?", check, ERROR, message=message).to_dict()
+
+
+class ReportHooks:
+    """Controller-side: every report's records go into the results table, which is written as it grows."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.table.add_report(report)
+
+    def pytest_sessionfinish(self) -> None:
+        self.table.write()
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        from lora_harness.reports.terminal import summary_lines
+
+        terminalreporter.section("lora-harness")
+        for line in summary_lines(self.table):
+            terminalreporter.write_line(line)
+
+
+def _harness_config(config: pytest.Config):
+    """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
+    from . import options
+    from .config import (
+        DEFAULT_PROMPTS,
+        ConfigError,
+        HarnessConfig,
+        adapter_specs,
+        resolve_base,
+        resolve_device,
+    )
+
+    def value(dest: str) -> str:
+        given = config.getoption(dest)
+        return str(given if given is not None else config.getini(f"lora_{dest}")).strip()
+
+    try:
+        prompts_file = value("prompts")
+        prompts = DEFAULT_PROMPTS
+        if prompts_file:
+            path = Path(prompts_file)
+            if not path.is_file():
+                raise ConfigError(f"--prompts {prompts_file}: no such file; pass a text file with one prompt per line")
+            prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+            if not prompts:
+                raise ConfigError(f"--prompts {prompts_file}: the file holds no prompt; write one prompt per line")
+        base_model = value("base_model")
+        return HarnessConfig(
+            adapters=adapter_specs(config.getoption("adapter")),
+            base_model=base_model,
+            base_path=resolve_base(base_model),
+            render_size=options.parse_render_size(value("render_size")) if value("render_size") else None,
+            render_steps=options.parse_positive_int(value("render_steps"), "--render-steps"),
+            render_seeds=options.parse_positive_int(value("render_seeds"), "--render-seeds"),
+            prompts=prompts,
+            reference_steps=options.parse_non_negative_int(value("reference_steps"), "--reference-steps"),
+            report_dir=Path(value("report_dir")).expanduser().resolve(),
+            device=resolve_device(options.parse_device(value("device"))),
+            param_budget=options.parse_param_budget(value("param_budget")),
+            diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
+        )
+    except ValueError as error:  # ConfigError and the parsers' errors
+        raise pytest.UsageError(f"lora-harness: {error}") from None
+
+
+def _progress_writer(config: pytest.Config):
+    """Progress lines reach the terminal even while pytest captures output (training and renders take a while)."""
+
+    def write(line: str) -> None:
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or config.option.verbose < 0 or hasattr(config, "workerinput"):
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"[lora-harness] {line}")
+
+    return write

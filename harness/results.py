@@ -1,0 +1,27 @@
+"""CheckResult: one check's verdict on one adapter, the record every report is rendered from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+
+
+@dataclass
+class CheckResult:
+    adapter: str
+    check: str
+    status: str  # passed | failed | error | skipped
+    value: float | int | None = None
+    threshold: float | int | None = None
+    message: str = ""  # always set unless passed
+    details: dict = field(default_factory=dict)
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict(adapter: str, check: str, ok: bool, value, threshold, message: str, details: dict) -> CheckResult:
+    """passed when ok, else failed with `message`."""
+    return CheckResult(adapter, check, PASSED if ok else FAILED, value, threshold, "" if ok else message, details)

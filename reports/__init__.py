@@ -1,0 +1,1 @@
+"""Reports: the results table every output is rendered from (results.json first)."""
