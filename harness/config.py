@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class AdapterSpec:
 
     name: str
     path: Path | None  # None for the reference, which is trained during the run
+    slot: str = ""  # the adapter name inside the pipeline: peft allows no dots, so file names cannot serve
+
+    def __post_init__(self):
+        if not self.slot:
+            object.__setattr__(self, "slot", re.sub(r"\W", "_", self.name))
 
     @property
     def is_reference(self) -> bool:
@@ -77,7 +83,7 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
         while unique in seen:  # two files of the same name from different folders
             unique, n = f"{name}#{n}", n + 1
         seen.add(unique)
-        specs.append(AdapterSpec(unique, path))
+        specs.append(AdapterSpec(unique, path, slot=f"adapter_{len(specs)}" if path else REFERENCE))
     return tuple(specs)
 
 

@@ -44,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5."),
     ]
     for flag, dest, metavar, default, help_text in options:
-        group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text)
+        group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text.replace("%", "%%"))
         parser.addini(f"lora_{dest}", f"{help_text} (ini twin of {flag}; the command line wins)", default=default)
 
 

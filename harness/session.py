@@ -17,7 +17,7 @@ from .renders import RenderPlan, Renderer, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from .wiring import evaluate_wiring
 
-CONTROL = AdapterSpec("control-untrained", None)
+CONTROL = AdapterSpec("control-untrained", None, slot="control_untrained")
 REFERENCE_SKIPPED = "--reference-steps 0: the reference overfit and its controls were not run"
 
 
@@ -126,7 +126,7 @@ class HarnessSession:
         try:
             adapter_file = read_adapter(path)
             record.update(sha256=adapter_file.sha256, metadata=_metadata(adapter_file))
-            application = apply_adapter(self.base.pipeline, self.base.cross_attention_width, adapter_file, spec.name)
+            application = apply_adapter(self.base.pipeline, self.base.cross_attention_width, adapter_file, spec.slot)
         except AdapterLoadError as error:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
@@ -140,20 +140,20 @@ class HarnessSession:
         if loaded is None or loaded.application is None:
             return
         pipeline = self.base.pipeline
-        pipeline.delete_adapters(spec.name)
+        pipeline.delete_adapters(spec.slot)
         if not any(pipeline.get_list_adapters().values()):
             pipeline.unload_lora_weights()  # the last adapter: take the peft wrappers out too
-        self._renders = {key: value for key, value in self._renders.items() if key[0] != spec.name}
+        self._renders = {key: value for key, value in self._renders.items() if key[0] != spec.slot}
         loaded.stage_digests["after unloading"] = digest_parameters(pipeline)
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0) -> RenderSet:
-        name = adapter.name if adapter else None
+        name = adapter.spec.slot if adapter else None
         key = (name, scale if adapter else 1.0)
         if key not in self._renders:
             if adapter is None:
                 self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
-            what = f"adapter {name} at scale {scale:g}" if adapter else "base"
+            what = f"adapter {adapter.name} at scale {scale:g}" if adapter else "base"
             self.progress(f"rendering {what}: {len(self.plan.jobs)} images, {self.plan.steps} steps, {self.plan.size}px")
             watch = adapter.application.lora_layers if adapter and scale == 1.0 else None
             self._renders[key] = self.renderer.render(name, scale, watch)

@@ -1,0 +1,92 @@
+"""One loader for every layout, proving values and scale; what it cannot apply it names."""
+
+import pytest
+import torch
+
+from lora_harness.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.fixtures.adapter_writers import LAYOUTS
+from lora_harness.injection import FamilyMismatch, apply_adapter
+from lora_harness.tiny_base import build_tiny_pipeline
+
+TINY_WIDTH = 32
+TENSORS = 64  # 16 attention projections x (A, B) in the tiny U-Net
+SUFFIX = {"peft": "", "diffusers": ""}
+
+
+@pytest.fixture
+def pipeline():
+    return build_tiny_pipeline()
+
+
+def _path(layout):
+    return layout + SUFFIX.get(layout, ".safetensors")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_lands_whole_at_the_declared_scale(pipeline, write_lora, layout):
+    path = write_lora(layout, _path(layout), rank=4, alpha=16)
+    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+    assert application.tensors == TENSORS
+    assert application.tensors_applied == TENSORS
+    assert application.lora_params == 9984
+    assert not application.unmatched and not application.scale_mismatches and not application.value_mismatches
+    # The attention-processor layout never stored an alpha: diffusers applies it at scale 1.
+    assert application.scale == (1.0 if layout == "attn-procs" else 4.0)
+
+
+def test_half_misspelled_file_is_caught_by_values_not_counts(pipeline, write_lora):
+    def misspell(lora):
+        return {(k.replace("attn1", "attn_1") if i % 2 else k): v for i, (k, v) in enumerate(sorted(lora.items()))}
+
+    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(write_lora("kohya", "half.safetensors", edit=misspell)), "a")
+    assert application.tensors == TENSORS
+    assert application.tensors_applied < TENSORS
+    assert application.unmatched and any("attn1" in n for n in application.unmatched[0][2])
+
+
+def test_keys_matching_nothing_name_the_file_and_nearest_modules(pipeline, write_lora):
+    def rename(lora):
+        return {k.replace("transformer_blocks", "blocks"): v for k, v in lora.items()}
+
+    path = write_lora("peft-file", "nothing.safetensors", edit=rename)
+    with pytest.raises(AdapterLoadError, match="none of its 64 LoRA tensors matches") as error:
+        apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+    assert str(path) in str(error.value) and "nearest: " in str(error.value)
+
+
+def test_another_family_is_named(pipeline, write_lora):
+    def sd2_width(lora):
+        return {k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b) for k, (a, b) in lora.items()}
+
+    path = write_lora("diffusers", "sd2", edit=sd2_width)
+    with pytest.raises(FamilyMismatch, match=r"SD2.x \(cross-attention 1024\).*tiny \(cross-attention 32\)"):
+        apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+
+
+def test_scale_that_differs_from_the_file_is_reported(pipeline, write_lora, monkeypatch):
+    """A loader that drops the file's LoraConfig (as `load_lora_adapter(path)` does for such files) applies 1.0."""
+    import lora_harness.injection as injection
+
+    real_normalize = injection.normalize
+
+    def drop_config(adapter, pipeline):
+        normalized = real_normalize(adapter, pipeline)
+        normalized.lora_configs = {}
+        return normalized
+
+    monkeypatch.setattr(injection, "normalize", drop_config)
+    path = write_lora("peft-file", "scaled.safetensors", rank=4, alpha=16)
+    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+    assert application.tensors_applied == TENSORS  # the values are right...
+    module, declared, applied = application.scale_mismatches[0]
+    assert (declared, applied) == (4.0, 1.0)  # ...the scale is not
+
+
+def test_nan_tensors_are_found(pipeline, write_lora):
+    def poison(lora):
+        first = sorted(lora)[0]
+        a, b = lora[first]
+        return {**lora, first: (a, torch.full_like(b, float("nan")))}
+
+    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(write_lora("peft", "nan", edit=poison)), "a")
+    assert len(application.nonfinite) == 1 and application.tensors_applied == TENSORS

@@ -1,0 +1,237 @@
+"""The plugin as users run it: real pytest sessions through pytester, judged by exit code, output and results.json."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2")
+CHECKS = ("wiring", "param_budget", "pixel_diff", "frozen_base")
+
+
+def run(pytester, *args):
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *map(str, args))
+
+
+def results(pytester):
+    return json.loads((pytester.path / "lora-report" / "results.json").read_text())
+
+
+def statuses(document):
+    return {(r["adapter"], r["check"]): r["status"] for r in document["results"]}
+
+
+def test_help_shows_the_option_group(pytester):
+    result = run(pytester, "--help")
+    result.stdout.fnmatch_lines(["*LoRA adapter validation (lora-harness)*", "*--adapter=PATH*", "*--param-budget=BUDGET*"])
+    result.stdout.fnmatch_lines(["*lora_diff_floor*"])
+
+
+def test_without_adapter_the_plugin_adds_nothing(pytester):
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert not (pytester.path / "lora-report").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--render-size", "30"), "*render size must be a positive multiple of 8*'30'*"),
+        (("--render-steps", "-1"), "*--render-steps must be at least 1*"),
+        (("--base-model", "./no-such-folder"), "*--base-model ./no-such-folder: no such folder*"),
+        (("--base-model", "nobody/not-cached"), "*not in the local Hugging Face cache*hf download nobody/not-cached*"),
+        (("--param-budget", "lots"), "*parameter budget must be a count*"),
+    ],
+)
+def test_bad_options_are_usage_errors_before_any_model_loads(pytester, monkeypatch, args, message):
+    monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "empty-cache"))
+    result = run(pytester, "--adapter", "x.safetensors", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_lora):
+    from lora_harness.fixtures.adapter_writers import LAYOUTS
+
+    paths = [write_lora(layout, layout if layout in ("peft", "diffusers") else f"{layout}.safetensors", alpha=8) for layout in LAYOUTS]
+    result = run(pytester, *[a for p in paths for a in ("--adapter", p)], *FAST)
+    result.assert_outcomes(passed=4 * len(LAYOUTS))
+    result.stdout.fnmatch_lines(["*lora-harness*", "check*wiring*frozen_base*param_budget*pixel_diff*"])
+    document = results(pytester)
+    assert document["schema"] == 1 and document["harness_version"]
+    assert set(document["base"]) >= {"model", "family", "fingerprint", "unet_params"}
+    assert document["base"]["unet_params"] == 792_964
+    assert document["settings"]["render_steps"] == 2 and document["settings"]["diff_floor"] == 0.5
+    assert document["unet_forward_passes"] > 0
+    assert document["controls"]["status"] == "skipped"
+    assert {r["status"] for r in document["results"]} == {"passed"}
+    by_name = {a["name"]: a for a in document["adapters"]}
+    assert set(by_name) == {p.name for p in paths}
+    for adapter in by_name.values():
+        assert adapter["tensors"] == adapter["tensors_applied"] == 64
+        assert adapter["lora_params"] == 9984 and adapter["rank"] == 4 and len(adapter["sha256"]) == 64
+    assert by_name["pytorch_lora_weights.safetensors"]["scale"] == 2.0  # alpha 8 / rank 4, from the metadata
+    assert by_name["kohya.safetensors"]["scale"] == 2.0
+    assert by_name["attn-procs.safetensors"]["scale"] == 1.0
+    for result_record in document["results"]:
+        assert set(result_record) >= {"adapter", "check", "status", "value", "threshold", "message", "details", "duration_s"}
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_each_bad_adapter_fails_its_check_and_the_others_are_still_checked(pytester, write_lora, tmp_path):
+    def misspell_half(lora):
+        return {(k.replace("attn1", "attn_1") if i % 2 else k): v for i, (k, v) in enumerate(sorted(lora.items()))}
+
+    def match_nothing(lora):
+        return {k.replace("transformer_blocks", "blocks"): v for k, v in lora.items()}
+
+    def sd2_width(lora):
+        return {k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b) for k, (a, b) in lora.items()}
+
+    def nan(lora):
+        first = sorted(lora)[0]
+        return {**lora, first: (lora[first][0], torch.full_like(lora[first][1], float("nan")))}
+
+    marker = tmp_path / "unpickled.marker"
+    pickled = tmp_path / "evil.bin"
+    pickled.write_bytes(pickle.dumps({"w": _Marker(marker)}))
+    adapters = {
+        "good.safetensors": write_lora("kohya", "good.safetensors"),
+        "zero-b.safetensors": write_lora("peft-file", "zero-b.safetensors", zero_b=True),
+        "half.safetensors": write_lora("kohya", "half.safetensors", edit=misspell_half),
+        "nothing.safetensors": write_lora("peft-file", "nothing.safetensors", edit=match_nothing),
+        "sd2": write_lora("diffusers", "sd2", edit=sd2_width).parent,
+        "rank16.safetensors": write_lora("kohya", "rank16.safetensors", rank=16),
+        "nan": write_lora("peft", "nan", edit=nan),
+        "evil.bin": pickled,
+    }
+    result = run(pytester, *[a for p in adapters.values() for a in ("--adapter", p)], *FAST)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert not marker.exists()
+    document = results(pytester)
+    status = statuses(document)
+    assert all(status[("good.safetensors", check)] == "passed" for check in CHECKS)
+    assert status[("zero-b.safetensors", "pixel_diff")] == "failed"
+    assert status[("zero-b.safetensors", "wiring")] == "passed"  # wired right, it just does nothing
+    assert status[("half.safetensors", "wiring")] == "failed"
+    assert status[("rank16.safetensors", "param_budget")] == "failed"
+    assert status[("rank16.safetensors", "pixel_diff")] == "passed"
+    assert status[("nan", "pixel_diff")] == "failed"
+    for unusable in ("nothing.safetensors", "sd2", "evil.bin"):
+        assert all(status[(unusable, check)] == "failed" for check in CHECKS)
+    messages = {(r["adapter"], r["check"]): r["message"] for r in document["results"]}
+    assert "48 of 64 LoRA tensors applied" in messages[("half.safetensors", "wiring")]
+    assert "nearest: " in messages[("half.safetensors", "wiring")]
+    assert "SD2.x (cross-attention 1024)" in messages[("sd2", "wiring")]
+    assert "pickle-based checkpoint" in messages[("evil.bin", "wiring")]
+    assert "NaN or Inf" in messages[("nan", "pixel_diff")]
+    result.stdout.fnmatch_lines(["*_ test_wiring?half.safetensors? _*", "half.safetensors wiring: 48 of 64 LoRA tensors applied*"])
+
+
+def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
+    """A loader that fuses the adapter into the base weights (as `fuse_lora` does) must fail frozen_base."""
+    pytester.makeconftest(
+        """
+        import lora_harness.session as session
+
+        real_apply = session.apply_adapter
+
+        def fusing_apply(pipeline, width, adapter_file, name):
+            application = real_apply(pipeline, width, adapter_file, name)
+            pipeline.fuse_lora(adapter_names=[name])
+            return application
+
+        def pytest_configure(config):
+            session.apply_adapter = fusing_apply
+
+        def pytest_unconfigure(config):
+            session.apply_adapter = real_apply
+        """
+    )
+    result = run(pytester, "--adapter", write_lora("kohya", "fused.safetensors"), *FAST)
+    status = statuses(results(pytester))
+    assert status[("fused.safetensors", "frozen_base")] == "failed"
+    result.stdout.fnmatch_lines(["*frozen_base*base parameters changed after rendering*"])
+
+
+def test_reference_and_controls(pytester, write_lora):
+    result = run(pytester, "--adapter", "reference", "--adapter", write_lora("kohya", "good.safetensors"), "--render-seeds", "1")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*reference overfit: step 30/30*", "*controls (reference overfit vs untrained): passed*"])
+    document = results(pytester)
+    assert document["controls"]["status"] == "passed"
+    assert len(document["controls"]["details"]["reference_losses"]) == 30
+    assert document["controls"]["details"]["control-untrained/pixel_diff"]["status"] == "failed"
+    reference = next(a for a in document["adapters"] if a["name"] == "reference")
+    assert reference["format"] == "peft" and reference["tensors_applied"] == reference["tensors"] == 64
+    assert (pytester.path / "lora-report" / "reference" / "adapter_config.json").is_file()
+
+
+def test_failing_controls_turn_verdicts_into_errors(pytester, write_lora):
+    """With a floor no adapter can clear, the reference fails: no user adapter may pass a render-based check."""
+    args = ("--adapter", "reference", "--adapter", write_lora("kohya", "good.safetensors"), "--render-seeds", "1")
+    result = run(pytester, *args, "--diff-floor", "200", "--reference-steps", "5")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    document = results(pytester)
+    status = statuses(document)
+    assert document["controls"]["status"] == "failed"
+    assert status[("good.safetensors", "pixel_diff")] == "error"
+    assert status[("good.safetensors", "wiring")] == "error"
+    assert status[("good.safetensors", "param_budget")] == "passed"
+
+
+def test_select_with_k_and_write_junit(pytester, write_lora):
+    result = run(pytester, "--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "pixel_diff", "--junitxml", "out.xml")
+    result.assert_outcomes(passed=1)
+    assert [r["check"] for r in results(pytester)["results"]] == ["pixel_diff"]
+    assert 'name="test_pixel_diff[good.safetensors]"' in (pytester.path / "out.xml").read_text()
+
+
+def test_reference_steps_zero_skips_the_reference_and_says_why(pytester):
+    result = run(pytester, "--adapter", "reference", *FAST)
+    result.assert_outcomes(skipped=4)
+    document = results(pytester)
+    assert {r["status"] for r in document["results"]} == {"skipped"}
+    assert all("--reference-steps 0" in r["message"] for r in document["results"])
+
+
+def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, write_lora):
+    pytester.makeconftest(
+        """
+        import lora_harness.renders as renders
+
+        real_render = renders.Renderer.render
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("out of memory while rendering")
+
+        def pytest_configure(config):
+            renders.Renderer.render = broken
+
+        def pytest_unconfigure(config):
+            renders.Renderer.render = real_render
+        """
+    )
+    result = run(pytester, "--adapter", write_lora("kohya", "good.safetensors"), *FAST)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    document = results(pytester)
+    assert statuses(document)[("good.safetensors", "pixel_diff")] == "error"
+    assert "out of memory while rendering" in next(r["message"] for r in document["results"] if r["check"] == "pixel_diff")
+    assert statuses(document)[("good.safetensors", "param_budget")] == "passed"
+
+
+def test_runs_under_xdist(pytester, write_lora):
+    paths = [write_lora("kohya", "a.safetensors"), write_lora("peft", "b")]
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", *[a for p in paths for a in ("--adapter", p)], *FAST)
+    result.assert_outcomes(passed=8)
+    document = results(pytester)
+    assert len(document["results"]) == 8 and document["unet_forward_passes"] > 0
+    assert document["base"]["fingerprint"]
