@@ -226,15 +226,17 @@ def _nearest(component, path: str) -> list[str]:
     return difflib.get_close_matches(path, names, n=3, cutoff=0.6)
 
 
-def describe_unmatched(unmatched, shape_mismatches) -> str:
+def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:
     parts = []
     if unmatched:
-        key, module, nearest = unmatched[0]
-        hint = f" (nearest: {', '.join(nearest)})" if nearest else ""
-        parts.append(f"{len(unmatched)} keys match no module, first {key} -> {module}{hint}")
+        listed = "; ".join(
+            f"{key} -> {module}" + (f" (nearest: {', '.join(nearest)})" if nearest else "")
+            for key, module, nearest in unmatched[:shown]
+        )
+        parts.append(f"{len(unmatched)} keys match no module, first {listed}")
     if shape_mismatches:
-        key, expected, found = shape_mismatches[0]
-        parts.append(f"{len(shape_mismatches)} shapes disagree, first {key}: base needs {expected}, file has {found}")
+        listed = "; ".join(f"{key}: base needs {want}, file has {got}" for key, want, got in shape_mismatches[:shown])
+        parts.append(f"{len(shape_mismatches)} shapes disagree, first {listed}")
     return "; ".join(parts) + "; check that the adapter was trained for this base"
 
 

@@ -90,3 +90,22 @@ def test_nan_tensors_are_found(pipeline, write_lora):
 
     application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(write_lora("peft", "nan", edit=poison)), "a")
     assert len(application.nonfinite) == 1 and application.tensors_applied == TENSORS
+
+
+def test_text_encoder_keys_land_too(pipeline, tiny_unet, tmp_path):
+    """Kohya `lora_te_…` tensors go to the text encoder, with their own alpha."""
+    from safetensors.torch import save_file
+
+    from lora_harness.fixtures.adapter_writers import make_lora
+
+    tensors = {}
+    text_lora = make_lora(pipeline.text_encoder, seed=2, targets=("q_proj", "k_proj", "v_proj", "out_proj"))
+    for prefix, lora, alpha in (("lora_unet_", make_lora(tiny_unet, seed=1), 4.0), ("lora_te_text_model_", text_lora, 8.0)):
+        for module, (down, up) in lora.items():
+            name = prefix + module.replace(".", "_")
+            tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(alpha)}
+    save_file(tensors, tmp_path / "with_te.safetensors")
+    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(tmp_path / "with_te.safetensors"), "a")
+    assert application.tensors == application.tensors_applied == TENSORS + 16
+    text_scales = {v for k, v in application.scales.items() if k.startswith("text_encoder.")}
+    assert text_scales == {2.0} and not application.scale_mismatches

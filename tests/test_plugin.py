@@ -235,3 +235,24 @@ def test_runs_under_xdist(pytester, write_lora):
     document = results(pytester)
     assert len(document["results"]) == 8 and document["unet_forward_passes"] > 0
     assert document["base"]["fingerprint"]
+
+
+def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, write_lora, tmp_path):
+    """A saved pipeline loads as a folder and as a hub id resolved from the local cache, never downloading."""
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    cache = tmp_path / "hub-cache"
+    snapshot = cache / "models--someone--tiny-sd" / "snapshots" / "0123abcd"
+    build_tiny_pipeline().save_pretrained(snapshot)
+    (cache / "models--someone--tiny-sd" / "refs").mkdir()
+    (cache / "models--someone--tiny-sd" / "refs" / "main").write_text("0123abcd")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at call time
+    adapter = write_lora("kohya", "good.safetensors")
+    for base in (snapshot, "someone/tiny-sd"):
+        result = run(pytester, "--adapter", adapter, "--base-model", base, *FAST)
+        result.assert_outcomes(passed=4)
+        document = results(pytester)
+        assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
+        assert document["base"]["unet_params"] == 792_964
