@@ -9,7 +9,7 @@ def test_wiring(adapter, harness, record_check):
             adapted=harness.renders(adapter),
             at_scale_zero=harness.renders(adapter, scale=0.0),
             base=harness.renders(None),
-            tolerance=harness.config.determinism_tolerance,
+            tolerance=harness.config.scale_zero_tolerance,
         )
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

@@ -58,6 +58,11 @@ class HarnessConfig:
         """The most two renders of the same inputs may differ (mean |diff|, 0-255) before the run is unsound."""
         return self.diff_floor / 10
 
+    @property
+    def scale_zero_tolerance(self) -> float:
+        """On the CPU a render at LoRA scale 0 must equal the base exactly; elsewhere within the determinism control."""
+        return 0.0 if self.device == "cpu" else self.determinism_tolerance
+
     def settings(self) -> dict:
         """Every option in force, as plain JSON values, for results.json."""
         settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -35,8 +36,23 @@ class Application:
     scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
     nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
     lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft layer
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
+    dtypes: list[str] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
+    alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
 
     def record(self) -> dict:
+        """The adapter's entry in results.json."""
+        details = {
+            "target_modules": len(self.shapes) // 2,
+            "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
+            "ranks": self.ranks,
+            "alphas": self.alphas,
+            "dtypes": self.dtypes,
+            "shapes": self.shapes,
+        }
+        if len(set(self.scales.values())) > 1:
+            details["scales"] = self.scales
         return {
             "format": self.format,
             "family": self.family,
@@ -46,6 +62,7 @@ class Application:
             "tensors": self.tensors,
             "tensors_applied": self.tensors_applied,
             "lora_params": self.lora_params,
+            "details": details,
         }
 
 
@@ -68,7 +85,10 @@ def apply_adapter(pipeline, base_width: int | None, adapter: AdapterFile, adapte
             f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "
             f"base; {describe_unmatched(unmatched, shape_mismatches)}"
         )
-    _inject(pipeline, normalized, accepted, adapter_name)
+    with warnings.catch_warnings():
+        # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        _inject(pipeline, normalized, accepted, adapter_name)
     return _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
 
 
@@ -196,6 +216,10 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         scale_mismatches=scale_mismatches,
         nonfinite=nonfinite,
         lora_layers=layers,
+        shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
+        dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
+        ranks=sorted(set(normalized.ranks.values())),
+        alphas=sorted(set(normalized.alphas.values())),
     )
 
 
@@ -238,6 +262,12 @@ def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:
         listed = "; ".join(f"{key}: base needs {want}, file has {got}" for key, want, got in shape_mismatches[:shown])
         parts.append(f"{len(shape_mismatches)} shapes disagree, first {listed}")
     return "; ".join(parts) + "; check that the adapter was trained for this base"
+
+
+def _module_kind(name: str) -> str:
+    """'unet.….attn1.to_out.0' -> 'to_out.0'; 'unet.….attn1.to_q' -> 'to_q'."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
 def _most_common(values):

@@ -4,6 +4,7 @@ caches renders, and owns the controls that decide whether any verdict can be tru
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -131,8 +132,6 @@ class HarnessSession:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
         record.update(application.record())
-        if len(set(application.scales.values())) > 1:
-            record["details"] = {"scales": application.scales}
         return LoadedAdapter(spec, record, application=application)
 
     def unload(self, spec: AdapterSpec) -> None:
@@ -140,7 +139,9 @@ class HarnessSession:
         if loaded is None or loaded.application is None:
             return
         pipeline = self.base.pipeline
-        pipeline.delete_adapters(spec.slot)
+        with warnings.catch_warnings():  # peft says which adapter it activates instead: none is meant to be
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
+            pipeline.delete_adapters(spec.slot)
         if not any(pipeline.get_list_adapters().values()):
             pipeline.unload_lora_weights()  # the last adapter: take the peft wrappers out too
         self._renders = {key: value for key, value in self._renders.items() if key[0] != spec.slot}
@@ -198,7 +199,9 @@ class HarnessSession:
                 results[loaded.name] = CheckResult(loaded.name, "load", FAILED, message=loaded.problem)
                 continue
             adapted, zero = self.renders(loaded), self.renders(loaded, 0.0)
-            results[f"{loaded.name}/wiring"] = evaluate_wiring(loaded.name, loaded.application, adapted, zero, base, tolerance)
+            results[f"{loaded.name}/wiring"] = evaluate_wiring(
+                loaded.name, loaded.application, adapted, zero, base, self.config.scale_zero_tolerance
+            )
             results[f"{loaded.name}/pixel_diff"] = evaluate_pixel_diff(
                 loaded.name, adapted, base, again, floor, tolerance, loaded.application.nonfinite
             )
