@@ -50,12 +50,37 @@ class NormalizedAdapter:
     ranks: dict[str, int]
     alphas: dict[str, float]
     tensor_keys: list[str] = field(default_factory=list)  # the file's LoRA weight tensors (alphas not counted)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the file's tensors, by file key
+
+
+# Adapter kinds whose tensors are not plain LoRA pairs: applying part of one would validate something else.
+UNSUPPORTED_KINDS = {
+    "lokr_w1": "LyCORIS LoKr",
+    "lokr_w2": "LyCORIS LoKr",
+    "hada_w1_a": "LyCORIS LoHa",
+    "lora_mid": "LyCORIS LoCon with Tucker decomposition",
+    "dora_scale": "DoRA",
+    "lora_magnitude_vector": "DoRA",
+}
 
 
 def detect_format(adapter: AdapterFile) -> str:
     keys = list(adapter.tensors)
     if not keys:
         raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
+    for marker, kind in UNSUPPORTED_KINDS.items():
+        example = next((k for k in keys if marker in k), None)
+        if example is not None:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: a {kind} adapter (keys like `{example}`); lora-harness does not apply "
+                f"{kind} adapters yet and will not check a partial load; check a plain LoRA export of it instead"
+            )
+    not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point()), None)
+    if not_float is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
+            "and alphas are floating point; the file was written wrongly, export it again"
+        )
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
@@ -151,6 +176,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         ranks=ranks,
         alphas=alphas,
         tensor_keys=tensor_keys,
+        tensors=tensors,
     )
 
 

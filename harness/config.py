@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,31 +93,52 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
     return tuple(specs)
 
 
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)  # SD1.x and SD2.x
+
+
 def resolve_base(base_model: str) -> Path | None:
     """The local folder holding `base_model`; never downloads."""
     if base_model == TINY:
         return None
     path = Path(base_model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file() and not (path / "unet" / "config.json").is_file():
-            raise ConfigError(
-                f"--base-model {base_model}: the folder has no model_index.json; "
-                "pass a diffusers pipeline folder (as written by `save_pretrained`) or `tiny`"
-            )
-        return path
     looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or `tiny`")
+    if not path.is_dir():
+        if not looks_like_hub_id:
+            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or `tiny`")
+        path = _cached_snapshot(base_model)
+    _check_pipeline(base_model, path)
+    return path
+
+
+def _cached_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(base_model, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True))
     except LocalEntryNotFoundError:
         raise ConfigError(
-            f"--base-model {base_model}: not in the local Hugging Face cache, and lora-harness never downloads; "
-            f"fetch it once (`hf download {base_model}`) or pass a local folder"
+            f"--base-model {repo_id}: not in the local Hugging Face cache; lora-harness works offline and never "
+            f"downloads: fetch it once where there is a network (`hf download {repo_id}`) or pass a local folder"
         ) from None
+
+
+def _check_pipeline(base_model: str, path: Path) -> None:
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise ConfigError(
+            f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
+            "pass a folder written by `save_pretrained`, a cached hub id, or `tiny`"
+        )
+    try:
+        pipeline_class = json.loads(index_path.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        raise ConfigError(f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again") from None
+    if pipeline_class not in SUPPORTED_PIPELINES:
+        raise ConfigError(
+            f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
+            f"{', '.join(SUPPORTED_PIPELINES)} bases (SD1.x, SD2.x)"
+        )
 
 
 def resolve_device(device: str) -> str:

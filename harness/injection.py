@@ -35,6 +35,8 @@ class Application:
     value_mismatches: list[str] = field(default_factory=list)  # file keys whose values did not land
     scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
     nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
+    zero_up: list[str] = field(default_factory=list)  # up (B) matrices that are all zero
+    up_tensors: int = 0
     lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft layer
     shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
     dtypes: list[str] = field(default_factory=list)
@@ -72,6 +74,8 @@ class FamilyMismatch(AdapterLoadError):
 
 def apply_adapter(pipeline, base_width: int | None, adapter: AdapterFile, adapter_name: str) -> Application:
     normalized = normalize(adapter, pipeline)
+    _check_rank_pairs(adapter, normalized)
+    _check_config_targets(pipeline, adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
     adapter_width = _cross_attention_width(normalized)
     family = family_of_width(adapter_width)
@@ -88,8 +92,50 @@ def apply_adapter(pipeline, base_width: int | None, adapter: AdapterFile, adapte
     with warnings.catch_warnings():
         # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
-        _inject(pipeline, normalized, accepted, adapter_name)
+        try:
+            _inject(pipeline, normalized, accepted, adapter_name)
+        except (ValueError, RuntimeError, TypeError, KeyError) as error:
+            # What reaches here passed our own validation; diffusers or peft still refused it.
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
+                "check that the file is a LoRA for this base, or export it again"
+            ) from None
     return _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+
+
+def _check_config_targets(pipeline, adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """A PEFT config whose `target_modules` name modules the base lacks cannot be what was trained on it."""
+    for component_name, config in normalized.lora_configs.items():
+        targets = config.get("target_modules")
+        component = getattr(pipeline, component_name, None)
+        if not isinstance(targets, (list, tuple, set)) or component is None:
+            continue  # a regex string, or no such component (reported as unmatched keys)
+        names = [name for name, _ in component.named_modules()]
+        missing = sorted(t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names))
+        if missing:
+            where = adapter.path / "adapter_config.json" if adapter.adapter_config is not None else adapter.weights_path
+            raise AdapterLoadError(
+                f"{where}: target_modules names modules the base's {component_name} lacks: {', '.join(missing[:5])}; "
+                "the adapter was made for another model, or its config was edited by hand"
+            )
+
+
+def file_defects(path, application: Application) -> list[str]:
+    """What is wrong with the file itself: each fails every check of the adapter, whatever they measure."""
+    defects = []
+    if application.tensors_applied != application.tensors:
+        defects.append(
+            f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; "
+            + describe_unmatched(application.unmatched, application.shape_mismatches)
+        )
+    if application.nonfinite:
+        defects.append(f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint")
+    if application.up_tensors and len(application.zero_up) == application.up_tensors:
+        defects.append(
+            f"{path}: every up matrix (lora_B / lora_up) is all zero, so the adapter can change nothing; "
+            "export the trained weights, not the initial ones"
+        )
+    return defects
 
 
 def _validate_targets(pipeline, normalized: NormalizedAdapter):
@@ -102,7 +148,7 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
         if module is None:
             unmatched.append((key, target.qualified_module, _nearest(component, target.module)))
             continue
-        tensor = normalized_tensor(normalized, key)
+        tensor = normalized.tensors[key]
         expected = _expected_shape(module, target.role, tensor)
         if tuple(tensor.shape) != expected:
             shape_mismatches.append((key, expected, tuple(tensor.shape)))
@@ -112,12 +158,26 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     return accepted, unmatched, shape_mismatches
 
 
-def normalized_tensor(normalized: NormalizedAdapter, file_key: str) -> torch.Tensor:
-    target = normalized.targets[file_key]
-    for peft_key, tensor in normalized.state_dicts[target.component].items():
-        if peft_key.startswith(f"{target.module}.{target.role}."):
-            return tensor
-    raise KeyError(file_key)
+def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """A module's down (A) and up (B) matrices must share one rank, or no loader can apply them."""
+    pairs: dict[str, dict[str, tuple[str, int]]] = {}
+    for key, target in normalized.targets.items():
+        tensor = normalized.tensors[key]
+        rank = tensor.shape[0] if target.role == "lora_A" else tensor.shape[1]
+        pairs.setdefault(target.qualified_module, {})[target.role] = (key, int(rank))
+    broken = [(m, p["lora_A"], p["lora_B"]) for m, p in pairs.items() if len(p) == 2 and p["lora_A"][1] != p["lora_B"][1]]
+    unpaired = [m for m, p in pairs.items() if len(p) == 1]
+    if broken:
+        module, (down, down_rank), (up, up_rank) = broken[0]
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: down and up ranks disagree in {len(broken)} modules, first {module}: "
+            f"{down} has rank {down_rank}, {up} has rank {up_rank}; the file is damaged, export it again"
+        )
+    if unpaired:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {len(unpaired)} modules have a down or an up matrix but not both, first "
+            f"{unpaired[0]}; the file is incomplete, export it again"
+        )
 
 
 def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
@@ -133,7 +193,7 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
 def _cross_attention_width(normalized: NormalizedAdapter) -> int | None:
     """The text width the adapter's cross-attention keys read: it tells SD1.x (768) from SD2.x (1024) and SDXL."""
     widths = Counter(
-        int(normalized_tensor(normalized, key).shape[1])
+        int(normalized.tensors[key].shape[1])
         for key, target in normalized.targets.items()
         if target.component == "unet" and target.role == "lora_A" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
     )
@@ -141,7 +201,7 @@ def _cross_attention_width(normalized: NormalizedAdapter) -> int | None:
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
-    accepted_ids = {id(normalized_tensor(normalized, key)) for key in accepted}
+    accepted_ids = {id(normalized.tensors[key]) for key in accepted}
     for component, state_dict in normalized.state_dicts.items():
         kept = {k: v for k, v in state_dict.items() if id(v) in accepted_ids}
         if not kept:
@@ -199,6 +259,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=1e-5)
     ]
     nonfinite = [k for k in normalized.tensor_keys if not torch.isfinite(adapter.tensors[k].float()).all()]
+    ups = [key for key, target in normalized.targets.items() if target.role == "lora_B"]
     return Application(
         adapter_name=adapter_name,
         format=normalized.format,
@@ -215,6 +276,8 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         value_mismatches=value_mismatches,
         scale_mismatches=scale_mismatches,
         nonfinite=nonfinite,
+        zero_up=[key for key in ups if not adapter.tensors[key].any()],
+        up_tensors=len(ups),
         lora_layers=layers,
         shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
         dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),

@@ -131,11 +131,18 @@ class ReportHooks:
     def __init__(self, table):
         self.table = table
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.table.expect(
+            (item.callspec.params["adapter_spec"].name, item.originalname.removeprefix("test_"))
+            for item in session.items
+            if hasattr(item, "callspec") and "adapter_spec" in item.callspec.params
+        )
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.table.add_report(report)
 
-    def pytest_sessionfinish(self) -> None:
-        self.table.write()
+    def pytest_sessionfinish(self, exitstatus) -> None:
+        self.table.finish(int(exitstatus))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         from lora_harness.reports.terminal import summary_lines
@@ -168,7 +175,11 @@ def _harness_config(config: pytest.Config):
             path = Path(prompts_file)
             if not path.is_file():
                 raise ConfigError(f"--prompts {prompts_file}: no such file; pass a text file with one prompt per line")
-            prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"--prompts {prompts_file}: cannot be read ({error}); pass a UTF-8 text file") from None
+            prompts = tuple(line.strip() for line in text.splitlines() if line.strip())
             if not prompts:
                 raise ConfigError(f"--prompts {prompts_file}: the file holds no prompt; write one prompt per line")
         base_model = value("base_model")

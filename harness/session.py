@@ -12,7 +12,7 @@ from typing import Callable
 from .adapter_file import AdapterLoadError, read_adapter
 from .config import REFERENCE, AdapterSpec, HarnessConfig
 from .digests import digest_parameters, fingerprint
-from .injection import Application, apply_adapter
+from .injection import Application, apply_adapter, file_defects
 from .pixel_diff import evaluate_pixel_diff
 from .renders import RenderPlan, Renderer, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
@@ -29,6 +29,7 @@ class LoadedAdapter:
     application: Application | None = None
     problem: str | None = None  # why it could not be applied: every check fails with it
     skipped: str | None = None
+    defects: list[str] = field(default_factory=list)  # what is wrong with the file: fails every check
     stage_digests: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -132,7 +133,10 @@ class HarnessSession:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
         record.update(application.record())
-        return LoadedAdapter(spec, record, application=application)
+        defects = file_defects(adapter_file.weights_path, application)
+        if defects:
+            record["defects"] = defects
+        return LoadedAdapter(spec, record, application=application, defects=defects)
 
     def unload(self, spec: AdapterSpec) -> None:
         loaded = self._loaded.pop(spec.name, None)
@@ -181,6 +185,10 @@ class HarnessSession:
             result = CheckResult(adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}")
         else:
             result = evaluate()
+            if adapter.defects and result.status in (PASSED, FAILED):
+                # The measurement stays in the record; the verdict cannot be a pass for a broken file.
+                own = f"; {check} measured: {result.message}" if result.message else ""
+                result.status, result.message = FAILED, "; ".join(adapter.defects) + own
         result.duration_s = round(time.perf_counter() - started, 4)
         return result
 

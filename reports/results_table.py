@@ -25,6 +25,17 @@ class ResultsTable:
         self.results: dict[tuple[str, str], dict] = {}
         self.controls = {"status": "not run", "message": "no render-based check of a user adapter ran yet", "details": {}}
         self.unet_forward_passes = 0
+        self.expected: list[tuple[str, str]] = []  # (adapter, check) pairs collected
+        self.run = {"status": "running", "exit_status": None}
+
+    def expect(self, pairs) -> None:
+        self.expected = list(pairs)
+        self.write()
+
+    def finish(self, exit_status: int) -> None:
+        interrupted = exit_status in (2, 3)  # pytest's INTERRUPTED and INTERNAL_ERROR
+        self.run = {"status": "interrupted" if interrupted else "complete", "exit_status": exit_status}
+        self.write()
 
     def add_report(self, report) -> None:
         for name, value in report.user_properties:
@@ -51,6 +62,7 @@ class ResultsTable:
             "results": list(self.results.values()),
             "unet_forward_passes": self.unet_forward_passes,
             "controls": self.controls,
+            "run": {**self.run, "not_finished": [{"adapter": a, "check": c} for a, c in self.expected if (a, c) not in self.results]},
         }
 
     def write(self) -> Path:
@@ -64,7 +76,7 @@ class ResultsTable:
 
 
 def _extra(record: dict) -> dict:
-    return {key: record[key] for key in ("details", "error") if key in record}
+    return {key: record[key] for key in ("details", "error", "defects") if key in record}
 
 
 def _plain(value):
