@@ -75,6 +75,18 @@ def detect_format(adapter: AdapterFile) -> str:
                 f"{adapter.weights_path}: a {kind} adapter (keys like `{example}`); lora-harness does not apply "
                 f"{kind} adapters yet and will not check a partial load; check a plain LoRA export of it instead"
             )
+    bad_alpha = next((k for k, t in adapter.tensors.items() if k.endswith(".alpha") and t.numel() != 1), None)
+    if bad_alpha is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: alpha {bad_alpha} has shape {list(adapter.tensors[bad_alpha].shape)}, "
+            "but an alpha is one number; the file is damaged, export it again"
+        )
+    bad_matrix = next((k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and (t.ndim not in (2, 4) or not t.numel())), None)
+    if bad_matrix is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, "
+            "but a LoRA matrix is 2-D (4-D for a convolution) and not empty; the file is damaged, export it again"
+        )
     not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point()), None)
     if not_float is not None:
         raise AdapterLoadError(

@@ -158,3 +158,33 @@ def test_malformed_headers(tmp_path, content, expect):
     with pytest.raises(AdapterLoadError, match="bad.safetensors") as error:
         read_header(path)
     assert expect in str(error.value)
+
+
+def test_ctrl_c_leaves_a_valid_report_of_what_finished(pytester, write_lora):
+    pytester.makeconftest(
+        """
+        from lora_harness.session import HarnessSession
+
+        real_run_check = HarnessSession.run_check
+
+        def interrupted(self, adapter, check, evaluate, uses_renders):
+            if check == "pixel_diff":
+                raise KeyboardInterrupt
+            return real_run_check(self, adapter, check, evaluate, uses_renders)
+
+        def pytest_configure(config):
+            HarnessSession.run_check = interrupted
+
+        def pytest_unconfigure(config):
+            HarnessSession.run_check = real_run_check
+        """
+    )
+    recorder = pytester.inline_run("--adapter", write_lora("kohya", "good.safetensors"), *FAST, no_reraise_ctrlc=True)
+    assert recorder.ret == pytest.ExitCode.INTERRUPTED
+    document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
+    assert document["run"]["status"] == "interrupted"
+    assert {(r["check"], r["status"]) for r in document["results"]} == {("wiring", "passed"), ("param_budget", "passed")}
+    assert document["run"]["not_finished"] == [
+        {"adapter": "good.safetensors", "check": "pixel_diff"},
+        {"adapter": "good.safetensors", "check": "frozen_base"},
+    ]

@@ -1,0 +1,146 @@
+"""Fuzz the loader: mutated adapter files of every layout either load (and prove what landed) or raise the
+harness's own AdapterLoadError naming the file. Nothing else escapes, nothing hangs, nothing is unpickled.
+
+Short run in the suite; the long run (README, "Fuzzing"):
+    LORA_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz_loader.py -p no:cacheprovider
+"""
+
+import os
+import pickle
+import shutil
+import signal
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from lora_harness.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.fixtures.adapter_writers import LAYOUTS, make_lora, write_adapter
+from lora_harness.injection import apply_adapter
+from lora_harness.tiny_base import build_tiny_pipeline
+
+EXAMPLES = int(os.environ.get("LORA_FUZZ_EXAMPLES", "40"))
+SECONDS_PER_LOAD = 20  # a load of the tiny base's adapter takes well under a second
+DTYPES = [torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int32, torch.uint8, torch.bool]
+WORKDIR = Path(os.environ.get("LORA_FUZZ_DIR", "/tmp/lora-harness-fuzz")) / str(os.getpid())
+
+
+@lru_cache(maxsize=1)
+def _pipeline():
+    return build_tiny_pipeline()
+
+
+@lru_cache(maxsize=None)
+def _valid(layout: str) -> Path:
+    """A valid adapter of `layout`, written once; examples mutate copies."""
+    lora = make_lora(_pipeline().unet, rank=4, seed=1)
+    target = WORKDIR / "valid" / (layout if layout in ("peft", "diffusers") else f"{layout}.safetensors")
+    return write_adapter(layout, lora, target, 4, 8.0)
+
+
+def _weights(path: Path) -> Path:
+    return path / "adapter_model.safetensors" if path.is_dir() else path
+
+
+byte_mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 4096), st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 4096), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 64), st.integers(0, 255)),
+    st.tuples(st.just("header_size"), st.integers(0, 2**64 - 1), st.just(0)),
+)
+tensor_mutation = st.one_of(
+    st.tuples(st.just("rename"), st.integers(0, 200), st.text(min_size=0, max_size=12)),
+    st.tuples(st.just("reshape"), st.integers(0, 200), st.lists(st.integers(0, 70), min_size=0, max_size=4)),
+    st.tuples(st.just("dtype"), st.integers(0, 200), st.sampled_from(range(len(DTYPES)))),
+    st.tuples(st.just("drop"), st.integers(0, 200), st.just(None)),
+    st.tuples(st.just("metadata"), st.sampled_from(["lora_adapter_metadata", "ss_network_dim", "format"]), st.text(max_size=40)),
+)
+
+
+def _mutate_tensors(path: Path, mutation) -> None:
+    kind, index, value = mutation
+    tensors = load_file(path)
+    metadata = _metadata(path)
+    keys = sorted(tensors)
+    key = keys[index % len(keys)] if isinstance(index, int) else None
+    if kind == "rename":
+        tensors[key.replace(key.split(".")[-2] if "." in key else key, value, 1) or "x"] = tensors.pop(key)
+    elif kind == "reshape":
+        tensors[key] = torch.randn(*value) if value else torch.tensor(1.0)
+    elif kind == "dtype":
+        tensors[key] = tensors[key].to(DTYPES[value])
+    elif kind == "drop":
+        del tensors[key]
+    elif kind == "metadata":
+        metadata[index] = value
+    save_file(tensors, path, metadata=metadata)
+
+
+def _metadata(path: Path) -> dict:
+    import json
+
+    with path.open("rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        return json.loads(handle.read(size)).get("__metadata__", {})
+
+
+def _mutate_bytes(path: Path, mutation) -> None:
+    kind, position, value = mutation
+    data = bytearray(path.read_bytes())
+    if kind == "flip":
+        data[position % len(data)] ^= value or 1
+    elif kind == "truncate":
+        data = data[: position % len(data)]
+    elif kind == "append":
+        data += bytes([value]) * position
+    else:
+        data[:8] = struct.pack("<Q", position)
+    path.write_bytes(bytes(data))
+
+
+def _on_alarm(*_):
+    raise TimeoutError(f"a load took more than {SECONDS_PER_LOAD} s")
+
+
+@pytest.fixture(autouse=True)
+def no_unpickling(monkeypatch):
+    """Any unpickling anywhere during a load fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the loader tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.sampled_from(LAYOUTS), mutation=st.one_of(byte_mutation, tensor_mutation), case=st.integers(0, 2**31))
+def test_mutated_adapters_load_or_fail_clearly(layout, mutation, case):
+    source = _valid(layout)
+    target = WORKDIR / "case" / f"{case}-{source.name}"
+    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target) if source.is_dir() else shutil.copyfile(source, target)
+    if mutation[0] in ("flip", "truncate", "append", "header_size"):
+        _mutate_bytes(_weights(target), mutation)
+    else:
+        _mutate_tensors(_weights(target), mutation)
+    pipeline = _pipeline()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(SECONDS_PER_LOAD)
+    try:
+        application = apply_adapter(pipeline, 32, read_adapter(target), "fuzz")
+        assert application.tensors_applied <= application.tensors
+    except AdapterLoadError as error:
+        assert target.name in str(error) and len(str(error)) > len(str(target)) + 10
+    finally:
+        signal.alarm(0)
+        if pipeline.get_list_adapters():
+            pipeline.unload_lora_weights()
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
