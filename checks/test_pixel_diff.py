@@ -3,7 +3,7 @@ from lora_harness.pixel_diff import CHECK, evaluate_pixel_diff
 
 def test_pixel_diff(adapter, harness, record_check):
     def evaluate():
-        return evaluate_pixel_diff(
+        result = evaluate_pixel_diff(
             adapter.name,
             adapted=harness.renders(adapter),
             base=harness.renders(None),
@@ -12,5 +12,7 @@ def test_pixel_diff(adapter, harness, record_check):
             tolerance=harness.config.determinism_tolerance,
             nonfinite_tensors=adapter.application.nonfinite,
         )
+        result.details["pictures"] = harness.save_pictures(adapter)
+        return result
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from . import properties
+from . import report_records
 
 session_key = pytest.StashKey["HarnessSession"]()
 results_key = pytest.StashKey["ResultsTable"]()
@@ -99,22 +99,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     session = item.config.stash.get(session_key, None)
     if session is None:
         return report
-    has_result = any(name == properties.RESULT for name, _ in item.user_properties)
+    recorded = item.stash.setdefault(report_records.item_records, [])
+    has_result = any(kind == report_records.RESULT for kind, _ in recorded)
     if report.failed and not has_result and call.excinfo is not None and report.when in ("setup", "call"):
         # A crash inside a check still becomes a record: the report must say what happened.
         spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
         message = f"{call.excinfo.typename}: {call.excinfo.value}"
-        item.user_properties.append((properties.RESULT, _error_record(spec, item.originalname, message)))
+        result = _error_record(spec, item.originalname, message)
+        recorded.append((report_records.RESULT, result))
+        item.user_properties.extend(report_records.junit_properties(result))
         report.user_properties = list(item.user_properties)
+    attached = list(recorded) if report.when != "teardown" else []
+    recorded.clear()  # each record travels once
     if report.when == "teardown":
-        report.user_properties = [*report.user_properties, (properties.FORWARD_PASSES, session.take_forward_passes())]
+        attached.append((report_records.FORWARD_PASSES, session.take_forward_passes()))
         if "base" in session.__dict__:
-            report.user_properties.append((properties.BASE, session.base_summary()))
+            attached.append((report_records.BASE, session.base_summary()))
         if "controls" in session.__dict__:
             controls = session.controls
-            report.user_properties.append(
-                (properties.CONTROLS, {"status": controls.status, "message": controls.message, "details": controls.details})
-            )
+            attached.append((report_records.CONTROLS, {"status": controls.status, "message": controls.message, "details": controls.details}))
+    setattr(report, report_records.ATTRIBUTE, attached)
     return report
 
 

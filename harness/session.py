@@ -166,6 +166,31 @@ class HarnessSession:
                 adapter.stage_digests["after rendering"] = digest_parameters(self.base.pipeline)
         return self._renders[key]
 
+    def save_pictures(self, adapter: LoadedAdapter) -> list[dict]:
+        """Base, adapted and |diff| heatmap per render as PNG files under the report folder, for the report."""
+        from .pictures import diff_heatmap, save_png
+
+        report_dir = self.config.report_dir
+        folder = report_dir / "images"
+        base, adapted = self.renders(None), self.renders(adapter)
+
+        def saved(image, path) -> str:  # relative, so the report folder can move as a whole
+            return str(save_png(image, path).relative_to(report_dir))
+
+        pictures = []
+        for index, ((prompt, seed), base_image, adapted_image) in enumerate(zip(self.plan.jobs, base.images, adapted.images)):
+            heatmap, peak = diff_heatmap(adapted_image, base_image)
+            stem = f"{index:02d}-seed{seed}"
+            pictures.append({
+                "prompt": prompt,
+                "seed": seed,
+                "base": saved(base_image, folder / "base" / f"{stem}.png"),
+                "adapted": saved(adapted_image, folder / adapter.spec.slot / f"{stem}.png"),
+                "diff": saved(heatmap, folder / adapter.spec.slot / f"{stem}-diff.png"),
+                "diff_max": peak,
+            })
+        return pictures
+
     def base_renders_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs."""
         if self._base_again is None:

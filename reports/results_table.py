@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
+from html import escape
 from pathlib import Path
 
-from lora_harness import __version__, properties
+from lora_harness import __version__, report_records
 
 SCHEMA = 1
 ADAPTER_FIELDS = (
@@ -27,6 +29,7 @@ class ResultsTable:
         self.unet_forward_passes = 0
         self.expected: list[tuple[str, str]] = []  # (adapter, check) pairs collected
         self.run = {"status": "running", "exit_status": None}
+        self.environment = environment()
 
     def expect(self, pairs) -> None:
         self.expected = list(pairs)
@@ -38,16 +41,16 @@ class ResultsTable:
         self.write()
 
     def add_report(self, report) -> None:
-        for name, value in report.user_properties:
-            if name == properties.RESULT:
+        for kind, value in report_records.records(report):
+            if kind == report_records.RESULT:
                 self.results[(value["adapter"], value["check"])] = value
-            elif name == properties.ADAPTER:
+            elif kind == report_records.ADAPTER:
                 self.adapters[value["name"]] = value
-            elif name == properties.BASE:
+            elif kind == report_records.BASE:
                 self.base = value
-            elif name == properties.CONTROLS:
+            elif kind == report_records.CONTROLS:
                 self.controls = value
-            elif name == properties.FORWARD_PASSES:
+            elif kind == report_records.FORWARD_PASSES:
                 self.unet_forward_passes += value
         if report.when == "teardown":
             self.write()
@@ -62,17 +65,57 @@ class ResultsTable:
             "results": list(self.results.values()),
             "unet_forward_passes": self.unet_forward_passes,
             "controls": self.controls,
+            "environment": self.environment,
+            "previous": None,
             "run": {**self.run, "not_finished": [{"adapter": a, "check": c} for a, c in self.expected if (a, c) not in self.results]},
         }
 
     def write(self) -> Path:
-        """Atomically: a reader, or a run killed mid-write, never sees half a file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".results-", suffix=".json")
-        with os.fdopen(handle, "w") as out:
-            json.dump(self.document(), out, indent=2, default=_plain)
-        os.replace(temporary, self.path)
+        """results.json, results.csv and report.html, each replaced atomically as the run goes."""
+        from .html import render_html
+
+        document = self.document()
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, json.dumps(document, indent=2, default=_plain))
+        write_atomically(folder / "results.csv", results_frame(document).to_csv(index=False))
+        try:
+            html = render_html(json.loads(json.dumps(document, default=_plain)), folder)
+        except Exception as error:  # noqa: BLE001 - the report must never take the run (or results.json) down
+            warnings.warn(f"lora-harness could not render report.html: {error!r}", stacklevel=1)
+            html = f"<!doctype html><title>report failed</title><p>report.html could not be rendered: {escape(repr(error))}; see results.json"
+        write_atomically(folder / "report.html", html)
         return self.path
+
+
+def results_frame(document: dict):
+    """One row per adapter x check."""
+    import pandas as pd
+
+    columns = ["adapter", "check", "status", "value", "threshold", "message", "duration_s"]
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in document["results"]], columns=columns)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Temp file + rename: a reader, or a run killed mid-write, never sees half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def environment() -> dict:
+    """Versions and machine facts a reviewer needs to trust or reproduce the run."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    facts = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "diffusers", "peft", "transformers", "safetensors", "pytest"):
+        try:
+            facts[package] = version(package)
+        except PackageNotFoundError:
+            facts[package] = "not installed"
+    return facts
 
 
 def _extra(record: dict) -> dict:

@@ -33,21 +33,40 @@ def test_without_adapter_the_plugin_adds_nothing(pytester):
     assert not (pytester.path / "lora-report").exists()
 
 
+def _files(**contents):
+    """A setup step that writes files (bytes or text) into the run's folder."""
+
+    def write(folder):
+        for name, content in contents.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+
+    return write
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "args, setup, message",
     [
-        (("--render-size", "30"), "*render size must be a positive multiple of 8*'30'*"),
-        (("--render-steps", "-1"), "*--render-steps must be at least 1*"),
-        (("--base-model", "./no-such-folder"), "*--base-model ./no-such-folder: no such folder*"),
-        (("--base-model", "nobody/not-cached"), "*not in the local Hugging Face cache*hf download nobody/not-cached*"),
-        (("--param-budget", "lots"), "*parameter budget must be a count*"),
+        (("--render-size", "30"), None, "*render size must be a positive multiple of 8*'30'*"),
+        (("--render-steps", "-1"), None, "*--render-steps must be at least 1*"),
+        (("--param-budget", "lots"), None, "*parameter budget must be a count*"),
+        (("--base-model", "./no-such-folder"), None, "*--base-model ./no-such-folder: no such folder*"),
+        (("--base-model", "nobody/not-cached"), None, "*not in the local Hugging Face cache*works offline*hf download nobody/not-cached*"),
+        (("--base-model", "weights"), _files(**{"weights/unet/x.bin": "x"}), "*has no model_index.json, so it is not a diffusers pipeline*"),
+        (("--base-model", "flux"), _files(**{"flux/model_index.json": '{"_class_name": "FluxPipeline"}'}), "*a FluxPipeline is not supported yet*"),
+        (("--prompts", "none.txt"), None, "*--prompts none.txt: no such file*"),
+        (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file holds no prompt*"),
+        (("--prompts", "binary.txt"), _files(**{"binary.txt": b"\xff\xfe\x00bad"}), "*--prompts binary.txt: cannot be read*UTF-8*"),
     ],
 )
-def test_bad_options_are_usage_errors_before_any_model_loads(pytester, monkeypatch, args, message):
-    monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "empty-cache"))
+def test_bad_options_are_usage_errors_before_any_model_loads(pytester, args, setup, message):
+    if setup is not None:
+        setup(pytester.path)
     result = run(pytester, "--adapter", "x.safetensors", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+    assert "loading base model" not in result.stdout.str()
 
 
 def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_lora):

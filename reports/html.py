@@ -1,0 +1,112 @@
+"""report.html: one self-contained file (inline CSS, images as data: URIs, charts as inline SVG, no script)."""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+from pathlib import Path
+
+from markupsafe import Markup
+
+from lora_harness.pictures import heat_legend
+
+from .charts import bar_chart, line_chart
+
+ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff")
+SEVERITY = {"error": 3, "failed": 2, "passed": 0, "skipped": 1}
+
+
+def render_html(document: dict, report_dir: Path) -> str:
+    environment = _environment()
+    adapters = [_adapter_view(adapter, document, report_dir) for adapter in document["adapters"]]
+    controls = document.get("controls") or {}
+    losses = (controls.get("details") or {}).get("reference_losses") or []
+    return environment.get_template("report.html.j2").render(
+        document=document,
+        adapters=adapters,
+        verdict=_overall(adapters),
+        controls=controls,
+        loss_chart=Markup(line_chart(losses, label="reference overfit loss per step")),
+        legend=_data_uri_from_array(heat_legend()),
+    )
+
+
+def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
+    results = [r for r in document["results"] if r["adapter"] == adapter["name"]]
+    results.sort(key=lambda r: ORDER.index(r["check"]) if r["check"] in ORDER else len(ORDER))
+    worst = max(results, key=lambda r: SEVERITY.get(r["status"], 0), default=None)
+    status = worst["status"] if worst else "not run"
+    why = worst["message"] if worst and worst["status"] != "passed" else "every check passed"
+    budget = next((r for r in results if r["check"] == "param_budget"), None)
+    pixel = next((r for r in results if r["check"] == "pixel_diff"), None)
+    pictures = [
+        {
+            **picture,
+            "base_uri": _data_uri(report_dir / picture["base"]),
+            "adapted_uri": _data_uri(report_dir / picture["adapted"]),
+            "diff_uri": _data_uri(report_dir / picture["diff"]),
+        }
+        for picture in ((pixel or {}).get("details") or {}).get("pictures", [])
+    ]
+    per_block = ((budget or {}).get("details") or {}).get("per_block") or {}
+    return {
+        "record": adapter,
+        "results": results,
+        "status": status,
+        "why": why,
+        "percent": ((budget or {}).get("details") or {}).get("percent_of_denoiser"),
+        "pictures": pictures,
+        "budget_chart": Markup(bar_chart(per_block)),
+    }
+
+
+def _overall(adapters: list[dict]) -> str:
+    statuses = {a["status"] for a in adapters}
+    for status in ("error", "failed", "not run"):
+        if status in statuses:
+            return status
+    return "passed" if "passed" in statuses else "skipped"
+
+
+def _data_uri(path: Path) -> str:
+    try:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    except OSError:
+        return ""
+
+
+def _data_uri_from_array(image) -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    from jinja2 import ChainableUndefined, Environment, PackageLoader, select_autoescape
+
+    environment = Environment(
+        loader=PackageLoader("lora_harness.reports", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=ChainableUndefined,  # records from interrupted runs lack fields; show them empty
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["number"] = _number
+    return environment
+
+
+def _number(value) -> str:
+    from jinja2 import Undefined
+
+    if value is None or isinstance(value, Undefined):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
