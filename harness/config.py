@@ -53,6 +53,13 @@ class HarnessConfig:
     device: str
     param_budget: ParamBudget
     diff_floor: float
+    require_metadata: bool = False
+    compare_to: Path | None = None
+    compare_tolerances: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def base_is_hub_id(self) -> bool:
+        return self.base_path is not None and not Path(self.base_model).expanduser().is_dir()
 
     @property
     def determinism_tolerance(self) -> float:
@@ -70,6 +77,8 @@ class HarnessConfig:
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
         settings["report_dir"] = str(self.report_dir)
+        settings["compare_to"] = str(self.compare_to) if self.compare_to else None
+        settings["compare_tolerances"] = dict(self.compare_tolerances)
         settings["param_budget"] = str(self.param_budget)
         settings["prompts"] = list(self.prompts)
         settings["determinism_tolerance"] = self.determinism_tolerance

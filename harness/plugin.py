@@ -15,7 +15,13 @@ from . import report_records
 session_key = pytest.StashKey["HarnessSession"]()
 results_key = pytest.StashKey["ResultsTable"]()
 
-CHECK_MODULES = ("test_wiring.py", "test_param_budget.py", "test_pixel_diff.py", "test_frozen_base.py")
+CHECK_MODULES = (
+    "test_wiring.py",
+    "test_param_budget.py",
+    "test_pixel_diff.py",
+    "test_release_metadata.py",
+    "test_frozen_base.py",  # last for its adapter: it unloads it
+)
 NODE_PREFIX = "lora_harness/checks"
 
 
@@ -46,6 +52,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, dest, metavar, default, help_text in options:
         group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text.replace("%", "%%"))
         parser.addini(f"lora_{dest}", f"{help_text} (ini twin of {flag}; the command line wins)", default=default)
+    group.addoption("--compare-to", dest="compare_to", metavar="RESULTS_JSON", default=None,
+                    help="A previous release's results.json: a check whose value regressed past its tolerance fails.")
+    parser.addini("lora_compare_to", "ini twin of --compare-to", default="")
+    tolerance_help = "CHECK=FRACTION: allowed relative regression. Defaults: pixel_diff=0.25, param_budget=0.1, wiring=0, frozen_base=0."
+    group.addoption("--compare-tolerance", action="append", default=[], metavar="CHECK=FRACTION", help=tolerance_help)
+    parser.addini("lora_compare_tolerances", f"{tolerance_help} One per line.", type="linelist", default=[])
+    require_help = "Fail release_metadata when the file lacks fields a release needs (base, rank, alpha, lr, steps, dataset)."
+    group.addoption("--require-metadata", action="store_true", default=None, help=require_help)
+    parser.addini("lora_require_metadata", f"{require_help} (ini twin of --require-metadata)", type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,10 +72,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from .session import HarnessSession
 
     harness_config = _harness_config(config)  # raises pytest.UsageError before any model loads
-    config.stash[session_key] = HarnessSession(harness_config, progress=_progress_writer(config))
+    previous = None
+    if harness_config.compare_to is not None:
+        from .regression import Previous
+
+        try:
+            previous = Previous.load(harness_config.compare_to)
+        except ValueError as error:
+            raise pytest.UsageError(f"lora-harness: {error}") from None
+    config.stash[session_key] = HarnessSession(harness_config, progress=_progress_writer(config), previous=previous)
     config.pluginmanager.register(harness_fixtures, "lora_harness.fixtures")
     if not hasattr(config, "workerinput"):  # under xdist only the controller writes reports
-        table = ResultsTable(harness_config)
+        table = ResultsTable(harness_config, previous)
         table.write()  # a valid results.json exists from the start, whatever happens later
         config.stash[results_key] = table
         config.pluginmanager.register(ReportHooks(table), "lora_harness.report")
@@ -110,6 +133,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         item.user_properties.extend(report_records.junit_properties(result))
         report.user_properties = list(item.user_properties)
     attached = list(recorded) if report.when != "teardown" else []
+    for kind, value in attached:
+        if kind == report_records.RESULT and item.config.pluginmanager.hasplugin("html"):
+            _add_html_extras(report, value, session.config.report_dir)
     recorded.clear()  # each record travels once
     if report.when == "teardown":
         attached.append((report_records.FORWARD_PASSES, session.take_forward_passes()))
@@ -120,6 +146,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             attached.append((report_records.CONTROLS, {"status": controls.status, "message": controls.message, "details": controls.details}))
     setattr(report, report_records.ATTRIBUTE, attached)
     return report
+
+
+def _add_html_extras(report, result: dict, report_dir: Path) -> None:
+    """Where a team publishes pytest-html reports, each check's evidence shows there too."""
+    import base64
+
+    import pytest_html
+
+    extras = list(getattr(report, "extras", []))
+    extras.append(pytest_html.extras.json({k: result[k] for k in ("check", "status", "value", "threshold", "message")}))
+    for picture in (result.get("details") or {}).get("pictures", []):
+        for kind in ("base", "adapted", "diff"):
+            content = base64.b64encode((report_dir / picture[kind]).read_bytes()).decode()
+            extras.append(pytest_html.extras.png(content, f"{kind}: {picture['prompt']}, seed {picture['seed']}"))
+    report.extras = extras
 
 
 def _error_record(spec, test_name: str, message: str) -> dict:
@@ -159,6 +200,7 @@ class ReportHooks:
 def _harness_config(config: pytest.Config):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from . import options
+    from .regression import parse_tolerances
     from .config import (
         DEFAULT_PROMPTS,
         ConfigError,
@@ -200,6 +242,9 @@ def _harness_config(config: pytest.Config):
             device=resolve_device(options.parse_device(value("device"))),
             param_budget=options.parse_param_budget(value("param_budget")),
             diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
+            require_metadata=bool(config.getoption("require_metadata") or config.getini("lora_require_metadata")),
+            compare_to=Path(value("compare_to")).expanduser().resolve() if value("compare_to") else None,
+            compare_tolerances=parse_tolerances([*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]),
         )
     except ValueError as error:  # ConfigError and the parsers' errors
         raise pytest.UsageError(f"lora-harness: {error}") from None

@@ -9,13 +9,16 @@ import numpy as np
 import torch
 
 
+GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
+
+
 @dataclass(frozen=True)
 class RenderPlan:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int
     steps: int
-    guidance_scale: float = 7.5
+    guidance_scale: float = GUIDANCE_SCALE
 
     @property
     def jobs(self) -> list[tuple[str, int]]:

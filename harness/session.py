@@ -14,6 +14,7 @@ from .config import REFERENCE, AdapterSpec, HarnessConfig
 from .digests import digest_parameters, fingerprint
 from .injection import Application, apply_adapter, file_defects
 from .pixel_diff import evaluate_pixel_diff
+from .regression import compare
 from .renders import RenderPlan, Renderer, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from .wiring import evaluate_wiring
@@ -45,8 +46,9 @@ class Controls:
 
 
 class HarnessSession:
-    def __init__(self, config: HarnessConfig, progress: Callable[[str], None] = lambda line: None):
+    def __init__(self, config: HarnessConfig, progress: Callable[[str], None] = lambda line: None, previous=None):
         self.config = config
+        self.previous = previous  # regression.Previous, with --compare-to
         self.progress = progress
         self.unet_forward_passes = 0
         self._loaded: dict[str, LoadedAdapter] = {}
@@ -214,6 +216,8 @@ class HarnessSession:
                 # The measurement stays in the record; the verdict cannot be a pass for a broken file.
                 own = f"; {check} measured: {result.message}" if result.message else ""
                 result.status, result.message = FAILED, "; ".join(adapter.defects) + own
+            if self.previous is not None:
+                result = compare(result, self.previous, self.config.compare_tolerances)
         result.duration_s = round(time.perf_counter() - started, 4)
         return result
 

@@ -12,7 +12,7 @@ from lora_harness.pictures import heat_legend
 
 from .charts import bar_chart, line_chart
 
-ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff")
+ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff", "release_metadata")
 SEVERITY = {"error": 3, "failed": 2, "passed": 0, "skipped": 1}
 
 
@@ -25,6 +25,7 @@ def render_html(document: dict, report_dir: Path) -> str:
         document=document,
         adapters=adapters,
         verdict=_overall(adapters),
+        checks=[c for c in ORDER if any(r["check"] == c for r in document["results"])],
         controls=controls,
         loss_chart=Markup(line_chart(losses, label="reference overfit loss per step")),
         legend=_data_uri_from_array(heat_legend()),
@@ -37,6 +38,8 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     worst = max(results, key=lambda r: SEVERITY.get(r["status"], 0), default=None)
     status = worst["status"] if worst else "not run"
     why = worst["message"] if worst and worst["status"] != "passed" else "every check passed"
+    if adapter.get("defects"):
+        why = "; ".join(adapter["defects"])
     budget = next((r for r in results if r["check"] == "param_budget"), None)
     pixel = next((r for r in results if r["check"] == "pixel_diff"), None)
     pictures = [
@@ -49,6 +52,10 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
         for picture in ((pixel or {}).get("details") or {}).get("pictures", [])
     ]
     per_block = ((budget or {}).get("details") or {}).get("per_block") or {}
+    defects = "; ".join(adapter.get("defects") or [])
+    for result in results:  # the file's defects stand once in the banner, not in every row
+        own = result["message"].removeprefix(defects).removeprefix("; ") if defects else result["message"]
+        result["shown_message"] = own if own else "the file's defect above"
     return {
         "record": adapter,
         "results": results,

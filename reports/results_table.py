@@ -19,8 +19,9 @@ ADAPTER_FIELDS = (
 
 
 class ResultsTable:
-    def __init__(self, config):
+    def __init__(self, config, previous=None):
         self.config = config
+        self.previous = previous
         self.path = Path(config.report_dir) / "results.json"
         self.base = {"model": config.base_model, "family": None, "fingerprint": None, "unet_params": None}
         self.adapters: dict[str, dict] = {spec.name: {"name": spec.name} for spec in config.adapters}
@@ -66,19 +67,24 @@ class ResultsTable:
             "unet_forward_passes": self.unet_forward_passes,
             "controls": self.controls,
             "environment": self.environment,
-            "previous": None,
+            "previous": {"path": str(self.previous.path), "harness_version": self.previous.harness_version} if self.previous else None,
             "run": {**self.run, "not_finished": [{"adapter": a, "check": c} for a, c in self.expected if (a, c) not in self.results]},
         }
 
     def write(self) -> Path:
         """results.json, results.csv and report.html, each replaced atomically as the run goes."""
         from .html import render_html
+        from .release_card import release_card
 
         document = self.document()
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, json.dumps(document, indent=2, default=_plain))
         write_atomically(folder / "results.csv", results_frame(document).to_csv(index=False))
+        for adapter in document["adapters"]:
+            card = folder / "release_cards" / adapter["name"] / "release_card.md"
+            card.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(card, release_card(adapter, document))
         try:
             html = render_html(json.loads(json.dumps(document, default=_plain)), folder)
         except Exception as error:  # noqa: BLE001 - the report must never take the run (or results.json) down

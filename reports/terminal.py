@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+CHECK_ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff", "release_metadata")
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 
 
@@ -12,7 +13,7 @@ def summary_lines(table) -> list[str]:
     if table.results:
         frame = pd.DataFrame(list(table.results.values()))
         grid = frame.pivot_table(index="adapter", columns="check", values="status", aggfunc="last")
-        grid = grid.reindex(columns=[c for c in ("wiring", "frozen_base", "param_budget", "pixel_diff") if c in grid] + [c for c in grid if c not in ("wiring", "frozen_base", "param_budget", "pixel_diff")])
+        grid = grid.reindex(columns=[c for c in CHECK_ORDER if c in grid] + [c for c in grid if c not in CHECK_ORDER])
         lines += grid.fillna("-").map(lambda status: SYMBOLS.get(status, status)).to_string().splitlines()
     else:
         lines.append("no check ran")

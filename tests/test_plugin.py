@@ -6,7 +6,7 @@ import pytest
 import torch
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2")
-CHECKS = ("wiring", "param_budget", "pixel_diff", "frozen_base")
+CHECKS = ("wiring", "param_budget", "pixel_diff", "release_metadata", "frozen_base")
 
 
 def run(pytester, *args):
@@ -74,7 +74,7 @@ def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_l
 
     paths = [write_lora(layout, layout if layout in ("peft", "diffusers") else f"{layout}.safetensors", alpha=8) for layout in LAYOUTS]
     result = run(pytester, *[a for p in paths for a in ("--adapter", p)], *FAST)
-    result.assert_outcomes(passed=4 * len(LAYOUTS))
+    result.assert_outcomes(passed=len(CHECKS) * len(LAYOUTS))
     result.stdout.fnmatch_lines(["*lora-harness*", "check*wiring*frozen_base*param_budget*pixel_diff*"])
     document = results(pytester)
     assert document["schema"] == 1 and document["harness_version"]
@@ -126,7 +126,7 @@ def test_each_check_catches_the_defect_it_exists_for(pytester, write_lora):
     # rank 16 x (in + out) per projection; the mid block is 64 wide, cross-attention keys read 32-wide text
     per_block = {"down/attn1": 4096, "down/attn2": 4096, "mid/attn1": 8192, "mid/attn2": 7168, "up/attn1": 8192, "up/attn2": 8192}
     assert rank16["param_budget"]["details"]["per_block"] == per_block
-    assert {c: r["status"] for c, r in rank16.items() if c != "param_budget"} == dict.fromkeys(("wiring", "pixel_diff", "frozen_base"), "passed")
+    assert {c: r["status"] for c, r in rank16.items() if c != "param_budget"} == dict.fromkeys(set(CHECKS) - {"param_budget"}, "passed")
     result.stdout.fnmatch_lines(["*_ test_wiring?half.safetensors? _*", "half.safetensors wiring: *48 of 64 LoRA tensors applied*"])
 
 
@@ -158,7 +158,7 @@ def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
 
 def test_reference_and_controls(pytester, write_lora):
     result = run(pytester, "--adapter", "reference", "--adapter", write_lora("kohya", "good.safetensors"), "--render-seeds", "1")
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=10)
     result.stdout.fnmatch_lines(["*reference overfit: step 30/30*", "*controls (reference overfit vs untrained): passed*"])
     document = results(pytester)
     assert document["controls"]["status"] == "passed"
@@ -191,7 +191,7 @@ def test_select_with_k_and_write_junit(pytester, write_lora):
 
 def test_reference_steps_zero_skips_the_reference_and_says_why(pytester):
     result = run(pytester, "--adapter", "reference", *FAST)
-    result.assert_outcomes(skipped=4)
+    result.assert_outcomes(skipped=5)
     document = results(pytester)
     assert {r["status"] for r in document["results"]} == {"skipped"}
     assert all("--reference-steps 0" in r["message"] for r in document["results"])
@@ -225,9 +225,9 @@ def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, w
 def test_runs_under_xdist(pytester, write_lora):
     paths = [write_lora("kohya", "a.safetensors"), write_lora("peft", "b")]
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", *[a for p in paths for a in ("--adapter", p)], *FAST)
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=10)
     document = results(pytester)
-    assert len(document["results"]) == 8 and document["unet_forward_passes"] > 0
+    assert len(document["results"]) == 10 and document["unet_forward_passes"] > 0
     assert document["base"]["fingerprint"]
 
 
@@ -246,7 +246,7 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
     adapter = write_lora("kohya", "good.safetensors")
     for base in (snapshot, "someone/tiny-sd"):
         result = run(pytester, "--adapter", adapter, "--base-model", base, *FAST)
-        result.assert_outcomes(passed=4)
+        result.assert_outcomes(passed=5)
         document = results(pytester)
         assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
         assert document["base"]["unet_params"] == 792_964

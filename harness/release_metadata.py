@@ -1,0 +1,76 @@
+"""release_metadata: what the adapter file says about itself agrees with the run, and carries what a release needs."""
+
+from __future__ import annotations
+
+import json
+
+from .results import verdict
+
+CHECK = "release_metadata"
+
+# Each field a release needs, and the metadata keys (Kohya `ss_*`, PEFT config, diffusers metadata) that hold it.
+RELEASE_FIELDS = {
+    "base model": ("ss_sd_model_name", "ss_base_model_version", "modelspec.architecture", "base_model_name_or_path"),
+    "base model hash": ("ss_new_sd_model_hash", "ss_sd_model_hash"),
+    "rank": ("ss_network_dim", "r"),
+    "alpha": ("ss_network_alpha", "lora_alpha"),
+    "learning rate": ("ss_learning_rate", "ss_unet_lr", "learning_rate"),
+    "training steps": ("ss_steps", "ss_max_train_steps", "max_train_steps"),
+    "dataset": ("ss_dataset_dirs", "ss_tag_frequency", "ss_datasets"),
+}
+FAMILY_PREFIXES = (  # how trainers name the base they trained on
+    ("sdxl", "SDXL"), ("stable-diffusion-xl", "SDXL"), ("sd_v2", "SD2.x"), ("stable-diffusion-v2", "SD2.x"),
+    ("sd_v1", "SD1.x"), ("stable-diffusion-v1", "SD1.x"), ("sd3", "SD3"), ("flux", "Flux"),
+)
+
+
+def flat_metadata(metadata: dict) -> dict:
+    """The file's `__metadata__`, its PEFT `adapter_config`, and diffusers' `lora_adapter_metadata`, in one dict."""
+    flat = {k: v for k, v in metadata.items() if k not in ("adapter_config", "lora_adapter_metadata")}
+    flat.update({k: v for k, v in (metadata.get("adapter_config") or {}).items() if v not in (None, "", {}, [])})
+    try:
+        flat.update(json.loads(metadata.get("lora_adapter_metadata") or "{}"))
+    except json.JSONDecodeError:
+        pass
+    return flat
+
+
+def claimed_family(flat: dict) -> str | None:
+    for key in ("ss_base_model_version", "modelspec.architecture"):
+        value = str(flat.get(key, "")).lower()
+        for prefix, family in FAMILY_PREFIXES:
+            if value.startswith(prefix):
+                return family
+    if str(flat.get("ss_v2", "")).lower() == "true":
+        return "SD2.x"
+    return None
+
+
+def missing_fields(flat: dict) -> list[str]:
+    return [field for field, keys in RELEASE_FIELDS.items() if not any(flat.get(k) not in (None, "", "None") for k in keys)]
+
+
+def evaluate_release_metadata(adapter: str, metadata: dict, base: dict, base_is_hub_id: bool, require: bool):
+    flat = flat_metadata(metadata)
+    base_family = "SD1.x" if str(base.get("family", "")).startswith("tiny") else base.get("family")
+    contradictions = []
+    family = claimed_family(flat)
+    if family is not None and family != base_family:
+        contradictions.append(f"the metadata says it was trained on {family}, the base under test is {base_family}")
+    recorded_base = flat.get("base_model_name_or_path")
+    if base_is_hub_id and recorded_base and recorded_base != base["model"]:
+        contradictions.append(f"the metadata names base {recorded_base!r}, the base under test is {base['model']!r}")
+    missing = missing_fields(flat)
+    problems = list(contradictions)
+    if require and missing:
+        problems.append(f"--require-metadata: the file lacks {', '.join(missing)}")
+    details = {
+        "claimed_family": family,
+        "recorded_base": recorded_base or flat.get("ss_sd_model_name"),
+        "recorded_base_hashes": {k: flat[k] for k in RELEASE_FIELDS["base model hash"] if k in flat},
+        "base_fingerprint": base.get("fingerprint"),
+        "missing_release_fields": missing,
+        "required": require,
+    }
+    message = "; ".join(problems) + "; fix the metadata or check the adapter against the base it names"
+    return verdict(adapter, CHECK, not problems, len(problems), 0, message, details)
