@@ -53,6 +53,9 @@ class HarnessConfig:
     device: str
     param_budget: ParamBudget
     diff_floor: float
+    dead_share: float = 0.10
+    norm_outlier_k: float = 6.0
+    min_effective_rank_ratio: float = 0.0
     require_metadata: bool = False
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)

@@ -40,6 +40,7 @@ class Application:
     lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft layer
     shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
     dtypes: list[str] = field(default_factory=list)
+    factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
     ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
 
@@ -280,10 +281,23 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         up_tensors=len(ups),
         lora_layers=layers,
         shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
+        factors=_factors(normalized),
         dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
     )
+
+
+def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
+    """The file's own down and up matrices per module, with the scale the file declares for it."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, target in normalized.targets.items():
+        pairs.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
+    return {
+        module: (pair["lora_A"], pair["lora_B"], normalized.expected_scales.get(module, 1.0))
+        for module, pair in pairs.items()
+        if len(pair) == 2
+    }
 
 
 def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:

@@ -36,6 +36,13 @@ def parse_non_negative_float(value: str, what: str) -> float:
     return number
 
 
+def parse_fraction(value: str, what: str) -> float:
+    number = parse_non_negative_float(value, what)
+    if number > 1:
+        raise ValueError(f"{what} must be a fraction between 0 and 1, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class ParamBudget:
     """A LoRA parameter budget: an absolute count, or a percentage of the denoiser's parameters."""

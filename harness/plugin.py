@@ -20,6 +20,7 @@ CHECK_MODULES = (
     "test_param_budget.py",
     "test_pixel_diff.py",
     "test_release_metadata.py",
+    "test_weight_health.py",
     "test_frozen_base.py",  # last for its adapter: it unloads it
 )
 NODE_PREFIX = "lora_harness/checks"
@@ -48,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          "Most LoRA parameters allowed: a count or a percentage of the denoiser. Default: 2%."),
         ("--diff-floor", "diff_floor", "FLOAT", "0.5",
          "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5."),
+        ("--dead-share", "dead_share", "FRACTION", "0.1",
+         "weight_health: most modules allowed a zero update (ΔW ≈ 0). Default: 0.1."),
+        ("--norm-outlier-k", "norm_outlier_k", "K", "6",
+         "weight_health: robust deviations (MAD, log10 norm) a module may stray from its block. Default: 6."),
+        ("--min-effective-rank-ratio", "min_effective_rank_ratio", "FRACTION", "0",
+         "weight_health: least median effective rank / paid rank; 0 reports it without gating. Default: 0."),
     ]
     for flag, dest, metavar, default, help_text in options:
         group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text.replace("%", "%%"))
@@ -242,6 +249,9 @@ def _harness_config(config: pytest.Config):
             device=resolve_device(options.parse_device(value("device"))),
             param_budget=options.parse_param_budget(value("param_budget")),
             diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
+            dead_share=options.parse_fraction(value("dead_share"), "--dead-share"),
+            norm_outlier_k=options.parse_non_negative_float(value("norm_outlier_k"), "--norm-outlier-k"),
+            min_effective_rank_ratio=options.parse_fraction(value("min_effective_rank_ratio"), "--min-effective-rank-ratio"),
             require_metadata=bool(config.getoption("require_metadata") or config.getini("lora_require_metadata")),
             compare_to=Path(value("compare_to")).expanduser().resolve() if value("compare_to") else None,
             compare_tolerances=parse_tolerances([*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]),

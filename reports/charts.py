@@ -30,7 +30,7 @@ def line_chart(values: list[float], width: int = 380, height: int = 150, label: 
     )
 
 
-def bar_chart(values: dict[str, float], width: int = 360, bar: int = 18) -> str:
+def bar_chart(values: dict[str, float], width: int = 360, bar: int = 18, digits: int = 0) -> str:
     """Horizontal bars, one per key, labelled with the key and its value."""
     if not values:
         return ""
@@ -44,6 +44,6 @@ def bar_chart(values: dict[str, float], width: int = 360, bar: int = 18) -> str:
         rows.append(
             f'<text x="{label_width - 6}" y="{y + bar - 5}" class="tick end">{escape(name)}</text>'
             f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar}" class="bar"/>'
-            f'<text x="{label_width + length + 6:.1f}" y="{y + bar - 5}" class="tick">{value:,.0f}</text>'
+            f'<text x="{label_width + length + 6:.1f}" y="{y + bar - 5}" class="tick">{value:,.{digits}f}</text>'
         )
     return f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">{"".join(rows)}</svg>'

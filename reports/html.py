@@ -52,6 +52,8 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
         for picture in ((pixel or {}).get("details") or {}).get("pictures", [])
     ]
     per_block = ((budget or {}).get("details") or {}).get("per_block") or {}
+    health = next((r for r in results if r["check"] == "weight_health"), None)
+    health_blocks = ((health or {}).get("details") or {}).get("per_block") or {}
     defects = "; ".join(adapter.get("defects") or [])
     for result in results:  # the file's defects stand once in the banner, not in every row
         own = result["message"].removeprefix(defects).removeprefix("; ") if defects else result["message"]
@@ -64,6 +66,8 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
         "percent": ((budget or {}).get("details") or {}).get("percent_of_denoiser"),
         "pictures": pictures,
         "budget_chart": Markup(bar_chart(per_block)),
+        "norm_chart": Markup(bar_chart({b: v["median_frobenius"] for b, v in health_blocks.items()}, digits=3)),
+        "rank_chart": Markup(bar_chart({b: v["median_effective_rank"] for b, v in health_blocks.items()}, digits=2)),
     }
 
 

@@ -11,7 +11,7 @@ import torch
 from lora_harness.adapter_file import AdapterLoadError, read_header
 from tests.safetensors_bytes import one_tensor_header, raw_file
 
-CHECKS = ("wiring", "param_budget", "pixel_diff", "release_metadata", "frozen_base")
+CHECKS = ("wiring", "param_budget", "pixel_diff", "release_metadata", "weight_health", "frozen_base")
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
 
@@ -187,5 +187,6 @@ def test_ctrl_c_leaves_a_valid_report_of_what_finished(pytester, write_lora):
     assert document["run"]["not_finished"] == [
         {"adapter": "good.safetensors", "check": "pixel_diff"},
         {"adapter": "good.safetensors", "check": "release_metadata"},
+        {"adapter": "good.safetensors", "check": "weight_health"},
         {"adapter": "good.safetensors", "check": "frozen_base"},
     ]

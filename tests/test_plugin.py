@@ -6,7 +6,7 @@ import pytest
 import torch
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2")
-CHECKS = ("wiring", "param_budget", "pixel_diff", "release_metadata", "frozen_base")
+CHECKS = ("wiring", "param_budget", "pixel_diff", "release_metadata", "weight_health", "frozen_base")
 
 
 def run(pytester, *args):
@@ -158,7 +158,7 @@ def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
 
 def test_reference_and_controls(pytester, write_lora):
     result = run(pytester, "--adapter", "reference", "--adapter", write_lora("kohya", "good.safetensors"), "--render-seeds", "1")
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["*reference overfit: step 30/30*", "*controls (reference overfit vs untrained): passed*"])
     document = results(pytester)
     assert document["controls"]["status"] == "passed"
@@ -191,7 +191,7 @@ def test_select_with_k_and_write_junit(pytester, write_lora):
 
 def test_reference_steps_zero_skips_the_reference_and_says_why(pytester):
     result = run(pytester, "--adapter", "reference", *FAST)
-    result.assert_outcomes(skipped=5)
+    result.assert_outcomes(skipped=6)
     document = results(pytester)
     assert {r["status"] for r in document["results"]} == {"skipped"}
     assert all("--reference-steps 0" in r["message"] for r in document["results"])
@@ -225,9 +225,9 @@ def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, w
 def test_runs_under_xdist(pytester, write_lora):
     paths = [write_lora("kohya", "a.safetensors"), write_lora("peft", "b")]
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", *[a for p in paths for a in ("--adapter", p)], *FAST)
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=12)
     document = results(pytester)
-    assert len(document["results"]) == 10 and document["unet_forward_passes"] > 0
+    assert len(document["results"]) == 12 and document["unet_forward_passes"] > 0
     assert document["base"]["fingerprint"]
 
 
@@ -246,7 +246,7 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
     adapter = write_lora("kohya", "good.safetensors")
     for base in (snapshot, "someone/tiny-sd"):
         result = run(pytester, "--adapter", adapter, "--base-model", base, *FAST)
-        result.assert_outcomes(passed=5)
+        result.assert_outcomes(passed=6)
         document = results(pytester)
         assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
         assert document["base"]["unet_params"] == 792_964

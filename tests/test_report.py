@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
-CHECKS = {"wiring", "param_budget", "pixel_diff", "release_metadata", "frozen_base"}
+CHECKS = {"wiring", "param_budget", "pixel_diff", "release_metadata", "weight_health", "frozen_base"}
 
 
 class _Page(HTMLParser):
@@ -47,7 +47,7 @@ def decode(uri: str) -> Image.Image:
 def test_a_passing_run_writes_every_report(pytester, write_lora):
     adapter = write_lora("kohya", "good.safetensors")
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--junitxml", "junit.xml", "--html", "ph.html", "--self-contained-html")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=len(CHECKS))
     folder = pytester.path / "lora-report"
     page = parse_report(folder)
     assert page.scripts == 0
@@ -57,7 +57,7 @@ def test_a_passing_run_writes_every_report(pytester, write_lora):
     html = (folder / "report.html").read_text()
     assert "good.safetensors" in html and "max |diff|" in html and "<svg" in html  # per-block budget chart
     csv = (folder / "results.csv").read_text().splitlines()
-    assert csv[0] == "adapter,check,status,value,threshold,message,duration_s" and len(csv) == 1 + 5
+    assert csv[0] == "adapter,check,status,value,threshold,message,duration_s" and len(csv) == 1 + len(CHECKS)
     card = (folder / "release_cards" / "good.safetensors" / "release_card.md").read_text()
     for heading in ("## L:", "## O:", "## R:", "## A:", "## F:", "## I:", "## N:", "## E:"):
         assert heading in card
@@ -140,7 +140,7 @@ def test_release_metadata_catches_contradictions_and_missing_fields(pytester, wr
 
 def test_compare_to_fails_a_regression_and_shows_the_delta(pytester, write_lora, tmp_path):
     adapter = write_lora("kohya", "good.safetensors")
-    pytester.runpytest_inprocess("--adapter", adapter, *FAST).assert_outcomes(passed=5)
+    pytester.runpytest_inprocess("--adapter", adapter, *FAST).assert_outcomes(passed=len(CHECKS))
     previous = json.loads((pytester.path / "lora-report" / "results.json").read_text())
     for record in previous["results"]:
         if record["check"] == "pixel_diff":
@@ -148,14 +148,14 @@ def test_compare_to_fails_a_regression_and_shows_the_delta(pytester, write_lora,
             record["value"] = now * 2  # the last release changed images twice as much
     (tmp_path / "previous.json").write_text(json.dumps(previous))
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json")
-    result.assert_outcomes(passed=4, failed=1)
+    result.assert_outcomes(passed=len(CHECKS) - 1, failed=1)
     records = {r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
     assert "pixel_diff dropped from" in records["pixel_diff"]["message"] and "tolerance 25%" in records["pixel_diff"]["message"]
     assert records["pixel_diff"]["details"]["previous_value"] == pytest.approx(now * 2)
     assert records["wiring"]["details"]["delta"] == 0
     assert "previous" in (pytester.path / "lora-report" / "report.html").read_text()
     loose = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json", "--compare-tolerance", "pixel_diff=0.6")
-    loose.assert_outcomes(passed=5)
+    loose.assert_outcomes(passed=len(CHECKS))
 
 
 @pytest.mark.parametrize(

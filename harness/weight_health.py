@@ -1,0 +1,147 @@
+"""weight_health: ΔW = up · down · (alpha / rank) per module, judged before any image is rendered.
+
+The spectrum comes from the small r × r problem: with up = Q_u R_u and downᵀ = Q_d R_d (thin QR),
+up · down = Q_u (R_u R_dᵀ) Q_dᵀ, so ΔW's singular values are those of the r × r matrix R_u R_dᵀ.
+No out × in matrix is formed.
+
+Effective rank is the entropy effective rank (Roy & Vetterli, 2007): exp(H(p)) with p_i = σ_i / Σσ;
+1 for a rank-1 update, r when all r directions carry equal weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .budget import block_of
+from .results import verdict
+
+CHECK = "weight_health"
+# A module whose ΔW norm is below this share of the adapter's median module norm did not train.
+DEAD_RELATIVE = 1e-4
+# Defaults, with their reasons (README, "weight_health"):
+DEFAULT_DEAD_SHARE = 0.10  # trainers reach every targeted module; more than a tenth dead means they did not
+DEFAULT_OUTLIER_K = 6.0  # robust z of log10 norm within a block; 6 MADs is far outside any healthy spread
+MAD_FLOOR = 0.05  # log10 units (x1.12): identical modules would otherwise make any tiny difference infinite
+
+
+@dataclass(frozen=True)
+class ModuleHealth:
+    module: str
+    block: str
+    frobenius: float
+    spectral: float
+    effective_rank: float
+    rank: int
+    finite: bool
+
+
+def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: float) -> ModuleHealth:
+    """Norms and effective rank of scale · up · down, from the factors (conv factors flattened as the field does)."""
+    down = down.detach().double().reshape(down.shape[0], -1)  # [r, in·kh·kw]
+    up = up.detach().double().reshape(up.shape[0], -1)  # [out, r]
+    rank = down.shape[0]
+    finite = bool(torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(scale))
+    if not finite:
+        return ModuleHealth(module, block_of(module), math.nan, math.nan, math.nan, rank, False)
+    singular = singular_values(down, up) * abs(scale)
+    return ModuleHealth(
+        module=module,
+        block=block_of(module),
+        frobenius=float(singular.square().sum().sqrt()),
+        spectral=float(singular.max()) if singular.numel() else 0.0,
+        effective_rank=entropy_effective_rank(singular),
+        rank=rank,
+        finite=True,
+    )
+
+
+def singular_values(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Singular values of up @ down (up [out, r], down [r, in]) through the r × r core."""
+    _, r_up = torch.linalg.qr(up)
+    _, r_down = torch.linalg.qr(down.T)
+    return torch.linalg.svdvals(r_up @ r_down.T)
+
+
+def entropy_effective_rank(singular: torch.Tensor) -> float:
+    total = float(singular.sum())
+    if total <= 0:
+        return 0.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def evaluate_weight_health(
+    adapter: str, modules: list[ModuleHealth], dead_share: float, outlier_k: float, min_effective_rank_ratio: float
+):
+    problems = []
+    nonfinite = [m.module for m in modules if not m.finite]
+    if nonfinite:
+        problems.append(f"{len(nonfinite)} modules hold NaN or Inf, first {nonfinite[0]}")
+    healthy = [m for m in modules if m.finite]
+    median_norm = _median([m.frobenius for m in healthy]) if healthy else 0.0
+    dead = [m.module for m in healthy if m.frobenius <= DEAD_RELATIVE * median_norm or m.frobenius == 0.0]
+    share = len(dead) / len(modules) if modules else 0.0
+    if share > dead_share:
+        problems.append(
+            f"{len(dead)} of {len(modules)} modules ({share:.0%}) have ΔW ≈ 0 (allowed {dead_share:.0%}), first {dead[0]}"
+        )
+    outliers = _outliers([m for m in healthy if m.module not in dead], outlier_k)
+    if outliers:
+        module, z, norm, block_median = outliers[0]
+        problems.append(
+            f"{len(outliers)} modules have a ΔW norm far outside their block, first {module}: {norm:.4g} vs the "
+            f"block's median {block_median:.4g} ({z:.1f} robust deviations, allowed {outlier_k:g})"
+        )
+    ranks = [m.effective_rank / m.rank for m in healthy if m.module not in dead and m.rank]
+    rank_ratio = _median(ranks) if ranks else 0.0
+    if min_effective_rank_ratio and rank_ratio < min_effective_rank_ratio:
+        problems.append(f"median effective rank is {rank_ratio:.0%} of the paid rank (allowed {min_effective_rank_ratio:.0%})")
+    per_block: dict[str, dict[str, float]] = {}
+    for block in sorted({m.block for m in healthy}):
+        members = [m for m in healthy if m.block == block]
+        per_block[block] = {
+            "median_frobenius": _median([m.frobenius for m in members]),
+            "median_effective_rank": _median([m.effective_rank for m in members]),
+        }
+    details = {
+        "modules": [
+            {"module": m.module, "block": m.block, "frobenius": m.frobenius, "spectral": m.spectral, "effective_rank": m.effective_rank, "rank": m.rank}
+            for m in modules
+        ],
+        "per_block": per_block,
+        "dead": dead[:50],
+        "dead_share": share,
+        "outliers": [{"module": o[0], "robust_z": o[1]} for o in outliers[:50]],
+        "median_effective_rank_ratio": rank_ratio,
+        "warning": None if rank_ratio >= 0.5 or not ranks else f"median effective rank is {rank_ratio:.0%} of the paid rank",
+    }
+    return verdict(adapter, CHECK, not problems, len(problems), 0, "; ".join(problems), details)
+
+
+def _outliers(modules: list[ModuleHealth], k: float) -> list[tuple[str, float, float, float]]:
+    """(module, robust z, norm, block median) for norms beyond k MADs of their block's log10 norms."""
+    found = []
+    for block in {m.block for m in modules}:
+        members = [m for m in modules if m.block == block]
+        if len(members) < 3:
+            continue  # too few to say what is normal
+        logs = [math.log10(m.frobenius) for m in members]
+        centre = _median(logs)
+        mad = max(_median([abs(x - centre) for x in logs]), MAD_FLOOR)
+        for m, x in zip(members, logs):
+            z = abs(x - centre) / (1.4826 * mad)
+            if z > k:
+                found.append((m.module, z, m.frobenius, 10**centre))
+    return sorted(found, key=lambda o: -o[1])
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return 0.0
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2

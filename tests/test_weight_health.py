@@ -1,0 +1,79 @@
+"""weight_health: the spectral math against a dense SVD, and bad adapters failing it through the plugin."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lora_harness.weight_health import entropy_effective_rank, module_health, singular_values
+
+FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
+
+
+@pytest.mark.parametrize("out_features, rank, in_shape", [(64, 4, (32,)), (320, 8, (768,)), (16, 4, (8, 3, 3)), (5, 8, (7,))])
+def test_spectrum_from_the_factors_matches_a_dense_svd(out_features, rank, in_shape):
+    generator = torch.Generator().manual_seed(0)
+    down = torch.randn(rank, *in_shape, generator=generator, dtype=torch.float64)
+    up = torch.randn(out_features, rank, generator=generator, dtype=torch.float64)
+    dense = up @ down.reshape(rank, -1)
+    expected = torch.linalg.svdvals(dense)[: min(rank, out_features)]
+    assert torch.allclose(singular_values(down.reshape(rank, -1), up).sort(descending=True).values[: len(expected)], expected, rtol=1e-9, atol=1e-9)
+    health = module_health("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", down, up, scale=2.0)
+    assert health.frobenius == pytest.approx(2.0 * float(torch.linalg.matrix_norm(dense)), rel=1e-9)
+    assert health.spectral == pytest.approx(2.0 * float(expected[0]), rel=1e-9)
+
+
+def test_entropy_effective_rank():
+    assert entropy_effective_rank(torch.tensor([3.0, 0.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert entropy_effective_rank(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
+    assert 1.0 < entropy_effective_rank(torch.tensor([4.0, 1.0, 0.5, 0.1])) < 4.0
+    assert entropy_effective_rank(torch.zeros(4)) == 0.0
+    assert math.isnan(module_health("m", torch.full((4, 8), float("nan")), torch.ones(8, 4), 1.0).frobenius)
+
+
+def test_dead_exploding_and_nan_adapters_fail_and_the_reference_passes(pytester, write_lora):
+    def dead_half(lora):
+        return {k: (a, torch.zeros_like(b) if i % 2 else b) for i, (k, (a, b)) in enumerate(sorted(lora.items()))}
+
+    def exploding(lora):
+        first = sorted(lora)[0]
+        return {**lora, first: (lora[first][0], lora[first][1] * 1000)}
+
+    def nan(lora):
+        first = sorted(lora)[0]
+        return {**lora, first: (lora[first][0], torch.full_like(lora[first][1], float("nan")))}
+
+    adapters = {
+        "good.safetensors": write_lora("kohya", "good.safetensors"),
+        "dead.safetensors": write_lora("kohya", "dead.safetensors", edit=dead_half),
+        "exploding.safetensors": write_lora("kohya", "exploding.safetensors", edit=exploding),
+        "nan": write_lora("peft", "nan", edit=nan),
+    }
+    args = [a for p in adapters.values() for a in ("--adapter", p)]
+    result = pytester.runpytest_inprocess("--adapter", "reference", *args, *FAST, "-k", "weight_health")
+    result.assert_outcomes(passed=2, failed=3)
+    records = {r["adapter"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+    assert records["reference"]["status"] == records["good.safetensors"]["status"] == "passed"
+    assert "16 of 32 modules (50%) have ΔW ≈ 0 (allowed 10%)" in records["dead.safetensors"]["message"]
+    assert "far outside their block, first unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k" in records["exploding.safetensors"]["message"]
+    assert "hold NaN or Inf" in records["nan"]["message"]
+    good = records["good.safetensors"]["details"]
+    assert len(good["modules"]) == 32 and set(good["per_block"]) == {"down/attn1", "down/attn2", "mid/attn1", "mid/attn2", "up/attn1", "up/attn2"}
+    assert 0 < good["median_effective_rank_ratio"] <= 1
+    html = (pytester.path / "lora-report" / "report.html").read_text()
+    assert "Median effective rank per block" in html
+
+
+def test_effective_rank_gates_only_when_asked(pytester, write_lora):
+    def rank_one(lora):
+        return {k: (a[:1].repeat(4, 1), b) for k, (a, b) in lora.items()}  # four identical rows: rank 1 paid as 4
+
+    path = write_lora("kohya", "rank1.safetensors", edit=rank_one)
+    args = ("--adapter", path, "--reference-steps", "0", "-p", "no:cacheprovider", "-k", "weight_health")
+    pytester.runpytest_inprocess(*args).assert_outcomes(passed=1)
+    record = json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"][0]
+    assert record["details"]["warning"] == "median effective rank is 25% of the paid rank"
+    gated = pytester.runpytest_inprocess(*args, "--min-effective-rank-ratio", "0.5")
+    gated.assert_outcomes(failed=1)
+    gated.stdout.fnmatch_lines(["*median effective rank is 25% of the paid rank (allowed 50%)*"])
