@@ -56,6 +56,14 @@ class HarnessConfig:
     dead_share: float = 0.10
     norm_outlier_k: float = 6.0
     min_effective_rank_ratio: float = 0.0
+    heldout_prompts: tuple[str, ...] = ()
+    clip_margin: float = 2.0
+    clip_model: str | None = None  # ARCH:PATH of a local open_clip checkpoint
+    train_captions: tuple[str, ...] = ()
+    reference_images: Path | None = None
+    train_images: Path | None = None
+    diversity_floor: float = 0.5
+    copy_similarity: float = 0.95
     require_metadata: bool = False
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)
@@ -81,6 +89,10 @@ class HarnessConfig:
         settings["base_path"] = str(self.base_path) if self.base_path else None
         settings["report_dir"] = str(self.report_dir)
         settings["compare_to"] = str(self.compare_to) if self.compare_to else None
+        settings["heldout_prompts"] = list(self.heldout_prompts)
+        settings["train_captions"] = list(self.train_captions)
+        settings["reference_images"] = str(self.reference_images) if self.reference_images else None
+        settings["train_images"] = str(self.train_images) if self.train_images else None
         settings["compare_tolerances"] = dict(self.compare_tolerances)
         settings["param_budget"] = str(self.param_budget)
         settings["prompts"] = list(self.prompts)
@@ -161,3 +173,49 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_lines(option: str, value: str) -> tuple[str, ...]:
+    """Non-empty lines of a UTF-8 text file; a ConfigError naming the option otherwise."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{option} {value}: no such file; pass a text file with one entry per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{option} {value}: cannot be read ({error}); pass a UTF-8 text file") from None
+    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not lines:
+        raise ConfigError(f"{option} {value}: the file is empty; write one entry per line")
+    return lines
+
+
+def image_folder(option: str, value: str) -> Path:
+    """A folder holding at least two images PIL can read; a ConfigError naming the option otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {value}: no such folder; pass a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise ConfigError(f"{option} {value}: {len(files)} images found ({', '.join(IMAGE_SUFFIXES)}); at least 2 are needed")
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError):
+            raise ConfigError(f"{option} {value}: {file.name} is not a readable image; remove or replace it") from None
+    return folder
+
+
+def load_images(folder: Path, size: int):
+    """uint8 [N, size, size, 3] from every image in `folder`, centre-cropped and resized."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return np.stack([np.asarray(ImageOps.fit(Image.open(f).convert("RGB"), (size, size))) for f in files])

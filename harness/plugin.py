@@ -21,6 +21,9 @@ CHECK_MODULES = (
     "test_pixel_diff.py",
     "test_release_metadata.py",
     "test_weight_health.py",
+    "test_clip_heldout.py",
+    "test_distribution.py",
+    "test_mode_collapse.py",
     "test_frozen_base.py",  # last for its adapter: it unloads it
 )
 NODE_PREFIX = "lora_harness/checks"
@@ -49,6 +52,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          "Most LoRA parameters allowed: a count or a percentage of the denoiser. Default: 2%."),
         ("--diff-floor", "diff_floor", "FLOAT", "0.5",
          "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5."),
+        ("--heldout-prompts", "heldout_prompts", "FILE", "",
+         "clip_heldout: prompts the adapter never trained on, one per line. Default: 4 built-in prompts."),
+        ("--clip-margin", "clip_margin", "POINTS", "2",
+         "clip_heldout: largest drop of the CLIP score's 95% CI lower bound allowed (100 x cosine). Default: 2."),
+        ("--clip-model", "clip_model", "ARCH:PATH", "",
+         "open_clip model for the quality checks, from a local checkpoint. Default: none (tiny base: a self-test CLIP)."),
+        ("--train-captions", "train_captions", "FILE", "",
+         "Training captions, one per line: held-out prompts that overlap them are left out. Default: the file's tags."),
+        ("--reference-images", "reference_images", "DIR", "",
+         "fid/kid/cmmd: images of the style or subject the adapter should carry. Default: none (the three skip)."),
+        ("--train-images", "train_images", "DIR", "",
+         "mode_collapse: training images; held-out renders that nearly copy one fail. Default: none."),
+        ("--diversity-floor", "diversity_floor", "FRACTION", "0.5",
+         "mode_collapse: least share of the base's diversity across seeds and prompts. Default: 0.5."),
+        ("--copy-similarity", "copy_similarity", "COSINE", "0.95",
+         "mode_collapse: CLIP similarity to a training image above which a render is a copy. Default: 0.95."),
         ("--dead-share", "dead_share", "FRACTION", "0.1",
          "weight_health: most modules allowed a zero update (ΔW ≈ 0). Default: 0.1."),
         ("--norm-outlier-k", "norm_outlier_k", "K", "6",
@@ -208,11 +227,14 @@ def _harness_config(config: pytest.Config):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from . import options
     from .regression import parse_tolerances
+    from .clip_heldout import DEFAULT_HELDOUT_PROMPTS
     from .config import (
         DEFAULT_PROMPTS,
         ConfigError,
         HarnessConfig,
         adapter_specs,
+        image_folder,
+        read_lines,
         resolve_base,
         resolve_device,
     )
@@ -222,19 +244,7 @@ def _harness_config(config: pytest.Config):
         return str(given if given is not None else config.getini(f"lora_{dest}")).strip()
 
     try:
-        prompts_file = value("prompts")
-        prompts = DEFAULT_PROMPTS
-        if prompts_file:
-            path = Path(prompts_file)
-            if not path.is_file():
-                raise ConfigError(f"--prompts {prompts_file}: no such file; pass a text file with one prompt per line")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigError(f"--prompts {prompts_file}: cannot be read ({error}); pass a UTF-8 text file") from None
-            prompts = tuple(line.strip() for line in text.splitlines() if line.strip())
-            if not prompts:
-                raise ConfigError(f"--prompts {prompts_file}: the file holds no prompt; write one prompt per line")
+        prompts = read_lines("--prompts", value("prompts")) if value("prompts") else DEFAULT_PROMPTS
         base_model = value("base_model")
         return HarnessConfig(
             adapters=adapter_specs(config.getoption("adapter")),
@@ -252,6 +262,14 @@ def _harness_config(config: pytest.Config):
             dead_share=options.parse_fraction(value("dead_share"), "--dead-share"),
             norm_outlier_k=options.parse_non_negative_float(value("norm_outlier_k"), "--norm-outlier-k"),
             min_effective_rank_ratio=options.parse_fraction(value("min_effective_rank_ratio"), "--min-effective-rank-ratio"),
+            heldout_prompts=read_lines("--heldout-prompts", value("heldout_prompts")) if value("heldout_prompts") else DEFAULT_HELDOUT_PROMPTS,
+            clip_margin=options.parse_non_negative_float(value("clip_margin"), "--clip-margin"),
+            clip_model=value("clip_model") or None,
+            train_captions=read_lines("--train-captions", value("train_captions")) if value("train_captions") else (),
+            reference_images=image_folder("--reference-images", value("reference_images")) if value("reference_images") else None,
+            train_images=image_folder("--train-images", value("train_images")) if value("train_images") else None,
+            diversity_floor=options.parse_fraction(value("diversity_floor"), "--diversity-floor"),
+            copy_similarity=options.parse_fraction(value("copy_similarity"), "--copy-similarity"),
             require_metadata=bool(config.getoption("require_metadata") or config.getini("lora_require_metadata")),
             compare_to=Path(value("compare_to")).expanduser().resolve() if value("compare_to") else None,
             compare_tolerances=parse_tolerances([*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]),

@@ -74,3 +74,16 @@ def evaluate_release_metadata(adapter: str, metadata: dict, base: dict, base_is_
     }
     message = "; ".join(problems) + "; fix the metadata or check the adapter against the base it names"
     return verdict(adapter, CHECK, not problems, len(problems), 0, message, details)
+
+
+def tag_counts(raw) -> dict[str, int]:
+    """Kohya's `ss_tag_frequency` (JSON `{folder: {tag: count}}`) summed over folders; {} when absent or malformed."""
+    try:
+        folders = json.loads(raw) if isinstance(raw, str) else raw or {}
+        totals: dict[str, int] = {}
+        for tags in folders.values():
+            for tag, count in tags.items():
+                totals[tag] = totals.get(tag, 0) + int(count)
+        return totals
+    except (ValueError, AttributeError, TypeError):
+        return {}

@@ -41,8 +41,9 @@ class Renderer:
         self.plan = plan
         self.device = device
 
-    def render(self, adapter_name: str | None, scale: float = 1.0, watch: dict[str, torch.nn.Module] | None = None):
-        """Render every job with only `adapter_name` active (none: the base), LoRA scaled by `scale`."""
+    def render(self, adapter_name: str | None, scale: float = 1.0, watch: dict[str, torch.nn.Module] | None = None, plan: RenderPlan | None = None):
+        """Render every job of `plan` (default: the main plan) with only `adapter_name` active (none: the base)."""
+        plan = plan or self.plan
         ran: set[str] = set()
         hooks = [
             getattr(layer, "lora_A")[adapter_name].register_forward_hook(lambda *_, name=name: ran.add(name))
@@ -51,12 +52,12 @@ class Renderer:
         try:
             with self._only(adapter_name):
                 output = self.pipeline(
-                    prompt=[prompt for prompt, _ in self.plan.jobs],
-                    generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in self.plan.jobs],
-                    height=self.plan.size,
-                    width=self.plan.size,
-                    num_inference_steps=self.plan.steps,
-                    guidance_scale=self.plan.guidance_scale,
+                    prompt=[prompt for prompt, _ in plan.jobs],
+                    generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in plan.jobs],
+                    height=plan.size,
+                    width=plan.size,
+                    num_inference_steps=plan.steps,
+                    guidance_scale=plan.guidance_scale,
                     cross_attention_kwargs=None if adapter_name is None else {"scale": scale},
                     output_type="np",
                 ).images
@@ -65,8 +66,8 @@ class Renderer:
                 hook.remove()
         finite = np.isfinite(output).all(axis=(1, 2, 3))
         images = (np.nan_to_num(output, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-        nonfinite = [job for job, ok in zip(self.plan.jobs, finite) if not ok]
-        return RenderSet(images=images, jobs=self.plan.jobs, nonfinite_jobs=nonfinite, layers_run=ran)
+        nonfinite = [job for job, ok in zip(plan.jobs, finite) if not ok]
+        return RenderSet(images=images, jobs=plan.jobs, nonfinite_jobs=nonfinite, layers_run=ran)
 
     @contextlib.contextmanager
     def _only(self, adapter_name: str | None):

@@ -193,6 +193,49 @@ class HarnessSession:
             })
         return pictures
 
+    def heldout_renders(self, adapter: LoadedAdapter | None, prompts: list[str]) -> RenderSet:
+        """Renders of held-out prompts, same seeds and settings as the main plan; cached like the others."""
+        plan = RenderPlan(tuple(prompts), self.plan.seeds, self.plan.size, self.plan.steps)
+        key = (adapter.spec.slot if adapter else None, "heldout", plan.prompts)
+        if key not in self._renders:
+            self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
+            what = f"adapter {adapter.name}" if adapter else "base"
+            self.progress(f"rendering held-out prompts for {what}: {len(plan.jobs)} images")
+            self._renders[key] = self.renderer.render(adapter.spec.slot if adapter else None, 1.0, None, plan)
+        return self._renders[key]
+
+    @cached_property
+    def clip(self):
+        """(ClipModel, "") or (None, why there is none); loaded once, only when a quality check asks."""
+        from .clip_model import load_clip
+
+        return load_clip(self.config.clip_model, base_is_tiny=self.config.base_path is None)
+
+    @cached_property
+    def reference_images(self):
+        from .config import load_images
+
+        folder = self.config.reference_images
+        return load_images(folder, self.plan.size) if folder else None
+
+    @cached_property
+    def train_images(self):
+        from .config import load_images
+
+        folder = self.config.train_images
+        return load_images(folder, self.plan.size) if folder else None
+
+    def training_captions(self, adapter: LoadedAdapter) -> list[str]:
+        """What the adapter was trained on: --train-captions, the Kohya tags in its metadata, the reference's caption."""
+        from .reference import CAPTION
+        from .release_metadata import flat_metadata, tag_counts
+
+        captions = list(self.config.train_captions)
+        if adapter.spec.is_reference:
+            captions.append(CAPTION)
+        captions += list(tag_counts(flat_metadata(adapter.record.get("metadata") or {}).get("ss_tag_frequency")))
+        return captions
+
     def base_renders_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs."""
         if self._base_again is None:
@@ -212,7 +255,7 @@ class HarnessSession:
             result = CheckResult(adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}")
         else:
             result = evaluate()
-            if adapter.defects and result.status in (PASSED, FAILED):
+            if adapter.defects and result.status in (PASSED, FAILED, SKIPPED):
                 # The measurement stays in the record; the verdict cannot be a pass for a broken file.
                 own = f"; {check} measured: {result.message}" if result.message else ""
                 result.status, result.message = FAILED, "; ".join(adapter.defects) + own

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata
+from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, tag_counts
 from lora_harness.renders import GUIDANCE_SCALE
 
 HYPERPARAMETERS = {
@@ -70,14 +70,5 @@ def release_card(adapter: dict, document: dict) -> str:
 
 
 def _top_tags(raw, count: int = 10) -> list[str]:
-    import json
-
-    try:
-        folders = json.loads(raw) if isinstance(raw, str) else raw or {}
-        totals: dict[str, int] = {}
-        for tags in folders.values():
-            for tag, n in tags.items():
-                totals[tag] = totals.get(tag, 0) + int(n)
-    except (ValueError, AttributeError, TypeError):
-        return []
+    totals = tag_counts(raw)
     return [f"{tag} ({n})" for tag, n in sorted(totals.items(), key=lambda item: -item[1])[:count]]

@@ -56,7 +56,7 @@ def _files(**contents):
         (("--base-model", "weights"), _files(**{"weights/unet/x.bin": "x"}), "*has no model_index.json, so it is not a diffusers pipeline*"),
         (("--base-model", "flux"), _files(**{"flux/model_index.json": '{"_class_name": "FluxPipeline"}'}), "*a FluxPipeline is not supported yet*"),
         (("--prompts", "none.txt"), None, "*--prompts none.txt: no such file*"),
-        (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file holds no prompt*"),
+        (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file is empty*"),
         (("--prompts", "binary.txt"), _files(**{"binary.txt": b"\xff\xfe\x00bad"}), "*--prompts binary.txt: cannot be read*UTF-8*"),
     ],
 )

@@ -1,0 +1,17 @@
+from lora_harness.clip_heldout import CHECK, evaluate_clip_heldout
+from lora_harness.results import SKIPPED, CheckResult
+
+
+def test_clip_heldout(adapter, harness, record_check):
+    def evaluate():
+        clip, why_not = harness.clip
+        if clip is None:
+            return CheckResult(adapter.name, CHECK, SKIPPED, message=why_not)
+
+        def renders(prompts):
+            return harness.heldout_renders(None, prompts), harness.heldout_renders(adapter, prompts)
+
+        captions = harness.training_captions(adapter)
+        return evaluate_clip_heldout(adapter.name, clip, list(harness.config.heldout_prompts), captions, renders, harness.config.clip_margin)
+
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

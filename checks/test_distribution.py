@@ -1,0 +1,15 @@
+import pytest
+
+from lora_harness.distribution import evaluate_distance
+from lora_harness.results import SKIPPED, CheckResult
+
+
+@pytest.mark.parametrize("check", ["fid", "kid", "cmmd"])
+def test_distance_to_reference_corpus(check, adapter, harness, record_check):
+    def evaluate():
+        clip, why_not = harness.clip
+        if clip is None:
+            return CheckResult(adapter.name, check, SKIPPED, message=why_not)
+        return evaluate_distance(check, adapter.name, clip, harness.renders(None), harness.renders(adapter), harness.reference_images)
+
+    record_check(adapter, harness.run_check(adapter, check, evaluate, uses_renders=True))

@@ -1,0 +1,200 @@
+"""Quality checks: the math against direct formulas and torchmetrics, then bad adapters and bad data failing
+each check through the plugin as a user runs it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lora_harness.quality import bootstrap_ci, clip_scores, cmmd, frechet_distance, leaked, mean_pairwise_distance
+
+FAST = ("--reference-steps", "0", "--render-steps", "2", "-p", "no:cacheprovider")
+
+
+def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
+    generator = torch.Generator().manual_seed(0)
+    mean_a, mean_b = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.5, 0.0, -1.0])
+    std_a, std_b = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.5, 1.0, 0.5])
+    a = mean_a + std_a * torch.randn(40000, 3, generator=generator, dtype=torch.float64)
+    b = mean_b + std_b * torch.randn(40000, 3, generator=generator, dtype=torch.float64)
+    # Diagonal covariances: ||mu_a - mu_b||^2 + sum (std_a - std_b)^2
+    closed = float(((mean_a - mean_b) ** 2).sum() + ((std_a - std_b) ** 2).sum())
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=0.03)
+
+
+def test_frechet_distance_agrees_with_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(60, 8, generator=generator, dtype=torch.float64)
+
+    class Lookup(torch.nn.Module):
+        def forward(self, indices):
+            return features[indices.long().flatten() % len(features)]  # torchmetrics probes with random input
+
+    metric = FrechetInceptionDistance(feature=Lookup(), input_img_size=(1,))
+    metric.update(torch.arange(0, 30)[:, None], real=True)
+    metric.update(torch.arange(30, 60)[:, None], real=False)
+    assert frechet_distance(features[:30], features[30:]) == pytest.approx(float(metric.compute()), rel=1e-6)
+
+
+def test_cmmd_matches_its_direct_formula():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    y = torch.randn(7, 4, generator=generator, dtype=torch.float64) + 1
+
+    def k(a, b):
+        return float(torch.exp(-((a - b) ** 2).sum() / (2 * 10.0**2)))
+
+    direct = (
+        sum(k(a, b) for a in x for b in x) / 25 + sum(k(a, b) for a in y for b in y) / 49 - 2 * sum(k(a, b) for a in x for b in y) / 35
+    )
+    assert cmmd(x, y) == pytest.approx(1000 * direct, rel=1e-9)
+    assert cmmd(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kid_matches_the_unbiased_polynomial_mmd():
+    from lora_harness.distribution import _torchmetrics_kid
+
+    generator = torch.Generator().manual_seed(3)
+    x, y = torch.randn(6, 4, generator=generator, dtype=torch.float64), torch.randn(6, 4, generator=generator, dtype=torch.float64) + 0.7
+
+    def k(a, b):
+        return (float(a @ b) / 4 + 1) ** 3
+
+    n = 6
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(a, b) for a in x for b in y) / (n * n)
+    mean, std = _torchmetrics_kid(x, y, subset=n)  # subsets of all n: every subset is the whole set
+    assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-6) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(4)
+    covered = 0
+    trials = 300
+    for trial in range(trials):
+        low, high = bootstrap_ci(rng.normal(0.0, 1.0, 40), resamples=1000, seed=trial)
+        covered += low <= 0.0 <= high
+    assert 0.90 <= covered / trials <= 0.98
+
+
+def test_scores_diversity_and_leaks():
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    text = torch.nn.functional.normalize(torch.tensor([[1.0, 1.0], [0.0, -1.0]]), dim=-1)
+    assert clip_scores(image, text) == pytest.approx([100 / 2**0.5, 0.0])
+    assert mean_pairwise_distance(torch.ones(4, 2) / 2**0.5) == pytest.approx(0.0, abs=1e-6)
+    assert mean_pairwise_distance(image) == pytest.approx(1.0)
+    assert mean_pairwise_distance(image[:1]) is None
+    captions = ["a red sun over blue hills, lora-harness reference style", "red sun", "hills"]
+    prompts = ["a red sun at noon", "rolling hills in fog", "a sunny kitchen", "a bowl of fruit"]
+    assert leaked(prompts, captions) == ["a red sun at noon", "rolling hills in fog"]
+
+
+def _results(pytester):
+    return {(r["adapter"], r["check"]): r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+
+
+def test_the_embedded_base_runs_the_quality_checks_with_a_self_test_label(pytester, write_lora):
+    result = pytester.runpytest_inprocess("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "clip or mode or distance")
+    result.assert_outcomes(passed=2, skipped=3)
+    records = _results(pytester)
+    for check in ("clip_heldout", "mode_collapse"):
+        assert records[("good.safetensors", check)]["message"].startswith("self-test model: the value carries no meaning")
+        assert isinstance(records[("good.safetensors", check)]["value"], float)
+    for check in ("fid", "kid", "cmmd"):
+        assert "pass --reference-images DIR" in records[("good.safetensors", check)]["message"]
+
+
+def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
+    """Renders of `collapse.safetensors` are all one picture whatever the prompt or seed."""
+    pytester.makeconftest(
+        """
+        import lora_harness.renders as renders
+
+        real_render = renders.Renderer.render
+
+        def collapsing(self, adapter_name, *args, **kwargs):
+            result = real_render(self, adapter_name, *args, **kwargs)
+            if adapter_name == "adapter_0":
+                result.images[:] = result.images[0]
+            return result
+
+        def pytest_configure(config):
+            renders.Renderer.render = collapsing
+
+        def pytest_unconfigure(config):
+            renders.Renderer.render = real_render
+        """
+    )
+    adapters = ("--adapter", write_lora("kohya", "collapse.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
+    result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "mode_collapse")
+    result.assert_outcomes(passed=1, failed=1)
+    message = _results(pytester)[("collapse.safetensors", "mode_collapse")]["message"]
+    assert "diversity across seeds is 0% of the base's (floor 50%)" in message
+
+
+def test_renders_pushed_away_from_the_corpus_fail_kid_and_cmmd_and_toward_it_pass(pytester, write_lora):
+    """The adapter's renders are tinted red (a style, made certain by injection); a red corpus must find them closer
+    than the base, a blue corpus farther."""
+    pytester.makeconftest(
+        """
+        import numpy as np
+        import lora_harness.renders as renders
+
+        real_render = renders.Renderer.render
+
+        def red_style(self, adapter_name, *args, **kwargs):
+            result = real_render(self, adapter_name, *args, **kwargs)
+            if adapter_name == "adapter_0":
+                result.images[:] = (0.3 * result.images + 0.7 * np.array([220, 30, 30])).astype(np.uint8)
+            return result
+
+        def pytest_configure(config):
+            renders.Renderer.render = red_style
+
+        def pytest_unconfigure(config):
+            renders.Renderer.render = real_render
+        """
+    )
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        folder = pytester.path / name
+        folder.mkdir()
+        for i in range(12):
+            noise = rng.integers(0, 255, (64, 64, 3))
+            Image.fromarray((0.3 * noise + 0.7 * np.array(colour)).astype(np.uint8)).save(folder / f"{i}.png")
+    run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST, "--render-seeds", "6", "-k", "kid or cmmd")
+    pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "red").assert_outcomes(passed=2)
+    pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "blue").assert_outcomes(failed=2)
+    assert "not closer to the corpus than the base" in _results(pytester)[("style.safetensors", "kid")]["message"]
+
+
+def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester, write_lora, tmp_path):
+    (tmp_path / "heldout.txt").write_text("a red sun at noon\na bowl of fruit on a table\n")
+    (tmp_path / "captions.txt").write_text("red sun, blue hills\n")
+    adapter = write_lora("kohya", "good.safetensors")
+    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
+    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(passed=1)
+    record = _results(pytester)[("good.safetensors", "clip_heldout")]
+    assert record["details"]["leaked_prompts"] == ["a red sun at noon"]
+    assert {r["prompt"] for r in record["details"]["per_render"]} == {"a bowl of fruit on a table"}
+    (tmp_path / "heldout.txt").write_text("a red sun at noon\n")
+    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(failed=1)
+    record = _results(pytester)[("good.safetensors", "clip_heldout")]
+    assert record["status"] == "error" and "every held-out prompt overlaps the training captions" in record["message"]
+
+
+@pytest.mark.parametrize("files, message", [({}, "*0 images found*"), ({"a.png": b"not an image", "b.png": b"nor this"}, "*a.png is not a readable image*")])
+def test_bad_image_folders_are_usage_errors(pytester, files, message):
+    folder = pytester.path / "corpus"
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    result = pytester.runpytest_inprocess("--adapter", "x.safetensors", "--reference-images", folder, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
