@@ -154,7 +154,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         # A crash inside a check still becomes a record: the report must say what happened.
         spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
         message = f"{call.excinfo.typename}: {call.excinfo.value}"
-        result = _error_record(spec, item.originalname, message)
+        result = _error_record(spec, check_name(item), message)
         recorded.append((report_records.RESULT, result))
         item.user_properties.extend(report_records.junit_properties(result))
         report.user_properties = list(item.user_properties)
@@ -189,10 +189,15 @@ def _add_html_extras(report, result: dict, report_dir: Path) -> None:
     report.extras = extras
 
 
-def _error_record(spec, test_name: str, message: str) -> dict:
+def check_name(item: pytest.Item) -> str:
+    """The check an item runs: its `check` parameter (fid, kid, cmmd share a test), else its test name."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    return params.get("check") or item.originalname.removeprefix("test_")
+
+
+def _error_record(spec, check: str, message: str) -> dict:
     from .results import ERROR, CheckResult
 
-    check = test_name.removeprefix("test_")
     return CheckResult(spec.name if spec else "?", check, ERROR, message=message).to_dict()
 
 
@@ -204,7 +209,7 @@ class ReportHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.table.expect(
-            (item.callspec.params["adapter_spec"].name, item.originalname.removeprefix("test_"))
+            (item.callspec.params["adapter_spec"].name, check_name(item))
             for item in session.items
             if hasattr(item, "callspec") and "adapter_spec" in item.callspec.params
         )

@@ -178,7 +178,8 @@ def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester,
     (tmp_path / "heldout.txt").write_text("a red sun at noon\na bowl of fruit on a table\n")
     (tmp_path / "captions.txt").write_text("red sun, blue hills\n")
     adapter = write_lora("kohya", "good.safetensors")
-    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
+    # the self-test CLIP's score means nothing: a wide margin keeps this test about the leak alone
+    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt", "--clip-margin", "100")
     pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(passed=1)
     record = _results(pytester)[("good.safetensors", "clip_heldout")]
     assert record["details"]["leaked_prompts"] == ["a red sun at noon"]
