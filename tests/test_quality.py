@@ -199,3 +199,89 @@ def test_bad_image_folders_are_usage_errors(pytester, files, message):
     result = pytester.runpytest_inprocess("--adapter", "x.safetensors", "--reference-images", folder, "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+COLOUR_CLIP = """
+import numpy as np
+import torch
+import lora_harness.renders as renders
+from lora_harness.session import HarnessSession
+
+
+class ColourClip:
+    '''Embeds an image as its mean colour and every prompt as "colourful grey": the direction is certain.'''
+
+    label, self_test = "injected colour features", False
+
+    def image_features(self, images):
+        mean = torch.from_numpy(np.asarray(images, dtype=np.float64).mean(axis=(1, 2)))
+        return torch.nn.functional.normalize(torch.cat([mean, torch.full((len(mean), 1), 1.0)], 1), dim=-1)
+
+    def text_features(self, prompts):
+        return torch.nn.functional.normalize(torch.tensor([[1.0, 1.0, 1.0, 0.0]] * len(prompts)), dim=-1)
+
+
+real_render, real_clip = renders.Renderer.render, HarnessSession.clip
+
+
+def red(self, adapter_name, *args, **kwargs):
+    result = real_render(self, adapter_name, *args, **kwargs)
+    if adapter_name == "adapter_0":
+        result.images[:] = (0.2 * result.images + 0.8 * np.array([230, 20, 20])).astype(np.uint8)
+    return result
+
+
+def pytest_configure(config):
+    renders.Renderer.render = red
+    HarnessSession.clip = property(lambda self: (ColourClip(), ""))
+
+
+def pytest_unconfigure(config):
+    renders.Renderer.render, HarnessSession.clip = real_render, real_clip
+"""
+
+
+def test_an_adapter_that_wrecks_prompt_following_fails_clip_heldout(pytester, write_lora):
+    """Its renders turn red whatever the prompt asks; injected features make "the prompt asks for grey" certain."""
+    pytester.makeconftest(COLOUR_CLIP)
+    adapters = ("--adapter", write_lora("kohya", "red.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
+    result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "clip_heldout")
+    result.assert_outcomes(passed=1, failed=1)
+    record = _results(pytester)[("red.safetensors", "clip_heldout")]
+    assert "held-out CLIP score drops" in record["message"] and record["details"]["ci95"][1] < -2
+    assert record["details"]["model"] == "injected colour features"
+
+
+def test_renders_that_copy_a_training_image_fail_mode_collapse(pytester, write_lora):
+    """--train-images holding the adapter's own held-out renders: each render is a copy of one."""
+    adapter = write_lora("kohya", "copycat.safetensors")
+    train = pytester.path / "train"
+    train.mkdir()
+    pytester.makeconftest(
+        f"""
+        import lora_harness.session as session
+        from PIL import Image
+
+        real = session.HarnessSession.heldout_renders
+
+        def saving(self, adapter, prompts):
+            renders = real(self, adapter, prompts)
+            if adapter is not None:
+                for i, image in enumerate(renders.images):
+                    Image.fromarray(image).save(r"{train}" + f"/{{i}}.png")
+            return renders
+
+        def pytest_configure(config):
+            session.HarnessSession.heldout_renders = saving
+
+        def pytest_unconfigure(config):
+            session.HarnessSession.heldout_renders = real
+        """
+    )
+    pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "clip_heldout", "--clip-margin", "100")  # saves them
+    pytester.makeconftest("")
+    result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "mode_collapse", "--train-images", train)
+    result.assert_outcomes(failed=1)
+    record = _results(pytester)[("copycat.safetensors", "mode_collapse")]
+    assert "held-out renders nearly copy a training image (similarity > 0.95)" in record["message"]
+    assert min(record["details"]["nearest_training_similarity"]) > 0.999
