@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
-from .adapter_layout import NormalizedAdapter, Target, normalize
+from .adapter_layout import NormalizedAdapter, normalize
 from .families import describe_width, family_of_width
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)

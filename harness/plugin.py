@@ -235,7 +235,6 @@ def _harness_config(config: pytest.Config):
     from .clip_heldout import DEFAULT_HELDOUT_PROMPTS
     from .config import (
         DEFAULT_PROMPTS,
-        ConfigError,
         HarnessConfig,
         adapter_specs,
         image_folder,

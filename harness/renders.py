@@ -46,7 +46,7 @@ class Renderer:
         plan = plan or self.plan
         ran: set[str] = set()
         hooks = [
-            getattr(layer, "lora_A")[adapter_name].register_forward_hook(lambda *_, name=name: ran.add(name))
+            layer.lora_A[adapter_name].register_forward_hook(lambda *_, name=name: ran.add(name))
             for name, layer in (watch or {}).items()
         ]
         try:

@@ -117,7 +117,7 @@ def test_every_bad_adapter_fails_every_check_with_a_message_naming_it(pytester, 
     document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
     records = {(r["adapter"], r["check"]): r for r in document["results"]}
     assert all(records[("good.safetensors", check)]["status"] == expected_status(check) for check in CHECKS)
-    for name, (path, expect) in cases.items():
+    for name, (_, expect) in cases.items():
         for check in CHECKS:
             record = records[(name, check)]
             assert record["status"] in ("failed", "error"), (name, check, record)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from tests.expectations import CHECKS, CLIP_CHECKS, NEEDS_CORPUS, PASSING, WITHOUT_CLIP_CHECKS, expected_status
 
