@@ -9,10 +9,10 @@ from pathlib import Path
 from markupsafe import Markup
 
 from lora_harness.pictures import heat_legend
+from lora_harness.results import CHECK_ORDER
 
 from .charts import bar_chart, line_chart
 
-ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff", "release_metadata")
 SEVERITY = {"error": 3, "failed": 2, "passed": 0, "skipped": 1}
 
 
@@ -25,7 +25,7 @@ def render_html(document: dict, report_dir: Path) -> str:
         document=document,
         adapters=adapters,
         verdict=_overall(adapters),
-        checks=[c for c in ORDER if any(r["check"] == c for r in document["results"])],
+        checks=[c for c in CHECK_ORDER if any(r["check"] == c for r in document["results"])],
         controls=controls,
         loss_chart=Markup(line_chart(losses, label="reference overfit loss per step")),
         legend=_data_uri_from_array(heat_legend()),
@@ -34,7 +34,7 @@ def render_html(document: dict, report_dir: Path) -> str:
 
 def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     results = [r for r in document["results"] if r["adapter"] == adapter["name"]]
-    results.sort(key=lambda r: ORDER.index(r["check"]) if r["check"] in ORDER else len(ORDER))
+    results.sort(key=lambda r: CHECK_ORDER.index(r["check"]) if r["check"] in CHECK_ORDER else len(CHECK_ORDER))
     worst = max(results, key=lambda r: SEVERITY.get(r["status"], 0), default=None)
     status = worst["status"] if worst else "not run"
     why = worst["message"] if worst and worst["status"] != "passed" else "every check passed"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-CHECK_ORDER = ("wiring", "frozen_base", "param_budget", "pixel_diff", "release_metadata")
+from lora_harness.results import CHECK_ORDER
+
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 
 
