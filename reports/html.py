@@ -13,7 +13,7 @@ from lora_harness.results import CHECK_ORDER
 
 from .charts import bar_chart, line_chart
 
-SEVERITY = {"error": 3, "failed": 2, "passed": 0, "skipped": 1}
+SEVERITY = {"error": 3, "failed": 2, "passed": 1, "skipped": 0}  # a skipped check does not make a pass a skip
 
 
 def render_html(document: dict, report_dir: Path) -> str:
@@ -37,7 +37,13 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     results.sort(key=lambda r: CHECK_ORDER.index(r["check"]) if r["check"] in CHECK_ORDER else len(CHECK_ORDER))
     worst = max(results, key=lambda r: SEVERITY.get(r["status"], 0), default=None)
     status = worst["status"] if worst else "not run"
-    why = worst["message"] if worst and worst["status"] != "passed" else "every check passed"
+    skipped = [r["check"] for r in results if r["status"] == "skipped"]
+    if worst and worst["status"] not in ("passed", "skipped"):
+        why = worst["message"]
+    elif worst and worst["status"] == "passed":
+        why = "every gating check passed" + (f"; not gated: {', '.join(skipped)} (reasons below)" if skipped else "")
+    else:
+        why = worst["message"] if worst else "no check ran"
     if adapter.get("defects"):
         why = "; ".join(adapter["defects"])
     budget = next((r for r in results if r["check"] == "param_budget"), None)
@@ -57,7 +63,7 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     defects = "; ".join(adapter.get("defects") or [])
     for result in results:  # the file's defects stand once in the banner, not in every row
         own = result["message"].removeprefix(defects).removeprefix("; ") if defects else result["message"]
-        result["shown_message"] = own if own else "the file's defect above"
+        result["shown_message"] = own or ("the file's defect above" if defects else "")
     return {
         "record": adapter,
         "results": results,
