@@ -86,10 +86,17 @@ def _overall(adapters: list[dict]) -> str:
 
 
 def _data_uri(path: Path) -> str:
+    """The report is rewritten after every test: encode each picture once, not once per rewrite."""
     try:
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        stat = path.stat()
     except OSError:
         return ""
+    return _encoded(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4096)
+def _encoded(path: Path, mtime_ns: int, size: int) -> str:  # mtime and size key the cache: a rewrite misses it
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _data_uri_from_array(image) -> str:

@@ -136,42 +136,61 @@ def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
     assert "diversity across seeds is 0% of the base's (floor 50%)" in message
 
 
+RED_STYLE = """
+import numpy as np
+import lora_harness.renders as renders
+
+real_render = renders.Renderer.render
+
+
+def red_style(self, adapter_name, *args, **kwargs):
+    result = real_render(self, adapter_name, *args, **kwargs)
+    if adapter_name == "adapter_0":
+        result.images[:] = (0.3 * result.images + 0.7 * np.array([220, 30, 30])).astype(np.uint8)
+    return result
+
+
+def pytest_configure(config):
+    renders.Renderer.render = red_style
+
+
+def pytest_unconfigure(config):
+    renders.Renderer.render = real_render
+"""
+
+
+def write_tinted_corpora(folder, count: int) -> None:
+    """folder/red and folder/blue: `count` noise images each, tinted 70% toward the colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(count)
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (folder / name).mkdir()
+        for i in range(count):
+            noise = rng.integers(0, 255, (64, 64, 3))
+            Image.fromarray((0.3 * noise + 0.7 * np.array(colour)).astype(np.uint8)).save(folder / name / f"{i}.png")
+
+
 def test_renders_pushed_away_from_the_corpus_fail_kid_and_cmmd_and_toward_it_pass(pytester, write_lora):
     """The adapter's renders are tinted red (a style, made certain by injection); a red corpus must find them closer
     than the base, a blue corpus farther."""
-    pytester.makeconftest(
-        """
-        import numpy as np
-        import lora_harness.renders as renders
-
-        real_render = renders.Renderer.render
-
-        def red_style(self, adapter_name, *args, **kwargs):
-            result = real_render(self, adapter_name, *args, **kwargs)
-            if adapter_name == "adapter_0":
-                result.images[:] = (0.3 * result.images + 0.7 * np.array([220, 30, 30])).astype(np.uint8)
-            return result
-
-        def pytest_configure(config):
-            renders.Renderer.render = red_style
-
-        def pytest_unconfigure(config):
-            renders.Renderer.render = real_render
-        """
-    )
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
-        folder = pytester.path / name
-        folder.mkdir()
-        for i in range(12):
-            noise = rng.integers(0, 255, (64, 64, 3))
-            Image.fromarray((0.3 * noise + 0.7 * np.array(colour)).astype(np.uint8)).save(folder / f"{i}.png")
+    pytester.makeconftest(RED_STYLE)
+    write_tinted_corpora(pytester.path, count=12)
     run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST, "--render-seeds", "6", "-k", "kid or cmmd")
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "red").assert_outcomes(passed=2)
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "blue").assert_outcomes(failed=2)
     assert "not closer to the corpus than the base" in _results(pytester)[("style.safetensors", "kid")]["message"]
+
+
+def test_fid_gates_from_fifty_images_a_side(pytester, write_lora):
+    """The same red style as above, 50 renders and 50 corpus images a side: FID gates both ways."""
+    pytester.makeconftest(RED_STYLE)
+    write_tinted_corpora(pytester.path, count=50)
+    run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST, "--render-seeds", "25", "-k", "fid")
+    pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "red").assert_outcomes(passed=1)
+    pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "blue").assert_outcomes(failed=1)
+    record = _results(pytester)[("style.safetensors", "fid")]
+    assert record["details"]["generated"] == 50 and "fid: adapted renders are not closer" in record["message"]
 
 
 def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester, write_lora, tmp_path):
