@@ -136,6 +136,17 @@ def pytest_pycollect_makemodule(module_path: Path, parent):
     return pytest.Module.from_parent(parent, path=module_path, nodeid=f"{NODE_PREFIX}/{module_path.name}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each check with its adapter: `-n N --dist loadgroup` then keeps an adapter's checks on one worker."""
+    if session_key not in config.stash:
+        return
+    for item in items:
+        spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
+        if spec is not None:
+            item.add_marker(pytest.mark.xdist_group(name=spec.slot))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "adapter_spec" in metafunc.fixturenames:
         specs = metafunc.config.stash[session_key].config.adapters

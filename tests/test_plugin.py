@@ -224,12 +224,16 @@ def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, w
 
 
 def test_runs_under_xdist(pytester, write_lora):
+    """Each adapter's checks stay on one worker (--dist loadgroup); the records merge into one results.json."""
     paths = [write_lora("kohya", "a.safetensors"), write_lora("peft", "b")]
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", *[a for p in paths for a in ("--adapter", p)], *FAST)
+    args = ("-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", "-v")
+    result = pytester.runpytest_subprocess(*args, *[a for p in paths for a in ("--adapter", p)], *FAST)
     result.assert_outcomes(passed=2 * PASSING, skipped=2 * len(NEEDS_CORPUS))
     document = results(pytester)
     assert len(document["results"]) == 2 * len(CHECKS) and document["unet_forward_passes"] > 0
     assert document["base"]["fingerprint"]
+    workers = {adapter: {line.split("]")[0] for line in result.stdout.lines if line.startswith("[gw") and f"[{adapter}" in line} for adapter in ("a.safetensors", "b")}
+    assert all(len(seen) == 1 for seen in workers.values()), workers
 
 
 def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, write_lora, tmp_path):
