@@ -143,11 +143,15 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     """Split the file's traced tensors into those whose module exists with matching shapes and the rest."""
     accepted: set[str] = set()
     unmatched, shape_mismatches = [], []
+    layer_names: dict[str, list[str]] = {}  # per component, listed once however many keys miss
     for key, target in normalized.targets.items():
         component = getattr(pipeline, target.component, None)
         module = _find_module(component, target.module)
         if module is None:
-            unmatched.append((key, target.qualified_module, _nearest(component, target.module)))
+            if target.component not in layer_names:
+                layer_names[target.component] = _layer_names(component)
+            nearest = difflib.get_close_matches(target.module, layer_names[target.component], n=3, cutoff=0.6)
+            unmatched.append((key, target.qualified_module, nearest))
             continue
         tensor = normalized.tensors[key]
         expected = _expected_shape(module, target.role, tensor)
@@ -320,11 +324,11 @@ def _find_module(component, path: str):
     return module if isinstance(module, LAYER_TYPES) else None
 
 
-def _nearest(component, path: str) -> list[str]:
+def _layer_names(component) -> list[str]:
+    """Names of the layers a LoRA can target, as they were before any adapter wrapped them."""
     if component is None:
         return []
-    names = [n.replace(".base_layer", "") for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)]
-    return difflib.get_close_matches(path, names, n=3, cutoff=0.6)
+    return [n.replace(".base_layer", "") for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
 def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:

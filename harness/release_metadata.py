@@ -46,8 +46,13 @@ def claimed_family(flat: dict) -> str | None:
     return None
 
 
+def recorded(flat: dict, keys) -> object | None:
+    """The first of `keys` the metadata really holds (trainers write "None" for what they did not record)."""
+    return next((flat[k] for k in keys if flat.get(k) not in (None, "", "None")), None)
+
+
 def missing_fields(flat: dict) -> list[str]:
-    return [field for field, keys in RELEASE_FIELDS.items() if not any(flat.get(k) not in (None, "", "None") for k in keys)]
+    return [field for field, keys in RELEASE_FIELDS.items() if recorded(flat, keys) is None]
 
 
 def evaluate_release_metadata(adapter: str, metadata: dict, base: dict, base_is_hub_id: bool, require: bool):

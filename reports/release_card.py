@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, tag_counts
+from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
 from lora_harness.renders import GUIDANCE_SCALE
 
 HYPERPARAMETERS = {
@@ -36,8 +36,8 @@ def release_card(adapter: dict, document: dict) -> str:
     for key in RELEASE_FIELDS["base model hash"]:
         if key in flat:
             lines.append(f"- recorded `{key}`: `{flat[key]}` (a hash of the single-file checkpoint it was trained on)")
-    recorded = flat.get("base_model_name_or_path") or flat.get("ss_sd_model_name")
-    lines.append(f"- recorded base: {recorded or 'not recorded'}")
+    recorded_base = flat.get("base_model_name_or_path") or flat.get("ss_sd_model_name")
+    lines.append(f"- recorded base: {recorded_base or 'not recorded'}")
 
     lines += ["", "## R: Rank", ""]
     lines.append(f"- rank {adapter.get('rank')}, alpha {adapter.get('alpha')}, applied scale {adapter.get('scale')}")
@@ -49,7 +49,8 @@ def release_card(adapter: dict, document: dict) -> str:
 
     lines += ["", "## F: Fine-tune hyperparameters", ""]
     for name, keys in HYPERPARAMETERS.items():
-        value = next((flat[k] for k in keys if flat.get(k) not in (None, "", "None")), "not recorded")
+        value = recorded(flat, keys)
+        value = "not recorded" if value is None else value
         lines.append(f"- {name}: {value}")
 
     lines += ["", "## I: Inference test plan", ""]
@@ -64,7 +65,7 @@ def release_card(adapter: dict, document: dict) -> str:
     lines.append(f"- format {adapter.get('format')}, SHA-256 `{adapter.get('sha256')}`")
     carried = sorted(k for k in flat if k != "format")
     lines.append(f"- the file carries: {', '.join(carried[:40]) if carried else 'no metadata'}")
-    lacking = [f for f, keys in RELEASE_FIELDS.items() if not any(flat.get(k) not in (None, "", "None") for k in keys)]
+    lacking = missing_fields(flat)
     lines.append(f"- it lacks: {', '.join(lacking) if lacking else 'nothing a release needs'}")
     return "\n".join(lines) + "\n"
 
