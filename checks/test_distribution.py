@@ -10,6 +10,7 @@ def test_distance_to_reference_corpus(check, adapter, harness, record_check):
         clip, why_not = harness.clip
         if clip is None:
             return CheckResult(adapter.name, check, SKIPPED, message=why_not)
-        return evaluate_distance(check, adapter.name, clip, harness.renders(None), harness.renders(adapter), harness.reference_images)
+        renders = lambda: (harness.renders(None), harness.renders(adapter))  # noqa: E731
+        return evaluate_distance(check, adapter.name, clip, renders, harness.reference_images)
 
     record_check(adapter, harness.run_check(adapter, check, evaluate, uses_renders=True))

@@ -6,6 +6,7 @@ def test_frozen_base(adapter, harness, record_check):
 
     def evaluate():
         harness.renders(adapter)
+        harness.record_stage(adapter, "after rendering")
         harness.unload(adapter.spec)
         stages = {}
         if harness.after_training_digests is not None:

@@ -47,6 +47,7 @@ class HarnessConfig:
     render_size: int | None  # None: the base's native size
     render_steps: int
     render_seeds: int
+    render_batch_size: int
     prompts: tuple[str, ...]
     reference_steps: int
     report_dir: Path
@@ -67,6 +68,7 @@ class HarnessConfig:
     require_metadata: bool = False
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)
+    render_cache: Path | None = None  # None: no render cache
 
     @property
     def base_is_hub_id(self) -> bool:
@@ -79,8 +81,9 @@ class HarnessConfig:
 
     @property
     def scale_zero_tolerance(self) -> float:
-        """On the CPU a render at LoRA scale 0 must equal the base exactly; elsewhere within the determinism control."""
-        return 0.0 if self.device == "cpu" else self.determinism_tolerance
+        """A render at LoRA scale 0 may differ from the base as two base renders may: the pipeline call that made
+        it can hold other prompts (or come from the cache), and batch shape changes float rounding."""
+        return self.determinism_tolerance
 
     def settings(self) -> dict:
         """Every option in force, as plain JSON values, for results.json."""
@@ -88,6 +91,7 @@ class HarnessConfig:
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
         settings["report_dir"] = str(self.report_dir)
+        settings["render_cache"] = str(self.render_cache) if self.render_cache else None
         settings["compare_to"] = str(self.compare_to) if self.compare_to else None
         settings["heldout_prompts"] = list(self.heldout_prompts)
         settings["train_captions"] = list(self.train_captions)
@@ -165,13 +169,16 @@ def _check_pipeline(base_model: str, path: Path) -> None:
         )
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, worker: int | None = None) -> str:
+    """`worker`: the xdist worker's index; with several GPUs and no index given, each worker takes its own."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device == "cuda" and worker is not None and torch.cuda.device_count() > 1:
+        return f"cuda:{worker % torch.cuda.device_count()}"
     return device
 
 

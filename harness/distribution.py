@@ -13,10 +13,12 @@ from .results import SKIPPED, CheckResult, verdict
 KID_SUBSETS = 50
 
 
-def evaluate_distance(check: str, adapter: str, clip, base, adapted, reference_images) -> CheckResult:
+def evaluate_distance(check: str, adapter: str, clip, renders, reference_images) -> CheckResult:
+    """`renders()` -> (base RenderSet, adapted RenderSet), asked only when there is a corpus to compare with."""
     if reference_images is None:
         message = f"{check} needs a reference corpus: pass --reference-images DIR with images of the style or subject"
         return CheckResult(adapter, check, SKIPPED, message=message)
+    base, adapted = renders()
     base_features = clip.image_features(base.images)
     adapted_features = clip.image_features(adapted.images)
     reference = clip.image_features(reference_images)

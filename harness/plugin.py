@@ -5,7 +5,6 @@ Imports nothing heavy at import time, so `pytest --help` and runs without `--ada
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -43,6 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          "Render height and width in pixels, a multiple of 8. Default: the base's native size."),
         ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),
         ("--render-seeds", "render_seeds", "N", "2", "Seeds rendered per prompt. Default: 2."),
+        ("--render-batch-size", "render_batch_size", "N", "16",
+         "Most renders (prompt x seed) per pipeline call; lower it when memory runs short. Default: 16."),
+        ("--render-cache", "render_cache", "DIR", "",
+         "Folder of the render cache. Default: lora_harness_renders in pytest's cache folder (.pytest_cache)."),
         ("--prompts", "prompts", "FILE", "", "Prompts, one per line. Default: a small built-in set."),
         ("--reference-steps", "reference_steps", "N", "30",
          "Training steps of the reference overfit; 0 skips it and its controls. Default: 30."),
@@ -84,6 +87,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     tolerance_help = "CHECK=FRACTION: allowed relative regression. Defaults: pixel_diff=0.25, param_budget=0.1, wiring=0, frozen_base=0."
     group.addoption("--compare-tolerance", action="append", default=[], metavar="CHECK=FRACTION", help=tolerance_help)
     parser.addini("lora_compare_tolerances", f"{tolerance_help} One per line.", type="linelist", default=[])
+    no_cache_help = "Render everything afresh and write no render cache."
+    group.addoption("--no-render-cache", action="store_true", default=None, help=no_cache_help)
+    parser.addini("lora_no_render_cache", f"{no_cache_help} (ini twin of --no-render-cache)", type="bool", default=False)
     require_help = "Fail release_metadata when the file lacks fields a release needs (base, rank, alpha, lr, steps, dataset)."
     group.addoption("--require-metadata", action="store_true", default=None, help=require_help)
     parser.addini("lora_require_metadata", f"{require_help} (ini twin of --require-metadata)", type="bool", default=False)
@@ -95,6 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from lora_harness.fixtures import harness_fixtures
     from lora_harness.reports.results_table import ResultsTable
 
+    from .progress import progress_for
     from .session import HarnessSession
 
     harness_config = _harness_config(config)  # raises pytest.UsageError before any model loads
@@ -106,7 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
             previous = Previous.load(harness_config.compare_to)
         except ValueError as error:
             raise pytest.UsageError(f"lora-harness: {error}") from None
-    config.stash[session_key] = HarnessSession(harness_config, progress=_progress_writer(config), previous=previous)
+    config.stash[session_key] = HarnessSession(harness_config, progress=progress_for(config), previous=previous)
     config.pluginmanager.register(harness_fixtures, "lora_harness.fixtures")
     if not hasattr(config, "workerinput"):  # under xdist only the controller writes reports
         table = ResultsTable(harness_config, previous)
@@ -136,13 +143,20 @@ def pytest_pycollect_makemodule(module_path: Path, parent):
     return pytest.Module.from_parent(parent, path=module_path, nodeid=f"{NODE_PREFIX}/{module_path.name}")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The checks that will run decide what is rendered (workers collect every item too)."""
+    harness = session.config.stash.get(session_key, None)
+    if harness is not None:
+        harness.checks = sorted({check_name(item) for item in session.items if _adapter_spec(item) is not None})
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each check with its adapter: `-n N --dist loadgroup` then keeps an adapter's checks on one worker."""
     if session_key not in config.stash:
         return
     for item in items:
-        spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
+        spec = _adapter_spec(item)
         if spec is not None:
             item.add_marker(pytest.mark.xdist_group(name=spec.slot))
 
@@ -163,9 +177,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     has_result = any(kind == report_records.RESULT for kind, _ in recorded)
     if report.failed and not has_result and call.excinfo is not None and report.when in ("setup", "call"):
         # A crash inside a check still becomes a record: the report must say what happened.
-        spec = item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
         message = f"{call.excinfo.typename}: {call.excinfo.value}"
-        result = _error_record(spec, check_name(item), message)
+        result = _error_record(_adapter_spec(item), check_name(item), message)
         recorded.append((report_records.RESULT, result))
         item.user_properties.extend(report_records.junit_properties(result))
         report.user_properties = list(item.user_properties)
@@ -174,8 +187,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if kind == report_records.RESULT and item.config.pluginmanager.hasplugin("html"):
             _add_html_extras(report, value, session.config.report_dir)
     recorded.clear()  # each record travels once
+    spec = _adapter_spec(item)
+    attached.append((report_records.COSTS, {"adapter": spec.name if spec else None, **session.take_costs()}))
     if report.when == "teardown":
-        attached.append((report_records.FORWARD_PASSES, session.take_forward_passes()))
         if "base" in session.__dict__:
             attached.append((report_records.BASE, session.base_summary()))
         if "controls" in session.__dict__:
@@ -200,6 +214,10 @@ def _add_html_extras(report, result: dict, report_dir: Path) -> None:
     report.extras = extras
 
 
+def _adapter_spec(item: pytest.Item):
+    return item.callspec.params.get("adapter_spec") if hasattr(item, "callspec") else None
+
+
 def check_name(item: pytest.Item) -> str:
     """The check an item runs: its `check` parameter (fid, kid, cmmd share a test), else its test name."""
     params = item.callspec.params if hasattr(item, "callspec") else {}
@@ -220,9 +238,9 @@ class ReportHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.table.expect(
-            (item.callspec.params["adapter_spec"].name, check_name(item))
+            (_adapter_spec(item).name, check_name(item))
             for item in session.items
-            if hasattr(item, "callspec") and "adapter_spec" in item.callspec.params
+            if _adapter_spec(item) is not None
         )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -268,10 +286,12 @@ def _harness_config(config: pytest.Config):
             render_size=options.parse_render_size(value("render_size")) if value("render_size") else None,
             render_steps=options.parse_positive_int(value("render_steps"), "--render-steps"),
             render_seeds=options.parse_positive_int(value("render_seeds"), "--render-seeds"),
+            render_batch_size=options.parse_positive_int(value("render_batch_size"), "--render-batch-size"),
+            render_cache=_render_cache(config, value("render_cache")),
             prompts=prompts,
             reference_steps=options.parse_non_negative_int(value("reference_steps"), "--reference-steps"),
             report_dir=Path(value("report_dir")).expanduser().resolve(),
-            device=resolve_device(options.parse_device(value("device"))),
+            device=resolve_device(options.parse_device(value("device")), _worker_index(config)),
             param_budget=options.parse_param_budget(value("param_budget")),
             diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
             dead_share=options.parse_fraction(value("dead_share"), "--dead-share"),
@@ -293,15 +313,16 @@ def _harness_config(config: pytest.Config):
         raise pytest.UsageError(f"lora-harness: {error}") from None
 
 
-def _progress_writer(config: pytest.Config):
-    """Progress lines reach the terminal even while pytest captures output (training and renders take a while)."""
+def _worker_index(config: pytest.Config) -> int | None:
+    """gw0 -> 0 under pytest-xdist; None in a plain run."""
+    workerinput = getattr(config, "workerinput", None)
+    return int(workerinput["workerid"].removeprefix("gw")) if workerinput else None
 
-    def write(line: str) -> None:
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None or config.option.verbose < 0 or hasattr(config, "workerinput"):
-            return
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            reporter.write_line(f"[lora-harness] {line}")
 
-    return write
+def _render_cache(config: pytest.Config, folder: str) -> Path | None:
+    if config.getoption("no_render_cache") or config.getini("lora_no_render_cache"):
+        return None
+    if folder:
+        return Path(folder).expanduser().resolve()
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    return cache.mkdir("lora_harness_renders") if cache is not None else None

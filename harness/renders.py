@@ -1,33 +1,39 @@
-"""The render plan and the renderer: same prompts, seeds, scheduler and size for the base and every adapter."""
+"""The render settings and the renderer: same prompts, seeds, scheduler and size for the base and every adapter."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 
 GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
 
 
 @dataclass(frozen=True)
 class RenderPlan:
+    """The main prompts and the settings every render of the run shares."""
+
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     size: int
     steps: int
     guidance_scale: float = GUIDANCE_SCALE
+    batch_size: int = 16  # renders per pipeline call
+
+    def jobs_for(self, prompts) -> list[tuple[str, int]]:
+        return [(prompt, seed) for prompt in prompts for seed in self.seeds]
 
     @property
     def jobs(self) -> list[tuple[str, int]]:
-        return [(prompt, seed) for prompt in self.prompts for seed in self.seeds]
+        return self.jobs_for(self.prompts)
 
 
 @dataclass
 class RenderSet:
-    """One image per job of the plan, as uint8 HxWx3 (what a user would save and look at)."""
+    """One image per job, as uint8 HxWx3 (what a user would save and look at)."""
 
     images: np.ndarray  # [jobs, H, W, 3] uint8
     jobs: list[tuple[str, int]]
@@ -41,9 +47,17 @@ class Renderer:
         self.plan = plan
         self.device = device
 
-    def render(self, adapter_name: str | None, scale: float = 1.0, watch: dict[str, torch.nn.Module] | None = None, plan: RenderPlan | None = None):
-        """Render every job of `plan` (default: the main plan) with only `adapter_name` active (none: the base)."""
-        plan = plan or self.plan
+    def render(
+        self,
+        adapter_name: str | None,
+        scale: float = 1.0,
+        jobs: list[tuple[str, int]] | None = None,
+        watch: dict[str, torch.nn.Module] | None = None,
+        on_step: Callable[[], None] = lambda: None,
+    ) -> RenderSet:
+        """Render `jobs` (default: the main plan's) with only `adapter_name` active (none: the base), in pipeline
+        calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
+        jobs = self.plan.jobs if jobs is None else jobs
         ran: set[str] = set()
         hooks = [
             layer.lora_A[adapter_name].register_forward_hook(lambda *_, name=name: ran.add(name))
@@ -51,23 +65,34 @@ class Renderer:
         ]
         try:
             with self._only(adapter_name):
-                output = self.pipeline(
-                    prompt=[prompt for prompt, _ in plan.jobs],
-                    generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in plan.jobs],
-                    height=plan.size,
-                    width=plan.size,
-                    num_inference_steps=plan.steps,
-                    guidance_scale=plan.guidance_scale,
-                    cross_attention_kwargs=None if adapter_name is None else {"scale": scale},
-                    output_type="np",
-                ).images
+                batch = self.plan.batch_size
+                output = np.concatenate([self._call(jobs[i : i + batch], adapter_name, scale, on_step) for i in range(0, len(jobs), batch)])
         finally:
             for hook in hooks:
                 hook.remove()
         finite = np.isfinite(output).all(axis=(1, 2, 3))
         images = (np.nan_to_num(output, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-        nonfinite = [job for job, ok in zip(plan.jobs, finite) if not ok]
-        return RenderSet(images=images, jobs=plan.jobs, nonfinite_jobs=nonfinite, layers_run=ran)
+        nonfinite = [job for job, ok in zip(jobs, finite) if not ok]
+        return RenderSet(images=images, jobs=list(jobs), nonfinite_jobs=nonfinite, layers_run=ran)
+
+    def _call(self, jobs, adapter_name, scale, on_step) -> np.ndarray:
+        plan = self.plan
+
+        def step_end(pipeline, step, timestep, tensors):
+            on_step()
+            return tensors
+
+        return self.pipeline(
+            prompt=[prompt for prompt, _ in jobs],
+            generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in jobs],
+            height=plan.size,
+            width=plan.size,
+            num_inference_steps=plan.steps,
+            guidance_scale=plan.guidance_scale,
+            cross_attention_kwargs=None if adapter_name is None else {"scale": scale},
+            callback_on_step_end=step_end,
+            output_type="np",
+        ).images
 
     @contextlib.contextmanager
     def _only(self, adapter_name: str | None):

@@ -8,7 +8,7 @@ RESULT = "result"
 ADAPTER = "adapter"
 BASE = "base"
 CONTROLS = "controls"
-FORWARD_PASSES = "unet_forward_passes"
+COSTS = "costs"  # U-Net calls and render-cache traffic since the previous report, by adapter
 
 item_records = pytest.StashKey[list]()  # what a check recorded on its item, copied onto its call report
 

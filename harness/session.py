@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable
+
+import numpy as np
 
 from .adapter_file import AdapterLoadError, read_adapter
 from .config import REFERENCE, AdapterSpec, HarnessConfig
 from .digests import digest_parameters, fingerprint
 from .injection import Application, apply_adapter, file_defects
 from .pixel_diff import evaluate_pixel_diff
+from .progress import Progress
 from .regression import compare
-from .renders import RenderPlan, Renderer, RenderSet
+from .render_cache import CachedRender, RenderCache, RenderKey, scheduler_identity
+from .render_needs import ADAPTED, AT_ZERO, BASE, HELDOUT, MAIN, RenderNeeds
+from .renders import Renderer, RenderPlan, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from .wiring import evaluate_wiring
 
@@ -46,15 +51,17 @@ class Controls:
 
 
 class HarnessSession:
-    def __init__(self, config: HarnessConfig, progress: Callable[[str], None] = lambda line: None, previous=None):
+    def __init__(self, config: HarnessConfig, progress: Progress | None = None, previous=None):
         self.config = config
         self.previous = previous  # regression.Previous, with --compare-to
-        self.progress = progress
+        self.progress = progress or Progress()  # silent outside pytest
+        self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
+        self.checks: list[str] | None = None  # the checks collected; None: all of them
         self.unet_forward_passes = 0
         self._loaded: dict[str, LoadedAdapter] = {}
-        self._renders: dict[tuple[str | None, float], RenderSet] = {}
+        self._images: dict[tuple, CachedRender] = {}  # (slot, scale, prompt, seed) -> one render
         self._base_again: RenderSet | None = None
-        self._forward_passes_reported = 0
+        self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
         self.after_training_digests: dict[str, str] | None = None
 
     # -- base -------------------------------------------------------------------------------------------------
@@ -62,7 +69,7 @@ class HarnessSession:
     def base(self):
         from .base import load_base
 
-        self.progress(f"loading base model {self.config.base_model}")
+        self.progress.line(f"loading base model {self.config.base_model}")
         base = load_base(self.config)
         base.pipeline.unet.register_forward_pre_hook(self._count_forward)
         self.base_digests = digest_parameters(base.pipeline)
@@ -72,10 +79,16 @@ class HarnessSession:
     def _count_forward(self, *_):
         self.unet_forward_passes += 1
 
-    def take_forward_passes(self) -> int:
-        """U-Net forward calls since the last call: each test report carries its share, so xdist can add them up."""
-        delta = self.unet_forward_passes - self._forward_passes_reported
-        self._forward_passes_reported = self.unet_forward_passes
+    def take_costs(self) -> dict[str, int]:
+        """U-Net calls and cache traffic since the last call: each test report carries its share, so xdist adds them up."""
+        cache = self.render_cache
+        now = {
+            "unet_forward_passes": self.unet_forward_passes,
+            "cache_hits": cache.hits if cache else 0,
+            "cache_written": cache.written if cache else 0,
+        }
+        delta = {key: now[key] - self._reported[key] for key in now}
+        self._reported = now
         return delta
 
     def base_summary(self) -> dict:
@@ -85,7 +98,18 @@ class HarnessSession:
     def plan(self) -> RenderPlan:
         seeds = tuple(range(self.config.render_seeds))
         size = self.config.render_size or self.base.native_size
-        return RenderPlan(self.config.prompts, seeds, size, self.config.render_steps)
+        return RenderPlan(self.config.prompts, seeds, size, self.config.render_steps, batch_size=self.config.render_batch_size)
+
+    @cached_property
+    def needs(self) -> RenderNeeds:
+        from .render_needs import CHECK_RENDERS, CLIP_CHECKS
+
+        checks = self.checks if self.checks is not None else list(CHECK_RENDERS)
+        clip = bool(CLIP_CHECKS & set(checks)) and self.clip[0] is not None
+        return RenderNeeds.of_checks(
+            checks, clip=clip, corpus=self.config.reference_images is not None,
+            train_images=self.config.train_images is not None, reference_steps=self.config.reference_steps,
+        )
 
     @cached_property
     def renderer(self) -> Renderer:
@@ -101,13 +125,10 @@ class HarnessSession:
 
         pipeline = self.base.pipeline
         steps = self.config.reference_steps
-        report_every = max(1, steps // 5)
-
-        def step_progress(step: int, total: int, loss: float) -> None:
-            if step % report_every == 0 or step == total:
-                self.progress(f"reference overfit: step {step}/{total}, loss {loss:.4f}")
-
-        run = train_reference(pipeline, steps, self.plan.size, self.config.device, self.config.report_dir, step_progress)
+        self.progress.line(f"training the reference overfit: {steps} steps")
+        with self.progress.bar(steps, "reference overfit") as advance:
+            run = train_reference(pipeline, steps, self.plan.size, self.config.device, self.config.report_dir, lambda *_: advance())
+        self.progress.line(f"reference overfit: loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}")
         self.after_training_digests = digest_parameters(pipeline)
         return run
 
@@ -125,8 +146,9 @@ class HarnessSession:
                 return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=REFERENCE_SKIPPED)
             path = run.reference_dir if spec.name == REFERENCE else run.control_dir
         record = {"name": spec.name, "path": str(path)}
-        self.reference_run  # noqa: B018 - training must happen before the first adapter touches the base
-        self.progress(f"loading adapter {spec.name}")
+        if self.needs.controls or any(s.is_reference for s in self.config.adapters):
+            self.reference_run  # noqa: B018 - training must happen before the first adapter touches the base
+        self.progress.line(f"loading adapter {spec.name}")
         try:
             adapter_file = read_adapter(path)
             record.update(sha256=adapter_file.sha256, metadata=_metadata(adapter_file))
@@ -140,6 +162,10 @@ class HarnessSession:
             record["defects"] = defects
         return LoadedAdapter(spec, record, application=application, defects=defects)
 
+    def record_stage(self, adapter: LoadedAdapter, stage: str) -> None:
+        """The base parameters' digests now, for frozen_base to compare with those taken at load."""
+        adapter.stage_digests[stage] = digest_parameters(self.base.pipeline)
+
     def unload(self, spec: AdapterSpec) -> None:
         loaded = self._loaded.pop(spec.name, None)
         if loaded is None or loaded.application is None:
@@ -150,23 +176,86 @@ class HarnessSession:
             pipeline.delete_adapters(spec.slot)
         if not any(pipeline.get_list_adapters().values()):
             pipeline.unload_lora_weights()  # the last adapter: take the peft wrappers out too
-        self._renders = {key: value for key, value in self._renders.items() if key[0] != spec.slot}
-        loaded.stage_digests["after unloading"] = digest_parameters(pipeline)
+        self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}
+        self.record_stage(loaded, "after unloading")
 
     # -- renders ----------------------------------------------------------------------------------------------------
-    def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0) -> RenderSet:
-        name = adapter.spec.slot if adapter else None
-        key = (name, scale if adapter else 1.0)
-        if key not in self._renders:
-            if adapter is None:
-                self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
-            what = f"adapter {adapter.name} at scale {scale:g}" if adapter else "base"
-            self.progress(f"rendering {what}: {len(self.plan.jobs)} images, {self.plan.steps} steps, {self.plan.size}px")
+    def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:
+        """Renders of `prompts` (default: the main ones) x the seeds, from memory, the disk cache or the pipeline.
+        A state's first render request renders every prompt any selected check wants of it, in one go."""
+        prompts = self.plan.prompts if prompts is None else tuple(prompts)
+        slot, scale = (adapter.spec.slot, scale) if adapter else (None, 1.0)
+        jobs = self.plan.jobs_for(prompts)
+        if any((slot, scale, *job) not in self._images for job in jobs):
+            planned = [p for name in self._planned_prompt_sets(adapter, scale) for p in self._prompt_set(name)]
+            self._fill(adapter, scale, self.plan.jobs_for(dict.fromkeys([*planned, *prompts])))
+        return self._render_set([self._images[(slot, scale, *job)] for job in jobs], jobs)
+
+    def heldout_renders(self, adapter: LoadedAdapter | None, prompts: list[str]) -> RenderSet:
+        return self.renders(adapter, 1.0, prompts)
+
+    def _prompt_set(self, name: str) -> tuple[str, ...]:
+        return {MAIN: self.plan.prompts, HELDOUT: self.config.heldout_prompts}[name]
+
+    def _planned_prompt_sets(self, adapter: LoadedAdapter | None, scale: float) -> list[str]:
+        if adapter is None:
+            return self.needs.prompt_sets(BASE)
+        role = "control" if adapter.spec == CONTROL else "reference" if adapter.spec.is_reference else "adapter"
+        return self.needs.prompt_sets(ADAPTED if scale == 1.0 else AT_ZERO, role)
+
+    def _fill(self, adapter: LoadedAdapter | None, scale: float, jobs: list[tuple[str, int]]) -> None:
+        slot = adapter.spec.slot if adapter else None
+        if adapter is None:
+            self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
+        missing = [job for job in jobs if (slot, scale, *job) not in self._images]
+        cache = self.render_cache
+        keys = {job: self._cache_key(adapter, scale, *job) for job in missing} if cache else {}
+        for job, key in keys.items():
+            cached = cache.get(key)
+            if cached is not None:
+                self._images[(slot, scale, *job)] = cached
+        to_render = [job for job in missing if (slot, scale, *job) not in self._images]
+        what = f"adapter {adapter.name} at scale {scale:g}" if adapter else "base"
+        if len(to_render) < len(missing):
+            self.progress.line(f"{what}: {len(missing) - len(to_render)} renders from the cache {cache.folder}")
+        if to_render:
             watch = adapter.application.lora_layers if adapter and scale == 1.0 else None
-            self._renders[key] = self.renderer.render(name, scale, watch)
-            if adapter is not None and scale == 1.0:
-                adapter.stage_digests["after rendering"] = digest_parameters(self.base.pipeline)
-        return self._renders[key]
+            rendered = self._render(what, slot, scale, to_render, watch)
+            for index, job in enumerate(to_render):
+                render = CachedRender(rendered.images[index], job not in rendered.nonfinite_jobs, sorted(rendered.layers_run))
+                self._images[(slot, scale, *job)] = render
+                if cache:
+                    cache.put(keys[job], render)
+
+    def _render(self, what: str, slot: str | None, scale: float, jobs, watch=None) -> RenderSet:
+        plan = self.plan
+        self.progress.line(f"rendering {what}: {len(jobs)} images, {plan.steps} steps, {plan.size}px")
+        calls = -(-len(jobs) // plan.batch_size)
+        with self.progress.bar(calls * plan.steps, f"rendering {what}") as advance:
+            return self.renderer.render(slot, scale, jobs, watch, advance)
+
+    def _cache_key(self, adapter: LoadedAdapter | None, scale: float, prompt: str, seed: int) -> RenderKey:
+        adapter_sha256 = adapter.record.get("sha256") if adapter else None
+        return RenderKey(adapter_sha256=adapter_sha256, scale=scale, prompt=prompt, seed=seed, **self._render_identity)
+
+    @cached_property
+    def _render_identity(self) -> dict:
+        """The cache key's parts every render of the run shares."""
+        plan, pipeline = self.plan, self.base.pipeline
+        return {
+            "base_fingerprint": self.base_fingerprint, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
+            "size": plan.size, "scheduler": scheduler_identity(pipeline.scheduler),
+            "device": str(pipeline.device), "dtype": str(pipeline.unet.dtype),
+        }
+
+    @staticmethod
+    def _render_set(renders: list[CachedRender], jobs) -> RenderSet:
+        return RenderSet(
+            images=np.stack([render.image for render in renders]),
+            jobs=jobs,
+            nonfinite_jobs=[job for job, render in zip(jobs, renders) if not render.finite],
+            layers_run={layer for render in renders for layer in render.layers_run},
+        )
 
     def save_pictures(self, adapter: LoadedAdapter) -> list[dict]:
         """Base, adapted and |diff| heatmap per render as PNG files under the report folder, for the report."""
@@ -192,17 +281,6 @@ class HarnessSession:
                 "diff_max": peak,
             })
         return pictures
-
-    def heldout_renders(self, adapter: LoadedAdapter | None, prompts: list[str]) -> RenderSet:
-        """Renders of held-out prompts, same seeds and settings as the main plan; cached like the others."""
-        plan = RenderPlan(tuple(prompts), self.plan.seeds, self.plan.size, self.plan.steps)
-        key = (adapter.spec.slot if adapter else None, "heldout", plan.prompts)
-        if key not in self._renders:
-            self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
-            what = f"adapter {adapter.name}" if adapter else "base"
-            self.progress(f"rendering held-out prompts for {what}: {len(plan.jobs)} images")
-            self._renders[key] = self.renderer.render(adapter.spec.slot if adapter else None, 1.0, None, plan)
-        return self._renders[key]
 
     @cached_property
     def clip(self):
@@ -240,7 +318,7 @@ class HarnessSession:
         """The determinism control: the base rendered a second time with the same inputs."""
         if self._base_again is None:
             self.renders(None)
-            self._base_again = self.renderer.render(None)
+            self._base_again = self._render("the base again (determinism control)", None, 1.0, self.plan.jobs)
         return self._base_again
 
     # -- checks --------------------------------------------------------------------------------------------------------
@@ -269,6 +347,8 @@ class HarnessSession:
         """The reference must pass and the untrained twin must fail: else the run cannot tell good from bad."""
         if self.config.reference_steps == 0:
             return Controls(SKIPPED, REFERENCE_SKIPPED)
+        if not self.needs.controls:
+            return Controls(SKIPPED, "no selected check renders, so the controls were not needed")
         reference = self.adapter(AdapterSpec(REFERENCE, None))
         control = self.adapter(CONTROL)
         base, again = self.renders(None), self.base_renders_again()

@@ -28,6 +28,8 @@ class ResultsTable:
         self.results: dict[tuple[str, str], dict] = {}
         self.controls = {"status": "not run", "message": "no render-based check of a user adapter ran yet", "details": {}}
         self.unet_forward_passes = 0
+        self.render_cache = {"folder": str(config.render_cache) if config.render_cache else None, "hits": 0, "written": 0}
+        self.costs: dict[str, dict] = {}  # adapter -> wall seconds, U-Net calls, cached renders used
         self.expected: list[tuple[str, str]] = []  # (adapter, check) pairs collected
         self.run = {"status": "running", "exit_status": None}
         self.environment = environment()
@@ -51,10 +53,20 @@ class ResultsTable:
                 self.base = value
             elif kind == report_records.CONTROLS:
                 self.controls = value
-            elif kind == report_records.FORWARD_PASSES:
-                self.unet_forward_passes += value
+            elif kind == report_records.COSTS:
+                self._add_costs(value, report.duration)
         if report.when == "teardown":
             self.write()
+
+    def _add_costs(self, costs: dict, seconds: float) -> None:
+        self.unet_forward_passes += costs["unet_forward_passes"]
+        self.render_cache["hits"] += costs["cache_hits"]
+        self.render_cache["written"] += costs["cache_written"]
+        if costs["adapter"] is not None:
+            cost = self.costs.setdefault(costs["adapter"], {"wall_s": 0.0, "unet_forward_passes": 0, "cached_renders": 0})
+            cost["wall_s"] = round(cost["wall_s"] + seconds, 3)
+            cost["unet_forward_passes"] += costs["unet_forward_passes"]
+            cost["cached_renders"] += costs["cache_hits"]
 
     def document(self) -> dict:
         return {
@@ -62,9 +74,13 @@ class ResultsTable:
             "harness_version": __version__,
             "base": self.base,
             "settings": self.config.settings(),
-            "adapters": [{field: record.get(field) for field in ADAPTER_FIELDS} | _extra(record) for record in self.adapters.values()],
+            "adapters": [
+                {field: record.get(field) for field in ADAPTER_FIELDS} | {"cost": self.costs.get(record["name"])} | _extra(record)
+                for record in self.adapters.values()
+            ],
             "results": list(self.results.values()),
             "unet_forward_passes": self.unet_forward_passes,
+            "render_cache": self.render_cache,
             "controls": self.controls,
             "environment": self.environment,
             "previous": {"path": str(self.previous.path), "harness_version": self.previous.harness_version} if self.previous else None,

@@ -45,3 +45,24 @@ def test_numbers_and_devices():
     assert parse_device("CUDA:1") == "cuda:1"
     with pytest.raises(ValueError, match="device"):
         parse_device("tpu")
+
+
+@pytest.mark.parametrize(
+    "device, worker, gpus, expected",
+    [
+        ("auto", None, 4, "cuda"),  # a plain run leaves the choice to torch
+        ("auto", 5, 4, "cuda:1"),  # xdist worker gw5 on a 4-GPU machine
+        ("cuda", 2, 4, "cuda:2"),
+        ("cuda", 3, 1, "cuda"),  # one GPU: every worker shares it
+        ("cuda:0", 3, 4, "cuda:0"),  # an explicit index is kept
+        ("cpu", 3, 4, "cpu"),
+    ],
+)
+def test_each_xdist_worker_takes_its_own_gpu(monkeypatch, device, worker, gpus, expected):
+    import torch
+
+    from lora_harness.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_device(device, worker) == expected

@@ -1,0 +1,122 @@
+"""What the harness costs next to the plain diffusers script a user would write, with pytest-benchmark.
+
+Not part of the test run (its own command; results saved so runs compare):
+
+    pytest benchmarks --benchmark-autosave
+    pytest benchmarks --benchmark-compare                   # against the last saved run
+    LORA_BENCH_BASE=./sd15-random pytest benchmarks -k "render_phase or load"   # on an SD1.5-sized folder
+
+Each figure is a ratio measured in the same process (or, for memory, in twin processes): no timed asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lora_harness.adapter_file import read_adapter
+from lora_harness.base import load_base
+from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
+from lora_harness.injection import apply_adapter
+from render_phase import (
+    BASE,
+    harness_config,
+    harness_renders,
+    harness_setup,
+    plain_renders,
+    plain_setup,
+)
+
+
+@pytest.fixture(scope="module")
+def kohya_adapter(tmp_path_factory):
+    """A rank-4 Kohya file matching the benchmark base's U-Net."""
+    folder = tmp_path_factory.mktemp("adapters")
+    unet = load_base(harness_config(folder)).pipeline.unet
+    return write_adapter("kohya", make_lora(unet, rank=4, seed=1), folder / "kohya.safetensors", 4, 4)
+
+
+@pytest.mark.benchmark(group="render phase: base, adapted, scale 0, base again")
+@pytest.mark.parametrize("renderer", ["plain diffusers", "harness"])
+def test_render_phase(benchmark, renderer, kohya_adapter, tmp_path):
+    """The renders wiring and pixel_diff need: the harness (LoRA hooks, bookkeeping) against bare pipeline calls."""
+    config = harness_config(tmp_path, kohya_adapter)
+    if renderer == "harness":
+        benchmark.pedantic(harness_renders, setup=lambda: (harness_setup(config), {}), rounds=3)
+    else:
+        benchmark.pedantic(plain_renders, setup=lambda: ((plain_setup(config),), {}), rounds=3)
+
+
+@pytest.mark.benchmark(group="load a Kohya adapter")
+@pytest.mark.parametrize("loader", ["plain diffusers", "harness (with proof)"])
+def test_load(benchmark, loader, kohya_adapter, tmp_path):
+    """diffusers' load_lora_weights against the harness's load, which also proves every value and scale."""
+    base = load_base(harness_config(tmp_path))
+
+    def load():
+        if loader == "plain diffusers":
+            base.pipeline.load_lora_weights(str(kohya_adapter), adapter_name="a")
+        else:
+            apply_adapter(base.pipeline, base.cross_attention_width, read_adapter(kohya_adapter), "a")
+
+    benchmark.pedantic(load, teardown=base.pipeline.unload_lora_weights, rounds=5)
+
+
+def run_harness(folder: Path, *arguments: str) -> dict:
+    """`pytest --adapter …` in a fresh process as a user runs it; returns results.json."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--base-model", BASE, *arguments]
+    completed = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    assert completed.returncode in (0, 1), completed.stdout[-3000:]
+    return json.loads((folder / "lora-report" / "results.json").read_text())
+
+
+def test_main_job(benchmark, tmp_path):
+    """`pytest --adapter reference` end to end, render cache off (the first run on a machine)."""
+    benchmark.pedantic(run_harness, args=(tmp_path, "--adapter", "reference", "--no-render-cache"), rounds=1, iterations=1)
+
+
+def test_second_adapter_cost(benchmark, kohya_adapter, tmp_path):
+    """Two adapters in one run: the second shares the base renders; its share of wall time and U-Net calls.
+    Without the reference overfit, whose training and controls would fall to the first adapter."""
+    other = write_adapter("peft", make_lora(load_base(harness_config(tmp_path)).pipeline.unet, seed=2), tmp_path / "peft", 4, 4)
+    arguments = ("--adapter", str(kohya_adapter), "--adapter", str(other), "--reference-steps", "0", "--no-render-cache")
+    document = benchmark.pedantic(run_harness, args=(tmp_path, *arguments), rounds=1, iterations=1)
+    first, second = (adapter["cost"] for adapter in document["adapters"])
+    benchmark.extra_info.update(
+        first=first, second=second,
+        wall_ratio=round(second["wall_s"] / first["wall_s"], 3),
+        unet_ratio=round(second["unet_forward_passes"] / first["unet_forward_passes"], 3),
+    )
+    print(f"\nsecond adapter / first: wall {benchmark.extra_info['wall_ratio']}, U-Net calls {benchmark.extra_info['unet_ratio']}")
+
+
+def test_warm_render_cache(benchmark, kohya_adapter, tmp_path):
+    """The same adapter again: renders come from the cache; only the determinism control renders."""
+    arguments = ("--adapter", str(kohya_adapter), "--render-cache", str(tmp_path / "cache"))
+    cold = run_harness(tmp_path, *arguments)
+    warm = benchmark.pedantic(run_harness, args=(tmp_path, *arguments), rounds=1, iterations=1)
+    benchmark.extra_info.update(cold_unet=cold["unet_forward_passes"], warm_unet=warm["unet_forward_passes"])
+
+
+PEAK_MEMORY_SCRIPT = Path(__file__).with_name("peak_memory.py")
+
+
+def test_peak_memory(benchmark, kohya_adapter):
+    """Peak resident memory of the render phase over what loading took, harness vs plain, in twin processes."""
+
+    def measure() -> dict:
+        peaks = {}
+        for renderer in ("plain", "harness"):
+            command = [sys.executable, str(PEAK_MEMORY_SCRIPT), renderer, str(kohya_adapter)]
+            peaks[renderer] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        return peaks
+
+    peaks = benchmark.pedantic(measure, rounds=1, iterations=1)
+    ratio = peaks["harness"]["peak_mib"] / peaks["plain"]["peak_mib"]
+    growth = peaks["harness"]["growth_mib"] / max(peaks["plain"]["growth_mib"], 1)
+    benchmark.extra_info.update(peaks=peaks, peak_ratio=round(ratio, 3), growth_ratio=round(growth, 3))
+    print(f"\npeak memory while rendering, harness / plain: {ratio:.3f}; growth over the loaded state: {growth:.3f} ({peaks})")
+

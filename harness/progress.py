@@ -1,0 +1,55 @@
+"""Progress of long work (training steps, renders): a line per phase and a tqdm bar per phase on the terminal,
+quiet under `-q` and in xdist workers, whose output nobody sees."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+
+class Progress:
+    """Silent: what a session gets outside pytest, and under `-q` or xdist."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def bar(self, total: int, description: str) -> Iterator[Callable[[], None]]:
+        yield lambda: None
+
+
+class TerminalProgress(Progress):
+    """Writes past pytest's output capture: progress is for the person watching the run."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def _capture_off(self):
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        return capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+
+    def line(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        with self._capture_off():
+            reporter.write_line(f"[lora-harness] {text}")
+
+    @contextlib.contextmanager
+    def bar(self, total: int, description: str) -> Iterator[Callable[[], None]]:
+        from tqdm import tqdm
+
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            yield lambda: None
+            return
+        with self._capture_off():
+            reporter.ensure_newline()
+            with tqdm(total=total, desc=f"[lora-harness] {description}", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None) as bar:
+                yield lambda: bar.update(1)
+
+
+def progress_for(config) -> Progress:
+    shown = config.option.verbose >= 0 and not hasattr(config, "workerinput")
+    return TerminalProgress(config) if shown else Progress()
