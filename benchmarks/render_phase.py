@@ -17,6 +17,7 @@ from lora_harness.session import HarnessSession
 BASE = os.environ.get("LORA_BENCH_BASE", "tiny")
 PROMPTS = ("a photo of a cat", "a lighthouse at dusk")
 SEEDS, STEPS = 2, 4
+ROUNDS = int(os.environ.get("LORA_BENCH_ROUNDS", "3"))  # one is enough on an SD1.5-sized base on a CPU
 SIZE = None if BASE == "tiny" else 256  # the tiny base renders at its native 64 px
 
 

@@ -4,7 +4,7 @@ Not part of the test run (its own command; results saved so runs compare):
 
     pytest benchmarks --benchmark-autosave
     pytest benchmarks --benchmark-compare                   # against the last saved run
-    LORA_BENCH_BASE=./sd15-random pytest benchmarks -k "render_phase or load"   # on an SD1.5-sized folder
+    LORA_BENCH_BASE=./sd15-random LORA_BENCH_ROUNDS=1 pytest benchmarks -k "render_phase or peak"   # SD1.5-sized
 
 Each figure is a ratio measured in the same process (or, for memory, in twin processes): no timed asserts.
 """
@@ -23,6 +23,7 @@ from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
 from lora_harness.injection import apply_adapter
 from render_phase import (
     BASE,
+    ROUNDS,
     harness_config,
     harness_renders,
     harness_setup,
@@ -45,9 +46,9 @@ def test_render_phase(benchmark, renderer, kohya_adapter, tmp_path):
     """The renders wiring and pixel_diff need: the harness (LoRA hooks, bookkeeping) against bare pipeline calls."""
     config = harness_config(tmp_path, kohya_adapter)
     if renderer == "harness":
-        benchmark.pedantic(harness_renders, setup=lambda: (harness_setup(config), {}), rounds=3)
+        benchmark.pedantic(harness_renders, setup=lambda: (harness_setup(config), {}), rounds=ROUNDS)
     else:
-        benchmark.pedantic(plain_renders, setup=lambda: ((plain_setup(config),), {}), rounds=3)
+        benchmark.pedantic(plain_renders, setup=lambda: ((plain_setup(config),), {}), rounds=ROUNDS)
 
 
 @pytest.mark.benchmark(group="load a Kohya adapter")

@@ -1,16 +1,16 @@
 import pytest
 
 from lora_harness.distribution import evaluate_distance
-from lora_harness.results import SKIPPED, CheckResult
+from lora_harness.results import CheckResult
 
 
 @pytest.mark.parametrize("check", ["fid", "kid", "cmmd"])
 def test_distance_to_reference_corpus(check, adapter, harness, record_check):
     def evaluate():
-        clip, why_not = harness.clip
-        if clip is None:
-            return CheckResult(adapter.name, check, SKIPPED, message=why_not)
+        features, why_not, status = harness.distance_features(check)
+        if features is None:
+            return CheckResult(adapter.name, check, status, message=why_not)
         renders = lambda: (harness.renders(None), harness.renders(adapter))  # noqa: E731
-        return evaluate_distance(check, adapter.name, clip, renders, harness.reference_images)
+        return evaluate_distance(check, adapter.name, features, renders, harness.reference_images)
 
     record_check(adapter, harness.run_check(adapter, check, evaluate, uses_renders=True))

@@ -20,7 +20,7 @@ PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, Lor
 DIFFUSERS = "diffusers"
 ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
 LORA_METADATA_KEY = "lora_adapter_metadata"
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 ROLES = ("lora_A", "lora_B")
 
 
@@ -137,7 +137,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         prefixed = {f"unet.{k}": v for k, v in tensors.items()}
         lora_configs = _metadata_configs(adapter, default_component="unet")
     elif layout == ATTN_PROCS:
-        prefixed = {k if k.startswith(("unet.", "text_encoder.")) else f"unet.{k}": v for k, v in tensors.items()}
+        prefixed = {k if k.startswith(tuple(f"{c}." for c in COMPONENTS)) else f"unet.{k}": v for k, v in tensors.items()}
     else:
         prefixed = tensors
         lora_configs = _metadata_configs(adapter, default_component=None)

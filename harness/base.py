@@ -1,11 +1,11 @@
-"""The base pipeline: the embedded tiny one, a local diffusers folder, or a hub id from the local cache."""
+"""The base pipeline: an embedded tiny one, a local diffusers folder, or a hub id from the local cache."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from .config import TINY, HarnessConfig
+from .config import TINY, TINY_SDXL, HarnessConfig
 from .families import family_of_width
 
 
@@ -24,9 +24,9 @@ class BaseModel:
 
 def load_base(config: HarnessConfig) -> BaseModel:
     if config.base_path is None:
-        from .tiny_base import build_tiny_pipeline
+        from .tiny_base import build_tiny_pipeline, build_tiny_sdxl_pipeline
 
-        pipeline = build_tiny_pipeline()
+        pipeline = {TINY: build_tiny_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline}[config.base_model]()
     else:
         pipeline = _load_folder(config.base_path)
     pipeline.to(config.device)
@@ -34,9 +34,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
     denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
     width = denoiser.config.get("cross_attention_dim")
     native_size = denoiser.config.sample_size * pipeline.vae_scale_factor
-    family = "tiny (SD1.x-shaped)" if config.base_model == TINY else family_of_width(width)
-    if getattr(pipeline, "text_encoder_2", None) is not None and width == 2048:
-        family = "SDXL"
+    family = {TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)"}.get(config.base_model) or family_of_width(width)
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,

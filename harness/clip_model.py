@@ -25,23 +25,31 @@ class ClipModel:
     def __post_init__(self):
         self._image_cache: dict[str, torch.Tensor] = {}
 
-    @torch.no_grad()
     def image_features(self, images: np.ndarray) -> torch.Tensor:
         """Unit-norm embeddings of uint8 [N, H, W, 3] images; each distinct image is encoded once per run."""
-        keys = [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in images]
-        missing = [i for i, key in enumerate(keys) if key not in self._image_cache]
-        if missing:
-            pixels = torch.from_numpy(images[missing]).permute(0, 3, 1, 2).float() / 255
-            pixels = torch.nn.functional.interpolate(pixels, size=(self.image_size,) * 2, mode="bicubic", antialias=True)
-            encoded = self.model.encode_image((pixels - MEAN) / STD)
-            for i, embedding in zip(missing, torch.nn.functional.normalize(encoded.float(), dim=-1)):
-                self._image_cache[keys[i]] = embedding
-        return torch.stack([self._image_cache[key] for key in keys])
+        return encode_once(self._image_cache, images, self._encode_images)
+
+    @torch.no_grad()
+    def _encode_images(self, images: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        pixels = torch.nn.functional.interpolate(pixels, size=(self.image_size,) * 2, mode="bicubic", antialias=True)
+        return torch.nn.functional.normalize(self.model.encode_image((pixels - MEAN) / STD).float(), dim=-1)
 
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         encoded = self.model.encode_text(self.tokenizer(prompts))
         return torch.nn.functional.normalize(encoded.float(), dim=-1)
+
+
+def encode_once(cache: dict[str, torch.Tensor], images: np.ndarray, encode) -> torch.Tensor:
+    """encode(images) row by row, each distinct image (by its bytes) encoded once per run: the base's renders
+    serve every adapter and check."""
+    keys = [hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() for image in images]
+    missing = [i for i, key in enumerate(keys) if key not in cache]
+    if missing:
+        for i, features in zip(missing, encode(np.ascontiguousarray(images[missing]))):
+            cache[keys[i]] = features
+    return torch.stack([cache[key] for key in keys])
 
 
 def load_clip(spec: str | None, base_is_tiny: bool) -> tuple[ClipModel | None, str]:

@@ -12,6 +12,8 @@ from .options import ParamBudget
 
 REFERENCE = "reference"
 TINY = "tiny"
+TINY_SDXL = "tiny-sdxl"
+EMBEDDED_BASES = (TINY, TINY_SDXL)  # built locally from configs with seeded weights
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
     "a watercolor painting of a lighthouse at dusk",
@@ -42,8 +44,8 @@ class AdapterSpec:
 @dataclass(frozen=True)
 class HarnessConfig:
     adapters: tuple[AdapterSpec, ...]
-    base_model: str  # as given: "tiny", a folder or a hub id
-    base_path: Path | None  # the local folder it resolved to; None for the tiny base
+    base_model: str  # as given: "tiny", "tiny-sdxl", a folder or a hub id
+    base_path: Path | None  # the local folder it resolved to; None for an embedded base
     render_size: int | None  # None: the base's native size
     render_steps: int
     render_seeds: int
@@ -69,6 +71,7 @@ class HarnessConfig:
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)
     render_cache: Path | None = None  # None: no render cache
+    inception_weights: Path | None = None  # safetensors of torch-fidelity's Inception v3, for fid and kid
 
     @property
     def base_is_hub_id(self) -> bool:
@@ -91,6 +94,7 @@ class HarnessConfig:
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
         settings["report_dir"] = str(self.report_dir)
+        settings["inception_weights"] = str(self.inception_weights) if self.inception_weights else None
         settings["render_cache"] = str(self.render_cache) if self.render_cache else None
         settings["compare_to"] = str(self.compare_to) if self.compare_to else None
         settings["heldout_prompts"] = list(self.heldout_prompts)
@@ -121,18 +125,18 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
     return tuple(specs)
 
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)  # SD1.x and SD2.x
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "SD1.x, SD2.x", "StableDiffusionXLPipeline": "SDXL"}
 
 
 def resolve_base(base_model: str) -> Path | None:
     """The local folder holding `base_model`; never downloads."""
-    if base_model == TINY:
+    if base_model in EMBEDDED_BASES:
         return None
     path = Path(base_model).expanduser()
     looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
     if not path.is_dir():
         if not looks_like_hub_id:
-            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or `tiny`")
+            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id, `tiny` or `tiny-sdxl`")
         path = _cached_snapshot(base_model)
     _check_pipeline(base_model, path)
     return path
@@ -156,7 +160,7 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     if not index_path.is_file():
         raise ConfigError(
             f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
-            "pass a folder written by `save_pretrained`, a cached hub id, or `tiny`"
+            "pass a folder written by `save_pretrained`, a cached hub id, `tiny` or `tiny-sdxl`"
         )
     try:
         pipeline_class = json.loads(index_path.read_text()).get("_class_name")
@@ -165,7 +169,8 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise ConfigError(
             f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
-            f"{', '.join(SUPPORTED_PIPELINES)} bases (SD1.x, SD2.x)"
+            + ", ".join(f"{name} ({families})" for name, families in SUPPORTED_PIPELINES.items())
+            + " bases"
         )
 
 

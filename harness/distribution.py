@@ -13,16 +13,16 @@ from .results import SKIPPED, CheckResult, verdict
 KID_SUBSETS = 50
 
 
-def evaluate_distance(check: str, adapter: str, clip, renders, reference_images) -> CheckResult:
+def evaluate_distance(check: str, adapter: str, features, renders, reference_images) -> CheckResult:
     """`renders()` -> (base RenderSet, adapted RenderSet), asked only when there is a corpus to compare with."""
     if reference_images is None:
         message = f"{check} needs a reference corpus: pass --reference-images DIR with images of the style or subject"
         return CheckResult(adapter, check, SKIPPED, message=message)
     base, adapted = renders()
-    base_features = clip.image_features(base.images)
-    adapted_features = clip.image_features(adapted.images)
-    reference = clip.image_features(reference_images)
-    details = {"model": clip.label, "generated": len(base_features), "reference": len(reference)}
+    base_features = features.image_features(base.images)
+    adapted_features = features.image_features(adapted.images)
+    reference = features.image_features(reference_images)
+    details = {"model": features.label, "generated": len(base_features), "reference": len(reference)}
     if check == "kid":
         result = _kid(adapter, base_features, adapted_features, reference, details)
     else:
@@ -42,13 +42,13 @@ def evaluate_distance(check: str, adapter: str, clip, renders, reference_images)
                 f"FID is reported ({after:.4g} adapted vs {before:.4g} base) but not gated: it is biased below "
                 f"{FID_MIN_SAMPLES} images per side and here there are {samples}; KID and CMMD decide"
             )
-    if clip.self_test:
-        result.message = f"{clip.label}; {result.message}" if result.message else clip.label
+    if features.self_test:
+        result.message = f"{features.label}; {result.message}" if result.message else features.label
     return result
 
 
 def _kid(adapter, base_features, adapted_features, reference, details):
-    """torchmetrics' KernelInceptionDistance on the CLIP features; closer by more than both std's combined."""
+    """torchmetrics' KernelInceptionDistance on the given features; closer by more than both std's combined."""
     before_mean, before_std = _torchmetrics_kid(base_features, reference)
     after_mean, after_std = _torchmetrics_kid(adapted_features, reference)
     margin = math.hypot(before_std, after_std)
@@ -61,7 +61,7 @@ def _kid(adapter, base_features, adapted_features, reference, details):
 
 
 class _Features(torch.nn.Module):
-    """Hands torchmetrics features already computed: the CLIP encodes each image once per run."""
+    """Hands torchmetrics features already computed: each image is encoded once per run."""
 
     def __init__(self, features: torch.Tensor):
         super().__init__()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-CROSS_ATTENTION_FAMILIES = {32: "tiny", 768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+CROSS_ATTENTION_FAMILIES = {32: "tiny", 64: "tiny SDXL", 768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
 
 def family_of_width(cross_attention_width: int | None) -> str:

@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     options = [
         ("--base-model", "base_model", "MODEL", "tiny",
-         "Base: `tiny` (embedded), a local diffusers folder, or a hub id already in the local cache."),
+         "Base: `tiny` or `tiny-sdxl` (embedded), a local diffusers folder, or a hub id already in the local cache."),
         ("--render-size", "render_size", "PX", "",
          "Render height and width in pixels, a multiple of 8. Default: the base's native size."),
         ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),
@@ -65,6 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          "Training captions, one per line: held-out prompts that overlap them are left out. Default: the file's tags."),
         ("--reference-images", "reference_images", "DIR", "",
          "fid/kid/cmmd: images of the style or subject the adapter should carry. Default: none (the three skip)."),
+        ("--inception-weights", "inception_weights", "FILE", "",
+         "fid/kid: Inception v3 weights (torch-fidelity's, as .safetensors) for features. Default: the CLIP's features."),
         ("--train-images", "train_images", "DIR", "",
          "mode_collapse: training images; held-out renders that nearly copy one fail. Default: none."),
         ("--diversity-floor", "diversity_floor", "FRACTION", "0.5",
@@ -262,6 +264,7 @@ def _harness_config(config: pytest.Config):
     from . import options
     from .regression import parse_tolerances
     from .clip_heldout import DEFAULT_HELDOUT_PROMPTS
+    from .inception import check_inception_weights
     from .config import (
         DEFAULT_PROMPTS,
         HarnessConfig,
@@ -302,6 +305,7 @@ def _harness_config(config: pytest.Config):
             clip_model=value("clip_model") or None,
             train_captions=read_lines("--train-captions", value("train_captions")) if value("train_captions") else (),
             reference_images=image_folder("--reference-images", value("reference_images")) if value("reference_images") else None,
+            inception_weights=check_inception_weights(value("inception_weights")) if value("inception_weights") else None,
             train_images=image_folder("--train-images", value("train_images")) if value("train_images") else None,
             diversity_floor=options.parse_fraction(value("diversity_floor"), "--diversity-floor"),
             copy_similarity=options.parse_fraction(value("copy_similarity"), "--copy-similarity"),

@@ -53,6 +53,12 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     from torchmetrics.image.fid import _compute_fid
 
     x, y = x.double(), y.double()
+    if x.shape[1] > len(x) + len(y):
+        # Fewer images than feature dimensions (2048 for Inception): the means and covariances live in the span of
+        # the features, and the distance is invariant under rotation, so computing it in that span is exact and
+        # turns 2048 x 2048 eigenproblems into ones the size of the image count.
+        basis = torch.linalg.qr(torch.cat([x, y]).T).Q
+        x, y = x @ basis, y @ basis
     return float(_compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
 
 

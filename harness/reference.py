@@ -49,7 +49,7 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
     try:
         model.save_pretrained(run.control_dir)  # peft's default init: B = 0, so it cannot change an image
         run.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        latents, text = _encode_example(pipeline, size, device)
+        latents, conditioning = _encode_example(pipeline, size, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
         scheduler = pipeline.scheduler
         generator = torch.Generator(device).manual_seed(SEED)
@@ -61,7 +61,7 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
             target = noise
             if scheduler.config.get("prediction_type") == "v_prediction":
                 target = scheduler.get_velocity(latents, noise, timestep)
-            prediction = model(noisy, timestep, encoder_hidden_states=text).sample
+            prediction = model(noisy, timestep, **conditioning).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             loss.backward()
             optimizer.step()
@@ -79,10 +79,14 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
 
 @torch.no_grad()
 def _encode_example(pipeline, size: int, device: str):
+    """The training image's latents and the caption's conditioning, as the pipeline itself encodes a prompt."""
     pixels = torch.from_numpy(reference_image(size)).permute(2, 0, 1)[None].to(device, pipeline.vae.dtype)
     latent_dist = pipeline.vae.encode(pixels * 2 - 1).latent_dist
     latents = latent_dist.mean * pipeline.vae.config.scaling_factor
-    tokens = pipeline.tokenizer(
-        CAPTION, padding="max_length", max_length=pipeline.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
-    return latents, pipeline.text_encoder(tokens)[0]
+    encoded = pipeline.encode_prompt(prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    conditioning = {"encoder_hidden_states": encoded[0]}
+    if pipeline.unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size micro-conditioning
+        original_size, crop_top_left, target_size = (size, size), (0, 0), (size, size)
+        time_ids = torch.tensor([[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype)
+        conditioning["added_cond_kwargs"] = {"text_embeds": encoded[2], "time_ids": time_ids}
+    return latents, conditioning

@@ -57,7 +57,10 @@ def missing_fields(flat: dict) -> list[str]:
 
 def evaluate_release_metadata(adapter: str, metadata: dict, base: dict, base_is_hub_id: bool, require: bool):
     flat = flat_metadata(metadata)
-    base_family = "SD1.x" if str(base.get("family", "")).startswith("tiny") else base.get("family")
+    family_name = str(base.get("family", ""))
+    if family_name.startswith("tiny"):  # the embedded bases stand in for the family they are shaped like
+        family_name = "SDXL" if "SDXL" in family_name else "SD1.x"
+    base_family = family_name
     contradictions = []
     family = claimed_family(flat)
     if family is not None and family != base_family:

@@ -22,6 +22,7 @@ CHECK_RENDERS = {
 }
 CLIP_CHECKS = {"clip_heldout", "fid", "kid", "cmmd", "mode_collapse"}
 CORPUS_CHECKS = {"fid", "kid", "cmmd"}
+INCEPTION_CHECKS = {"fid", "kid"}  # Inception features when given, else the CLIP's
 # The reference must pass wiring and pixel_diff, its untrained twin must fail pixel_diff.
 CONTROL_RENDERS = CHECK_RENDERS["wiring"] | CHECK_RENDERS["pixel_diff"]
 
@@ -32,12 +33,13 @@ class RenderNeeds:
     controls: bool  # the reference and its untrained twin render too
 
     @classmethod
-    def of_checks(cls, checks, *, clip: bool, corpus: bool, train_images: bool, reference_steps: int) -> RenderNeeds:
-        """Only checks that will render count: a CLIP check without a CLIP model, or fid/kid/cmmd without a
-        corpus, skip before rendering anything."""
+    def of_checks(cls, checks, *, clip: bool, inception: bool, corpus: bool, train_images: bool, reference_steps: int) -> RenderNeeds:
+        """Only checks that will render count: a CLIP check without a CLIP model (fid and kid: nor Inception),
+        or fid/kid/cmmd without a corpus, skip before rendering anything."""
         wanted: set[tuple[str, str]] = set()
         for check in checks:
-            if check in CLIP_CHECKS and not clip or check in CORPUS_CHECKS and not corpus:
+            has_features = clip or inception and check in INCEPTION_CHECKS
+            if check in CLIP_CHECKS and not has_features or check in CORPUS_CHECKS and not corpus:
                 continue
             wanted |= CHECK_RENDERS.get(check, set())
             if check == "mode_collapse" and train_images:

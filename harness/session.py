@@ -3,6 +3,8 @@ caches renders, and owns the controls that decide whether any verdict can be tru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -107,7 +109,8 @@ class HarnessSession:
         checks = self.checks if self.checks is not None else list(CHECK_RENDERS)
         clip = bool(CLIP_CHECKS & set(checks)) and self.clip[0] is not None
         return RenderNeeds.of_checks(
-            checks, clip=clip, corpus=self.config.reference_images is not None,
+            checks, clip=clip, inception=self.config.inception_weights is not None,
+            corpus=self.config.reference_images is not None,
             train_images=self.config.train_images is not None, reference_steps=self.config.reference_steps,
         )
 
@@ -235,8 +238,12 @@ class HarnessSession:
             return self.renderer.render(slot, scale, jobs, watch, advance)
 
     def _cache_key(self, adapter: LoadedAdapter | None, scale: float, prompt: str, seed: int) -> RenderKey:
-        adapter_sha256 = adapter.record.get("sha256") if adapter else None
-        return RenderKey(adapter_sha256=adapter_sha256, scale=scale, prompt=prompt, seed=seed, **self._render_identity)
+        identity = None
+        if adapter is not None:  # a PEFT folder's adapter_config.json (alpha, targets) decides pixels too
+            config = adapter.record.get("metadata", {}).get("adapter_config")
+            config_digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest() if config else ""
+            identity = adapter.record["sha256"] + (f"+config:{config_digest}" if config_digest else "")
+        return RenderKey(adapter_sha256=identity, scale=scale, prompt=prompt, seed=seed, **self._render_identity)
 
     @cached_property
     def _render_identity(self) -> dict:
@@ -288,6 +295,24 @@ class HarnessSession:
         from .clip_model import load_clip
 
         return load_clip(self.config.clip_model, base_is_tiny=self.config.base_path is None)
+
+    @cached_property
+    def inception(self):
+        """(InceptionFeatures, "") with --inception-weights, or (None, why its file cannot serve)."""
+        from .config import ConfigError
+        from .inception import InceptionFeatures
+
+        try:
+            return InceptionFeatures(self.config.inception_weights), ""
+        except ConfigError as error:
+            return None, str(error)
+
+    def distance_features(self, check: str):
+        """(features model, why not, status if none) for fid, kid, cmmd: Inception for fid and kid when given,
+        else the CLIP's image features; cmmd is defined on CLIP embeddings."""
+        if check != "cmmd" and self.config.inception_weights is not None:
+            return (*self.inception, ERROR)
+        return (*self.clip, SKIPPED)
 
     @cached_property
     def reference_images(self):

@@ -1,7 +1,7 @@
-"""The embedded default base: a Stable Diffusion 1.x-shaped pipeline built from configs with seeded weights.
+"""The embedded bases: Stable Diffusion 1.x- and SDXL-shaped pipelines built from configs with seeded weights.
 
-Module names follow SD1.x (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so every
-adapter layout that targets SD1.x attention loads onto it; only the widths are tiny. Nothing is downloaded.
+Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
+every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ NATIVE_SIZE = 64
 
 
 def build_tiny_pipeline():
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """SD1.x-shaped: one text encoder, cross-attention 32 wide, DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(
@@ -31,32 +32,6 @@ def build_tiny_pipeline():
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    torch.manual_seed(SEED)
-    # Four blocks, as in SD: the VAE downsamples by 8.
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=NATIVE_SIZE,
-    )
-    torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -67,14 +42,86 @@ def build_tiny_pipeline():
     )
     return StableDiffusionPipeline(
         unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=_vae(),
+        text_encoder=_text_encoder(CLIPTextModel),
         tokenizer=clip_tokenizer(),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_tiny_sdxl_pipeline():
+    """SDXL-shaped: two text encoders whose hidden states are concatenated (cross-attention 64 wide), the pooled
+    text embedding and size micro-conditioning added to the time embedding, SDXL's block layout, Euler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        sample_size=NATIVE_SIZE // 8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size numbers, each embedded 8 wide, + pooled text
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return StableDiffusionXLPipeline(
+        unet=unet,
+        vae=_vae(),
+        text_encoder=_text_encoder(CLIPTextModel),
+        text_encoder_2=_text_encoder(CLIPTextModelWithProjection, seed=SEED + 1),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SEED)
+    # Four blocks, as in SD: the VAE downsamples by 8.
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=NATIVE_SIZE,
+    )
+
+
+def _text_encoder(model_class, seed: int = SEED):
+    from transformers import CLIPTextConfig
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    torch.manual_seed(seed)
+    return model_class(config)
 
 
 @lru_cache(maxsize=1)

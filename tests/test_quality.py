@@ -304,3 +304,14 @@ def test_renders_that_copy_a_training_image_fail_mode_collapse(pytester, write_l
     record = _results(pytester)[("copycat.safetensors", "mode_collapse")]
     assert "held-out renders nearly copy a training image (similarity > 0.95)" in record["message"]
     assert min(record["details"]["nearest_training_similarity"]) > 0.999
+
+
+def test_frechet_distance_in_the_features_span_equals_the_full_one():
+    """With fewer images than dimensions the distance is computed in their span: the same value, much faster."""
+    from torchmetrics.image.fid import _compute_fid
+
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 300, generator=generator, dtype=torch.float64)
+    y = torch.randn(9, 300, generator=generator, dtype=torch.float64) + 0.3
+    full = float(_compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
+    assert frechet_distance(x, y) == pytest.approx(full, rel=1e-6)

@@ -110,6 +110,16 @@ def test_another_adapter_file_misses_the_cache_but_shares_the_base(pytester, wri
     assert document["render_cache"]["hits"] == 4 and document["unet_forward_passes"] == 2 * STEPS  # base hit
 
 
+def test_an_edited_adapter_config_misses_the_cache(pytester, write_lora):
+    """A PEFT folder's weights stay the same, its lora_alpha changes: the scale, hence the pixels, change."""
+    adapter, cache = write_lora("peft", "folder"), pytester.path / "render-cache"
+    run(pytester, "--adapter", adapter, *ARGS, "--render-cache", cache, "-k", "wiring")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 2 * config["lora_alpha"]}))
+    run(pytester, "--adapter", adapter, *ARGS, "--render-cache", cache, "-k", "wiring")
+    assert results(pytester)["render_cache"]["hits"] == 4  # the base only
+
+
 def test_no_render_cache_writes_nothing(pytester, write_lora):
     run(pytester, "--adapter", write_lora("kohya", "good.safetensors"), *ARGS, "--no-render-cache", "-k", "wiring")
     document = results(pytester)
