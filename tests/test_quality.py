@@ -315,3 +315,22 @@ def test_frechet_distance_in_the_features_span_equals_the_full_one():
     y = torch.randn(9, 300, generator=generator, dtype=torch.float64) + 0.3
     full = float(_compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
     assert frechet_distance(x, y) == pytest.approx(full, rel=1e-6)
+
+
+def test_a_local_open_clip_checkpoint_replaces_the_self_test_model(pytester, write_lora, tmp_path):
+    """`--clip-model ARCH:PATH` as a user with real weights runs it: open_clip's ViT-S-32 from a local file
+    (seeded here, so its scores mean nothing; what is tested is that it, not the self-test model, scores)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vit-s-32.safetensors"
+    save_file({k: v.contiguous() for k, v in open_clip.create_model("ViT-S-32").state_dict().items()}, checkpoint)
+    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "clip_heldout or mode_collapse")
+    pytester.runpytest_inprocess(*run, "--clip-model", f"ViT-S-32:{checkpoint}", "--clip-margin", "100")
+    records = _results(pytester)
+    for check in ("clip_heldout", "mode_collapse"):
+        record = records[("good.safetensors", check)]
+        assert record["details"]["model"] == f"open_clip ViT-S-32 ({checkpoint})"
+        assert "self-test" not in record["message"] and isinstance(record["value"], float)
+    assert records[("good.safetensors", "clip_heldout")]["status"] == "passed"  # margin 100: nothing can drop that far
