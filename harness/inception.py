@@ -52,11 +52,12 @@ class InceptionFeatures:
 
     def __init__(self, path: Path):
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
-            weights = load_file(path)
+            data = path.read_bytes()  # read once: the weights and their digest come from the same bytes
+            weights = load(data)
         except (SafetensorError, OSError) as error:
             raise ConfigError(f"--inception-weights {path}: not a readable safetensors file ({error}); {CONVERT}") from None
         # torch-fidelity reads weights only through torch.load: it gets bytes just written from those tensors,
@@ -68,7 +69,7 @@ class InceptionFeatures:
             self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[FEATURES], feature_extractor_weights_path=buffer)
         except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
             raise ConfigError(f"--inception-weights {path}: not torch-fidelity's Inception v3 weights ({error}); {CONVERT}") from None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        digest = hashlib.sha256(data).hexdigest()[:12]
         self.label = f"Inception v3 pool features (torch-fidelity), weights {path.name} sha256 {digest}"
         self._cache: dict[str, torch.Tensor] = {}
 

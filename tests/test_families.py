@@ -2,9 +2,10 @@
 conditioning) with adapters in Kohya (`lora_te1_`/`lora_te2_`) and diffusers layouts, its reference overfit,
 and the wrong-family control both ways."""
 
-import json
-
 import pytest
+
+from tests.test_plugin import results
+from tests.test_quality import _results as records
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 MECHANICAL = ("-k", "wiring or frozen_base or param_budget or pixel_diff or weight_health")
@@ -13,7 +14,11 @@ SDXL_TENSORS = 2 * (64 + 8 + 8)  # A and B of 64 U-Net projections and 8 per tex
 
 @pytest.fixture(scope="module")
 def sdxl_adapters(tmp_path_factory):
-    from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_diffusers_components, write_kohya_components
+    from lora_harness.fixtures.adapter_writers import (
+        make_pipeline_lora,
+        write_diffusers_components,
+        write_kohya_components,
+    )
     from lora_harness.tiny_base import build_tiny_sdxl_pipeline
 
     folder = tmp_path_factory.mktemp("sdxl-adapters")
@@ -22,14 +27,6 @@ def sdxl_adapters(tmp_path_factory):
         "kohya": write_kohya_components(loras, folder / "kohya.safetensors", 4, 8),
         "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8),
     }
-
-
-def results(pytester):
-    return json.loads((pytester.path / "lora-report" / "results.json").read_text())
-
-
-def by_check(document):
-    return {(r["adapter"], r["check"]): r for r in document["results"]}
 
 
 def test_sdxl_adapters_in_each_layout_pass_with_their_text_encoders_proven(pytester, sdxl_adapters):
@@ -48,10 +45,10 @@ def test_sdxl_adapters_in_each_layout_pass_with_their_text_encoders_proven(pytes
 def test_an_sd1_adapter_on_sdxl_and_an_sdxl_adapter_on_sd1_fail_wiring_naming_both(pytester, sdxl_adapters, write_lora):
     sd1 = write_lora("kohya", "sd1.safetensors")
     pytester.runpytest_inprocess("--adapter", sd1, "--base-model", "tiny-sdxl", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = by_check(results(pytester))[("sd1.safetensors", "wiring")]["message"]
+    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
     assert "made for tiny (cross-attention 32), but the base is tiny SDXL (cross-attention 64)" in message
     pytester.runpytest_inprocess("--adapter", sdxl_adapters["kohya"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = by_check(results(pytester))[("kohya.safetensors", "wiring")]["message"]
+    message = records(pytester)[("kohya.safetensors", "wiring")]["message"]
     assert "made for tiny SDXL (cross-attention 64), but the base is tiny (cross-attention 32)" in message
 
 

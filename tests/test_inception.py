@@ -1,25 +1,19 @@
 """--inception-weights: fid and kid on torch-fidelity's Inception v3 (as torchmetrics runs it), tested with a seeded
 network of the real names and shapes; bad weight files are refused before any model loads."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-
 from lora_harness.fixtures.inception_weights import write_random_inception
 from lora_harness.inception import InceptionFeatures
 from lora_harness.quality import frechet_distance
-from tests.test_quality import FAST, write_tinted_corpora
+
+from tests.test_quality import FAST, _results, write_tinted_corpora
 
 
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     return write_random_inception(tmp_path_factory.mktemp("inception") / "inception.safetensors")
-
-
-def _results(pytester):
-    return {(r["adapter"], r["check"]): r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
 
 
 def test_inception_fid_agrees_with_torchmetrics(inception_file):

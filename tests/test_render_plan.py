@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 from lora_harness.render_cache import CachedRender, RenderCache, RenderKey
 
+from tests.test_plugin import results, run
+
 STEPS = 2
 # Default prompts: 2 main x 2 seeds = 4 jobs; 4 held-out prompts x 2 seeds = 8 jobs; batch size 16.
 ARGS = ("--reference-steps", "0", "--render-steps", str(STEPS))
-
-
-def run(pytester, *args):
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *map(str, args))
-
-
-def results(pytester):
-    return json.loads((pytester.path / "lora-report" / "results.json").read_text())
 
 
 def outcome(document):
