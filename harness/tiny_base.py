@@ -14,24 +14,31 @@ import torch
 
 SEED = 0
 NATIVE_SIZE = 64
+# SD1.x's block layout at tiny widths; the text width and attention heads are the caller's.
+TINY_SD_UNET = dict(
+    sample_size=NATIVE_SIZE // 8,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    norm_num_groups=32,
+)
 
 
 def build_tiny_pipeline():
     """SD1.x-shaped: one text encoder, cross-attention 32 wide, DDIM."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=NATIVE_SIZE // 8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**TINY_SD_UNET, cross_attention_dim=32, attention_head_dim=8)
+    return sd_pipeline(unet, _vae(), _text_encoder(CLIPTextModel))
+
+
+def sd_pipeline(unet, vae, text_encoder, prediction_type: str = "epsilon"):
+    """A StableDiffusionPipeline with SD's own DDIM schedule and no safety checker (it would black out pixels)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -39,11 +46,12 @@ def build_tiny_pipeline():
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        prediction_type=prediction_type,
     )
     return StableDiffusionPipeline(
         unet=unet,
-        vae=_vae(),
-        text_encoder=_text_encoder(CLIPTextModel),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=clip_tokenizer(),
         scheduler=scheduler,
         safety_checker=None,
@@ -106,22 +114,17 @@ def _vae():
 
 
 def _text_encoder(model_class, seed: int = SEED):
+    torch.manual_seed(seed)
+    return model_class(clip_text_config(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32))
+
+
+def clip_text_config(**widths):
+    """A CLIP text encoder's config with the real vocabulary and special tokens, so `clip_tokenizer` fits it."""
     from transformers import CLIPTextConfig
 
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
+    return CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **widths
     )
-    torch.manual_seed(seed)
-    return model_class(config)
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """Model families beyond SD1.x as users run them: the embedded SDXL-shaped base (two text encoders, added
-conditioning) with adapters in Kohya (`lora_te1_`/`lora_te2_`) and diffusers layouts, its reference overfit,
-and the wrong-family control both ways."""
+conditioning) with adapters in Kohya (`lora_te1_`/`lora_te2_`) and diffusers layouts, an SD2.x-shaped folder
+(1024-wide text states, v-prediction), their reference overfits, and each one's wrong-family control both ways."""
 
 import pytest
 
@@ -61,3 +61,55 @@ def test_the_reference_overfit_trains_on_sdxl_and_its_controls_hold(pytester):
     reference = document["adapters"][0]
     assert reference["tensors_applied"] == reference["tensors"] == 2 * 64
 
+
+
+@pytest.fixture(scope="module")
+def sd2(tmp_path_factory):
+    """An SD2.x-shaped folder and adapters for it in Kohya, diffusers (U-Net and text encoder) and PEFT layouts."""
+    from diffusers import StableDiffusionPipeline
+
+    from lora_harness.fixtures.adapter_writers import (
+        make_pipeline_lora,
+        write_adapter,
+        write_diffusers_components,
+        write_kohya_components,
+    )
+    from lora_harness.fixtures.family_bases import build_sd2_folder
+
+    folder = tmp_path_factory.mktemp("sd2")
+    base = build_sd2_folder(folder / "base")
+    loras = make_pipeline_lora(StableDiffusionPipeline.from_pretrained(base), seed=1)
+    adapters = {
+        "kohya": write_kohya_components(loras, folder / "kohya.safetensors", 4, 8),
+        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8),
+        "peft": write_adapter("peft", loras["unet"], folder / "peft", 4, 4),
+    }
+    return base, adapters
+
+
+def test_sd2_adapters_in_each_layout_and_the_v_prediction_reference_pass(pytester, sd2):
+    base, adapters = sd2
+    given = [a for path in adapters.values() for a in ("--adapter", path)]
+    args = ("--base-model", base, "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
+    # The 1024-wide text encoder's LoRA alone is 4% of this tiny U-Net.
+    result = pytester.runpytest_inprocess("--adapter", "reference", *given, *args, *MECHANICAL, "--param-budget", "10%")
+    result.assert_outcomes(passed=4 * 5)
+    document = results(pytester)
+    assert document["base"]["family"] == "SD2.x"
+    # The reference overfit learned the velocity target, or its positive control could not beat the negative one.
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    applied = {a["format"]: a for a in document["adapters"]}
+    assert {a["family"] for a in document["adapters"]} == {"SD2.x"}
+    assert applied["kohya"]["tensors_applied"] == applied["kohya"]["tensors"] == 2 * (32 + 4)  # U-Net, text encoder
+    assert applied["diffusers"]["scale"] == applied["kohya"]["scale"] == 2.0
+
+
+def test_an_sd1_adapter_on_sd2_and_an_sd2_adapter_on_sd1_fail_wiring_naming_both(pytester, sd2, write_lora):
+    base, adapters = sd2
+    sd1 = write_lora("kohya", "sd1.safetensors")
+    pytester.runpytest_inprocess("--adapter", sd1, "--base-model", base, *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
+    assert "made for tiny (cross-attention 32), but the base is SD2.x (cross-attention 1024)" in message
+    pytester.runpytest_inprocess("--adapter", adapters["peft"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("peft", "wiring")]["message"]
+    assert "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)" in message
