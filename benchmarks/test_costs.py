@@ -61,7 +61,7 @@ def test_load(benchmark, loader, kohya_adapter, tmp_path):
         if loader == "plain diffusers":
             base.pipeline.load_lora_weights(str(kohya_adapter), adapter_name="a")
         else:
-            apply_adapter(base.pipeline, base.cross_attention_width, read_adapter(kohya_adapter), "a")
+            apply_adapter(base.pipeline, base.signature, read_adapter(kohya_adapter), "a")
 
     benchmark.pedantic(load, teardown=base.pipeline.unload_lora_weights, rounds=5)
 

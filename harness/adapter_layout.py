@@ -20,7 +20,7 @@ PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, Lor
 DIFFUSERS = "diffusers"
 ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
 LORA_METADATA_KEY = "lora_adapter_metadata"
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 ROLES = ("lora_A", "lora_B")
 
 
@@ -64,10 +64,31 @@ UNSUPPORTED_KINDS = {
 }
 
 
+# Flux layouts whose fused q/k/v diffusers splits (and whose alpha it bakes into the values) on conversion: the
+# landed tensors are no longer the file's, so the proof of application cannot follow them yet.
+FLUX_FUSED_LAYOUTS = {
+    "lora_unet_double_blocks_": "Kohya's",
+    "lora_unet_single_blocks_": "Kohya's",
+    "diffusion_model.double_blocks.": "BFL's",
+    "diffusion_model.single_blocks.": "BFL's",
+    "double_blocks.": "XLabs'",
+    "single_blocks.": "XLabs'",
+}
+
+
 def detect_format(adapter: AdapterFile) -> str:
     keys = list(adapter.tensors)
     if not keys:
         raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
+    for marker, layout in FLUX_FUSED_LAYOUTS.items():
+        example = next((k for k in keys if k.startswith(marker)), None)
+        if example is not None:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: a Flux LoRA in {layout} layout (keys like `{example}`); diffusers splits its "
+                "fused q/k/v on loading, which lora-harness cannot yet prove against the file; convert it once with "
+                "`FluxPipeline.lora_state_dict(file)` and `FluxPipeline.save_lora_weights(folder, transformer_lora_layers=…)` "
+                "and check the converted file"
+            )
     for marker, kind in UNSUPPORTED_KINDS.items():
         example = next((k for k in keys if marker in k), None)
         if example is not None:
@@ -130,12 +151,13 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
             ) from None
     elif layout == PEFT_FOLDER:
         # peft's save_pretrained wraps one model; diffusers has no loader for that layout, so map it here.
-        component = "text_encoder" if any(".text_model." in k or ".encoder.layers." in k for k in tensors) else "unet"
+        component = _component_of(k.removeprefix("base_model.model.") for k in tensors)
         prefixed = {f"{component}.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
         lora_configs[component] = _lora_config_kwargs(adapter.adapter_config)
-    elif layout == PEFT_FILE:
-        prefixed = {f"unet.{k}": v for k, v in tensors.items()}
-        lora_configs = _metadata_configs(adapter, default_component="unet")
+    elif layout == PEFT_FILE:  # written by a denoiser's own save_lora_adapter
+        component = _component_of(tensors)
+        prefixed = {f"{component}.{k}": v for k, v in tensors.items()}
+        lora_configs = _metadata_configs(adapter, default_component=component)
     elif layout == ATTN_PROCS:
         prefixed = {k if k.startswith(tuple(f"{c}." for c in COMPONENTS)) else f"unet.{k}": v for k, v in tensors.items()}
     else:
@@ -192,6 +214,16 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     )
 
 
+def _component_of(keys) -> str:
+    """The model a file without component prefixes was saved from, told by its module names."""
+    keys = list(keys)
+    if any(".text_model." in k or k.startswith(("text_model.", "encoder.layers.")) or ".encoder.layers." in k for k in keys):
+        return "text_encoder"
+    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
+        return "transformer"
+    return "unet"
+
+
 def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.Tensor]:
     """The component's tensors with peft keys, through the same conversions diffusers' loaders apply."""
     from diffusers.utils.state_dict_utils import (
@@ -203,7 +235,7 @@ def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.T
     state_dict = {k.removeprefix(f"{component}."): v for k, v in prefixed.items() if k.startswith(f"{component}.")}
     if not state_dict:
         return {}
-    if component == "unet":
+    if component in ("unet", "transformer"):
         if not any("lora_A" in k for k in state_dict):
             state_dict = convert_unet_state_dict_to_peft(state_dict)
         return state_dict

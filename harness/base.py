@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .config import TINY, TINY_SDXL, HarnessConfig
-from .families import family_of_width
+from .config import TINY, TINY_FLUX, TINY_SDXL, HarnessConfig
+from .families import Signature, denoiser_of, pipeline_signature
+
+EMBEDDED_FAMILIES = {TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)", TINY_FLUX: "tiny (Flux-shaped)"}
 
 
 @dataclass
@@ -14,34 +16,47 @@ class BaseModel:
     pipeline: object
     model: str  # as the user named it
     family: str
-    cross_attention_width: int | None
-    unet_params: int
+    signature: Signature
+    unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
     native_size: int
+    guidance_scale: float  # the pipeline's own default, used for every render
 
     def summary(self, fingerprint: str) -> dict:
-        return {"model": self.model, "family": self.family, "fingerprint": fingerprint, "unet_params": self.unet_params}
+        return {
+            "model": self.model, "family": self.family, "fingerprint": fingerprint, "unet_params": self.unet_params,
+            "guidance_scale": self.guidance_scale,
+        }
 
 
 def load_base(config: HarnessConfig) -> BaseModel:
-    if config.base_path is None:
-        from .tiny_base import build_tiny_pipeline, build_tiny_sdxl_pipeline
+    import torch
 
-        pipeline = {TINY: build_tiny_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline}[config.base_model]()
+    from .renders import default_guidance
+
+    if config.base_path is None:
+        from .tiny_base import build_tiny_flux_pipeline, build_tiny_pipeline, build_tiny_sdxl_pipeline
+
+        builders = {TINY: build_tiny_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline, TINY_FLUX: build_tiny_flux_pipeline}
+        pipeline = builders[config.base_model]()
     else:
         pipeline = _load_folder(config.base_path)
     pipeline.to(config.device)
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):  # built from configs they start in training mode: T5's dropout
+            component.eval()
     pipeline.set_progress_bar_config(disable=True)
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    width = denoiser.config.get("cross_attention_dim")
-    native_size = denoiser.config.sample_size * pipeline.vae_scale_factor
-    family = {TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)"}.get(config.base_model) or family_of_width(width)
+    denoiser = denoiser_of(pipeline)
+    signature = pipeline_signature(pipeline)
+    # Flux's transformer has no sample size; its pipeline holds the default.
+    latent_size = denoiser.config.get("sample_size") or pipeline.default_sample_size
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,
-        family=family,
-        cross_attention_width=width,
+        family=EMBEDDED_FAMILIES.get(config.base_model) or signature.family,
+        signature=signature,
         unet_params=sum(p.numel() for p in denoiser.parameters()),
-        native_size=native_size,
+        native_size=latent_size * pipeline.vae_scale_factor,
+        guidance_scale=default_guidance(pipeline),
     )
 
 

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .families import block_of
 from .injection import Application
 from .options import ParamBudget
 from .results import verdict
 
 CHECK = "param_budget"
-
-
-def block_of(module: str) -> str:
-    """'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'down/attn2'."""
-    parts = module.split(".")
-    component = parts[0]
-    if component != "unet":
-        return component
-    stage = next((p.removesuffix("_blocks").removesuffix("_block") for p in parts if p.endswith(("_blocks", "_block"))), "other")
-    kind = next((p for p in parts if p in ("attn1", "attn2")), "other")
-    return f"{stage}/{kind}"
 
 
 def evaluate_param_budget(adapter: str, application: Application, budget: ParamBudget, denoiser_params: int):

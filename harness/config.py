@@ -13,7 +13,8 @@ from .options import ParamBudget
 REFERENCE = "reference"
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
-EMBEDDED_BASES = (TINY, TINY_SDXL)  # built locally from configs with seeded weights
+TINY_FLUX = "tiny-flux"
+EMBEDDED_BASES = (TINY, TINY_SDXL, TINY_FLUX)  # built locally from configs with seeded weights
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
     "a watercolor painting of a lighthouse at dusk",
@@ -44,7 +45,7 @@ class AdapterSpec:
 @dataclass(frozen=True)
 class HarnessConfig:
     adapters: tuple[AdapterSpec, ...]
-    base_model: str  # as given: "tiny", "tiny-sdxl", a folder or a hub id
+    base_model: str  # as given: an embedded base, a folder or a hub id
     base_path: Path | None  # the local folder it resolved to; None for an embedded base
     render_size: int | None  # None: the base's native size
     render_steps: int
@@ -125,7 +126,8 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
     return tuple(specs)
 
 
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "SD1.x, SD2.x", "StableDiffusionXLPipeline": "SDXL"}
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "SD1.x, SD2.x", "StableDiffusionXLPipeline": "SDXL", "FluxPipeline": "Flux"}
+EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
 
 
 def resolve_base(base_model: str) -> Path | None:
@@ -136,7 +138,7 @@ def resolve_base(base_model: str) -> Path | None:
     looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
     if not path.is_dir():
         if not looks_like_hub_id:
-            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id, `tiny` or `tiny-sdxl`")
+            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or an embedded base ({EMBEDDED_NAMES})")
         path = _cached_snapshot(base_model)
     _check_pipeline(base_model, path)
     return path
@@ -160,7 +162,7 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     if not index_path.is_file():
         raise ConfigError(
             f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
-            "pass a folder written by `save_pretrained`, a cached hub id, `tiny` or `tiny-sdxl`"
+            f"pass a folder written by `save_pretrained`, a cached hub id or an embedded base ({EMBEDDED_NAMES})"
         )
     try:
         pipeline_class = json.loads(index_path.read_text()).get("_class_name")

@@ -11,7 +11,7 @@ import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
 from .adapter_layout import NormalizedAdapter, normalize
-from .families import describe_width, family_of_width
+from .families import Signature, architecture_of
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
 
@@ -73,17 +73,17 @@ class FamilyMismatch(AdapterLoadError):
     """The adapter was made for another model family than the base."""
 
 
-def apply_adapter(pipeline, base_width: int | None, adapter: AdapterFile, adapter_name: str) -> Application:
+def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
     normalized = normalize(adapter, pipeline)
     _check_rank_pairs(adapter, normalized)
     _check_config_targets(pipeline, adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
-    adapter_width = _cross_attention_width(normalized)
-    family = family_of_width(adapter_width)
-    if adapter_width is not None and base_width is not None and adapter_width != base_width:
+    adapter_signature = _signature(normalized)
+    family = adapter_signature.family if adapter_signature else "unknown"
+    if adapter_signature is not None and adapter_signature != base_signature:
         raise FamilyMismatch(
-            f"{adapter.weights_path}: made for {describe_width(adapter_width)}, but the base is "
-            f"{describe_width(base_width)}; pass the base it was trained on with --base-model"
+            f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
+            "pass the base it was trained on with --base-model"
         )
     if not accepted:
         raise AdapterLoadError(
@@ -195,14 +195,19 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
     return (module.out_features, tensor.shape[1])
 
 
-def _cross_attention_width(normalized: NormalizedAdapter) -> int | None:
-    """The text width the adapter's cross-attention keys read: it tells SD1.x (768) from SD2.x (1024) and SDXL."""
-    widths = Counter(
-        int(normalized.tensors[key].shape[1])
-        for key, target in normalized.targets.items()
-        if target.component == "unet" and target.role == "lora_A" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
-    )
-    return widths.most_common(1)[0][0] if widths else None
+def _signature(normalized: NormalizedAdapter) -> Signature | None:
+    """The family the adapter's denoiser keys were made for: the text width a U-Net's cross-attention keys read
+    (it tells SD1.x from SD2.x and SDXL), or the inner width a transformer's attention reads."""
+    widths = Counter()
+    for key, target in normalized.targets.items():
+        architecture = architecture_of(target.component)
+        if architecture is None or target.role != "lora_A":
+            continue
+        unet_text_keys = target.module.endswith(("attn2.to_k", "attn2.to_v"))
+        transformer_queries = target.component == "transformer" and target.module.endswith("attn.to_q")
+        if unet_text_keys or transformer_queries:
+            widths[(architecture, int(normalized.tensors[key].shape[1]))] += 1
+    return Signature(*widths.most_common(1)[0][0]) if widths else None
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
@@ -215,9 +220,9 @@ def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter
         config = normalized.lora_configs.get(component)
         metadata = {f"{component}.{k}": v for k, v in config.items()} if config else None
         alphas = None if metadata else normalized.network_alphas
-        if component == "unet":
-            pipeline.unet.load_lora_adapter(
-                prefixed, prefix="unet", adapter_name=adapter_name, network_alphas=alphas, metadata=metadata
+        if architecture_of(component) is not None:  # the denoiser loads its own keys
+            getattr(pipeline, component).load_lora_adapter(
+                prefixed, prefix=component, adapter_name=adapter_name, network_alphas=alphas, metadata=metadata
             )
         else:
             pipeline.load_lora_into_text_encoder(

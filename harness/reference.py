@@ -1,6 +1,7 @@
 """The reference tiny overfit (positive control) and its untrained twin (negative control).
 
-A rank-4 LoRA on every attention projection of the U-Net, trained with peft on one image and one caption.
+A rank-4 LoRA on every attention projection of the denoiser (the modules per family are in `families`), trained
+with peft on one image and one caption with the family's own objective.
 Both are saved with peft's `save_pretrained` and checked through the same loader as any user's adapter.
 """
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .families import FLUX, REFERENCE_TARGETS, denoiser_of, pipeline_signature
+from .renders import default_guidance
+
 RANK = 4
-TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 CAPTION = "a red sun over blue hills, lora-harness reference style"
 LEARNING_RATE = 1e-2  # a deliberate overfit: a few steps must visibly change the image
 SEED = 0
@@ -39,30 +42,26 @@ def reference_image(size: int) -> np.ndarray:
 
 
 def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path, progress=None) -> ReferenceRun:
-    """Train in place on `pipeline.unet` and restore it: the base is wrapped, trained, saved and unloaded."""
+    """Train in place on the pipeline's denoiser and restore it: the base is wrapped, trained, saved and unloaded."""
     from peft import LoraConfig, get_peft_model
 
     run = ReferenceRun(reference_dir=out_dir / "reference", control_dir=out_dir / "control-untrained")
-    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TARGET_MODULES, init_lora_weights=True)
+    architecture = pipeline_signature(pipeline).architecture
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=list(REFERENCE_TARGETS[architecture]), init_lora_weights=True)
+    denoiser = denoiser_of(pipeline)
     torch.manual_seed(SEED)
-    model = get_peft_model(pipeline.unet, config)
+    model = get_peft_model(denoiser, config)
     try:
         model.save_pretrained(run.control_dir)  # peft's default init: B = 0, so it cannot change an image
         run.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        latents, conditioning = _encode_example(pipeline, size, device)
+        example = (FlowExample if architecture == FLUX else DiffusionExample).encode(pipeline, size, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
-        scheduler = pipeline.scheduler
         generator = torch.Generator(device).manual_seed(SEED)
         model.train()
         for step in range(steps):
-            noise = torch.randn(latents.shape, generator=generator, device=device)
-            timestep = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
-            noisy = scheduler.add_noise(latents, noise, timestep)
-            target = noise
-            if scheduler.config.get("prediction_type") == "v_prediction":
-                target = scheduler.get_velocity(latents, noise, timestep)
-            prediction = model(noisy, timestep, **conditioning).sample
-            loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+            noise = torch.randn(example.latents.shape, generator=generator, device=device)
+            noisy, timestep, target = example.noised(noise, generator)
+            loss = torch.nn.functional.mse_loss(example.predict(model, noisy, timestep).float(), target.float())
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -73,20 +72,78 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
         model.save_pretrained(run.reference_dir)
     finally:
         model.unload()  # removes the LoRA layers and leaves the base module as it was
-    pipeline.unet.requires_grad_(False)
+    denoiser.requires_grad_(False)
     return run
 
 
-@torch.no_grad()
-def _encode_example(pipeline, size: int, device: str):
-    """The training image's latents and the caption's conditioning, as the pipeline itself encodes a prompt."""
+@dataclass
+class DiffusionExample:
+    """The training image and caption for a U-Net: noised by the scheduler, predicting noise or velocity."""
+
+    latents: torch.Tensor
+    conditioning: dict
+    scheduler: object
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, pipeline, size: int, device: str):
+        """The image's latents and the caption's conditioning, as the pipeline itself encodes a prompt."""
+        latents = _vae_latents(pipeline, size, device)
+        encoded = pipeline.encode_prompt(prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        conditioning = {"encoder_hidden_states": encoded[0]}
+        if pipeline.unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size micro-conditioning
+            original_size, crop_top_left, target_size = (size, size), (0, 0), (size, size)
+            time_ids = torch.tensor([[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype)
+            conditioning["added_cond_kwargs"] = {"text_embeds": encoded[2], "time_ids": time_ids}
+        return cls(latents * pipeline.vae.config.scaling_factor, conditioning, pipeline.scheduler)
+
+    def noised(self, noise, generator):
+        """(noisy latents, timestep, target) at a random training timestep."""
+        device = self.latents.device
+        timestep = torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
+        noisy = self.scheduler.add_noise(self.latents, noise, timestep)
+        if self.scheduler.config.get("prediction_type") == "v_prediction":  # SD2.x 768-v and its kin
+            return noisy, timestep, self.scheduler.get_velocity(self.latents, noise, timestep)
+        return noisy, timestep, noise
+
+    def predict(self, model, noisy, timestep):
+        return model(noisy, timestep, **self.conditioning).sample
+
+
+@dataclass
+class FlowExample:
+    """The training image and caption for Flux: rectified flow, x_t = (1 - t) x_0 + t noise, predicting noise - x_0
+    over packed 2x2 latent patches, as diffusers' Flux training script does."""
+
+    latents: torch.Tensor  # packed: [1, patches, 4 * channels]
+    conditioning: dict
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, pipeline, size: int, device: str):
+        latents = (_vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor) * pipeline.vae.config.scaling_factor
+        batch, channels, height, width = latents.shape
+        packed = pipeline._pack_latents(latents, batch, channels, height, width)
+        prompt_embeds, pooled, text_ids = pipeline.encode_prompt(prompt=CAPTION, prompt_2=None, device=device, num_images_per_prompt=1)
+        conditioning = {
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "txt_ids": text_ids,
+            "img_ids": pipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, prompt_embeds.dtype),
+        }
+        if pipeline.transformer.config.guidance_embeds:  # guidance-distilled (FLUX.1-dev): its default guidance
+            conditioning["guidance"] = torch.full((1,), default_guidance(pipeline), device=device)
+        return cls(packed, conditioning)
+
+    def noised(self, noise, generator):
+        sigma = torch.rand((1,), generator=generator, device=self.latents.device)
+        noisy = (1 - sigma[:, None, None]) * self.latents + sigma[:, None, None] * noise
+        return noisy, sigma, noise - self.latents
+
+    def predict(self, model, noisy, sigma):
+        return model(hidden_states=noisy, timestep=sigma, **self.conditioning).sample
+
+
+def _vae_latents(pipeline, size: int, device: str) -> torch.Tensor:
     pixels = torch.from_numpy(reference_image(size)).permute(2, 0, 1)[None].to(device, pipeline.vae.dtype)
-    latent_dist = pipeline.vae.encode(pixels * 2 - 1).latent_dist
-    latents = latent_dist.mean * pipeline.vae.config.scaling_factor
-    encoded = pipeline.encode_prompt(prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    conditioning = {"encoder_hidden_states": encoded[0]}
-    if pipeline.unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size micro-conditioning
-        original_size, crop_top_left, target_size = (size, size), (0, 0), (size, size)
-        time_ids = torch.tensor([[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype)
-        conditioning["added_cond_kwargs"] = {"text_embeds": encoded[2], "time_ids": time_ids}
-    return latents, conditioning
+    return pipeline.vae.encode(pixels * 2 - 1).latent_dist.mean

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -10,6 +11,12 @@ import numpy as np
 import torch
 
 GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
+
+
+def default_guidance(pipeline) -> float:
+    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5)."""
+    default = inspect.signature(type(pipeline).__call__).parameters["guidance_scale"].default
+    return float(default) if isinstance(default, (int, float)) else GUIDANCE_SCALE
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,9 @@ class Renderer:
         self.pipeline = pipeline
         self.plan = plan
         self.device = device
+        # The LoRA scale rides in `cross_attention_kwargs` for U-Net pipelines, `joint_attention_kwargs` for Flux.
+        parameters = inspect.signature(type(pipeline).__call__).parameters
+        self.scale_argument = "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
 
     def render(
         self,
@@ -89,9 +99,9 @@ class Renderer:
             width=plan.size,
             num_inference_steps=plan.steps,
             guidance_scale=plan.guidance_scale,
-            cross_attention_kwargs=None if adapter_name is None else {"scale": scale},
             callback_on_step_end=step_end,
             output_type="np",
+            **{self.scale_argument: None if adapter_name is None else {"scale": scale}},
         ).images
 
     @contextlib.contextmanager

@@ -16,6 +16,7 @@ import numpy as np
 from .adapter_file import AdapterLoadError, read_adapter
 from .config import REFERENCE, AdapterSpec, HarnessConfig
 from .digests import digest_parameters, fingerprint
+from .families import denoiser_of
 from .injection import Application, apply_adapter, file_defects
 from .pixel_diff import evaluate_pixel_diff
 from .progress import Progress
@@ -59,7 +60,7 @@ class HarnessSession:
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
         self.checks: list[str] | None = None  # the checks collected; None: all of them
-        self.unet_forward_passes = 0
+        self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
         self._loaded: dict[str, LoadedAdapter] = {}
         self._images: dict[tuple, CachedRender] = {}  # (slot, scale, prompt, seed) -> one render
         self._base_again: RenderSet | None = None
@@ -73,7 +74,7 @@ class HarnessSession:
 
         self.progress.line(f"loading base model {self.config.base_model}")
         base = load_base(self.config)
-        base.pipeline.unet.register_forward_pre_hook(self._count_forward)
+        denoiser_of(base.pipeline).register_forward_pre_hook(self._count_forward)
         self.base_digests = digest_parameters(base.pipeline)
         self.base_fingerprint = fingerprint(self.base_digests)
         return base
@@ -100,7 +101,9 @@ class HarnessSession:
     def plan(self) -> RenderPlan:
         seeds = tuple(range(self.config.render_seeds))
         size = self.config.render_size or self.base.native_size
-        return RenderPlan(self.config.prompts, seeds, size, self.config.render_steps, batch_size=self.config.render_batch_size)
+        return RenderPlan(
+            self.config.prompts, seeds, size, self.config.render_steps, self.base.guidance_scale, self.config.render_batch_size
+        )
 
     @cached_property
     def needs(self) -> RenderNeeds:
@@ -155,7 +158,7 @@ class HarnessSession:
         try:
             adapter_file = read_adapter(path)
             record.update(sha256=adapter_file.sha256, metadata=_metadata(adapter_file))
-            application = apply_adapter(self.base.pipeline, self.base.cross_attention_width, adapter_file, spec.slot)
+            application = apply_adapter(self.base.pipeline, self.base.signature, adapter_file, spec.slot)
         except AdapterLoadError as error:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
@@ -252,7 +255,7 @@ class HarnessSession:
         return {
             "base_fingerprint": self.base_fingerprint, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
             "size": plan.size, "scheduler": scheduler_identity(pipeline.scheduler),
-            "device": str(pipeline.device), "dtype": str(pipeline.unet.dtype),
+            "device": str(pipeline.device), "dtype": str(denoiser_of(pipeline).dtype),
         }
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The embedded bases: Stable Diffusion 1.x- and SDXL-shaped pipelines built from configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL- and Flux-shaped pipelines built from configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -97,12 +97,49 @@ def build_tiny_sdxl_pipeline():
     )
 
 
-def _vae():
+def build_tiny_flux_pipeline():
+    """Flux-shaped: a transformer with double-stream (text and image) and single-stream blocks over packed 2x2
+    latent patches, CLIP's pooled text and T5's token states, rectified-flow Euler sampling."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(SEED)
+    latent_channels = 4
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # the pipeline packs 2x2 latent pixels into one token
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=32,
+        num_attention_heads=3,  # 96 wide: wide enough that the rank-4 reference is within the default budget
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(8, 12, 12),  # sums to the head width
+    )
+    tokenizer_2 = t5_tokenizer()
+    torch.manual_seed(SEED + 1)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+    )
+    pipeline = FluxPipeline(
+        transformer=transformer,
+        vae=_vae(latent_channels=latent_channels, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=_text_encoder(CLIPTextModel),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
+    return pipeline
+
+
+def _vae(**overrides):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEED)
-    # Four blocks, as in SD: the VAE downsamples by 8.
-    return AutoencoderKL(
+    # Four blocks, as in SD and Flux: the VAE downsamples by 8.
+    config = dict(
         block_out_channels=(32, 32, 64, 64),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
@@ -111,6 +148,7 @@ def _vae():
         norm_num_groups=32,
         sample_size=NATIVE_SIZE,
     )
+    return AutoencoderKL(**{**config, **overrides})
 
 
 def _text_encoder(model_class, seed: int = SEED):
@@ -140,6 +178,19 @@ def clip_tokenizer():
     vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=77)
+
+
+@lru_cache(maxsize=1)
+def t5_tokenizer():
+    """A T5 tokenizer (SentencePiece unigram) over single characters: every prompt tokenizes, nothing is downloaded."""
+    import string
+
+    from transformers import T5TokenizerFast
+
+    characters = string.ascii_letters + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + c, -3.0) for c in characters] + [(c, -4.0) for c in characters]  # \u2581: a word's start
+    return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .budget import block_of
+from .families import block_of
 from .results import verdict
 
 CHECK = "weight_health"

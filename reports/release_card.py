@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
-from lora_harness.renders import GUIDANCE_SCALE
 
 HYPERPARAMETERS = {
     "learning rate": ("ss_learning_rate", "ss_unet_lr"),
@@ -56,7 +55,8 @@ def release_card(adapter: dict, document: dict) -> str:
     lines += ["", "## I: Inference test plan", ""]
     lines.append(f"- prompts: {'; '.join(settings['prompts'])}")
     lines.append(f"- seeds per prompt: {settings['render_seeds']} (seeds 0..{settings['render_seeds'] - 1})")
-    lines.append(f"- steps {settings['render_steps']}, guidance {GUIDANCE_SCALE}, size {settings['render_size'] or 'native'}")
+    guidance = base.get("guidance_scale", "the base pipeline's default")  # known once the base is loaded
+    lines.append(f"- steps {settings['render_steps']}, guidance {guidance}, size {settings['render_size'] or 'native'}")
 
     lines += ["", "## N: Numeric validation", "", "| check | status | value | threshold |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['check']} | {r['status']} | {r['value']} | {r['threshold']} |" for r in results]

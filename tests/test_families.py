@@ -113,3 +113,98 @@ def test_an_sd1_adapter_on_sd2_and_an_sd2_adapter_on_sd1_fail_wiring_naming_both
     pytester.runpytest_inprocess("--adapter", adapters["peft"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
     message = records(pytester)[("peft", "wiring")]["message"]
     assert "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)" in message
+
+
+@pytest.fixture(scope="module")
+def flux_adapters(tmp_path_factory):
+    """Adapters for the embedded Flux-shaped base: diffusers' layout with the CLIP text encoder, as its Flux
+    training script writes it, and PEFT's folder and single-file layouts of the transformer alone."""
+    from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_adapter, write_diffusers_components
+    from lora_harness.tiny_base import build_tiny_flux_pipeline
+
+    folder = tmp_path_factory.mktemp("flux-adapters")
+    loras = make_pipeline_lora(build_tiny_flux_pipeline(), seed=1)
+    return {
+        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8),
+        "peft": write_adapter("peft", loras["transformer"], folder / "peft", 4, 4),
+        "peft-file": write_adapter("peft-file", loras["transformer"], folder / "peft-file.safetensors", 4, 4),
+    }
+
+
+def test_flux_adapters_in_each_layout_pass_with_both_streams_and_the_text_encoder_proven(pytester, flux_adapters):
+    adapters = [a for path in flux_adapters.values() for a in ("--adapter", path)]
+    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL).assert_outcomes(passed=3 * 5)
+    document = results(pytester)
+    assert document["base"]["family"] == "tiny (Flux-shaped)" and document["base"]["guidance_scale"] == 3.5
+    applied = {a["format"]: a for a in document["adapters"]}
+    # One double-stream block (image and text projections, 8) and one single-stream block (q, k, v).
+    transformer_tensors = 2 * (8 + 3)
+    assert applied["diffusers"]["tensors_applied"] == applied["diffusers"]["tensors"] == transformer_tensors + 2 * 8
+    assert applied["peft"]["tensors_applied"] == applied["peft-file"]["tensors_applied"] == transformer_tensors
+    assert {a["family"] for a in document["adapters"]} == {"tiny Flux"}
+    assert applied["diffusers"]["scale"] == 2.0 and applied["peft"]["scale"] == 1.0
+    budget = records(pytester)[("peft", "param_budget")]
+    assert set(budget["details"]["per_block"]) == {"double/attn", "double/attn-text", "single/attn"}
+
+
+def test_the_reference_overfit_trains_on_flux_with_rectified_flow_and_its_controls_hold(pytester):
+    args = ("--adapter", "reference", "--base-model", "tiny-flux", "--render-seeds", "1", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess(*args, "-k", "wiring or pixel_diff or frozen_base or param_budget").assert_outcomes(passed=4)
+    document = results(pytester)
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    reference = document["adapters"][0]
+    assert reference["tensors_applied"] == reference["tensors"] == 2 * (8 + 3)
+
+
+def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_both(pytester, flux_adapters, write_lora):
+    sd1 = write_lora("kohya", "sd1.safetensors")
+    pytester.runpytest_inprocess("--adapter", sd1, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
+    assert "made for tiny (cross-attention 32), but the base is tiny Flux (transformer width 96)" in message
+    pytester.runpytest_inprocess("--adapter", flux_adapters["peft-file"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("peft-file.safetensors", "wiring")]["message"]
+    assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
+
+
+def test_each_family_trains_its_reference_on_its_own_objective():
+    """The target a denoiser learns: noise (epsilon), velocity (v-prediction) or noise - x0 (rectified flow)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from lora_harness.reference import DiffusionExample, FlowExample
+
+    latents, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    for prediction_type in ("epsilon", "v_prediction"):
+        scheduler = DDIMScheduler(prediction_type=prediction_type)
+        noisy, timestep, target = DiffusionExample(latents, {}, scheduler).noised(noise, torch.Generator().manual_seed(0))
+        expected = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timestep)
+        assert torch.equal(target, expected) and torch.equal(noisy, scheduler.add_noise(latents, noise, timestep))
+    packed, packed_noise = latents.reshape(1, 16, 16), noise.reshape(1, 16, 16)
+    noisy, sigma, target = FlowExample(packed, {}).noised(packed_noise, torch.Generator().manual_seed(0))
+    assert torch.equal(target, packed_noise - packed)
+    assert torch.allclose(noisy, (1 - sigma) * packed + sigma * packed_noise)
+
+
+def test_budget_blocks_use_each_familys_own_names():
+    from lora_harness.families import block_of
+
+    assert block_of("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k") == "down/attn2"
+    assert block_of("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0") == "mid/attn1"
+    assert block_of("transformer.transformer_blocks.3.attn.to_q") == "double/attn"
+    assert block_of("transformer.transformer_blocks.3.attn.to_add_out") == "double/attn-text"
+    assert block_of("transformer.transformer_blocks.3.ff_context.net.2") == "double/ff-text"
+    assert block_of("transformer.single_transformer_blocks.7.attn.to_v") == "single/attn"
+    assert block_of("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj") == "text_encoder_2"
+
+
+@pytest.mark.parametrize("key", ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "diffusion_model.single_blocks.0.linear1.lora_A.weight"])
+def test_a_flux_file_in_a_fused_community_layout_is_refused_with_the_conversion_to_run(pytester, key, flux_adapters):
+    """(`flux_adapters` builds the Flux base out here first: modules first imported inside an in-process run are
+    dropped after it, and torch cannot register their operators twice.)"""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({key: torch.ones(4, 96)}, pytester.path / "community.safetensors")
+    pytester.runpytest_inprocess("--adapter", "community.safetensors", "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("community.safetensors", "wiring")]["message"]
+    assert "a Flux LoRA in" in message and "FluxPipeline.save_lora_weights" in message

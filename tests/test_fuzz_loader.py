@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from lora_harness.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.families import UNET, Signature
 from lora_harness.fixtures.adapter_writers import LAYOUTS, make_lora, write_adapter
 from lora_harness.injection import apply_adapter
 from lora_harness.tiny_base import build_tiny_pipeline
@@ -136,7 +137,7 @@ def test_mutated_adapters_load_or_fail_clearly(layout, mutation, case):
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(SECONDS_PER_LOAD)
     try:
-        application = apply_adapter(pipeline, 32, read_adapter(target), "fuzz")
+        application = apply_adapter(pipeline, Signature(UNET, 32), read_adapter(target), "fuzz")
         assert application.tensors_applied <= application.tensors
     except AdapterLoadError as error:
         assert target.name in str(error) and len(str(error)) > len(str(target)) + 10

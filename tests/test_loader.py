@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from lora_harness.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.families import UNET, Signature
 from lora_harness.fixtures.adapter_writers import LAYOUTS
 from lora_harness.injection import FamilyMismatch, apply_adapter
 from lora_harness.tiny_base import build_tiny_pipeline
 
-TINY_WIDTH = 32
+TINY = Signature(UNET, 32)  # the embedded tiny base
 TENSORS = 64  # 16 attention projections x (A, B) in the tiny U-Net
 SUFFIX = {"peft": "", "diffusers": ""}
 
@@ -25,7 +26,7 @@ def _path(layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_lands_whole_at_the_declared_scale(pipeline, write_lora, layout):
     path = write_lora(layout, _path(layout), rank=4, alpha=16)
-    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+    application = apply_adapter(pipeline, TINY, read_adapter(path), "a")
     assert application.tensors == TENSORS
     assert application.tensors_applied == TENSORS
     assert application.lora_params == 9984
@@ -38,7 +39,7 @@ def test_half_misspelled_file_is_caught_by_values_not_counts(pipeline, write_lor
     def misspell(lora):
         return {(k.replace("attn1", "attn_1") if i % 2 else k): v for i, (k, v) in enumerate(sorted(lora.items()))}
 
-    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(write_lora("kohya", "half.safetensors", edit=misspell)), "a")
+    application = apply_adapter(pipeline, TINY, read_adapter(write_lora("kohya", "half.safetensors", edit=misspell)), "a")
     assert application.tensors == TENSORS
     assert application.tensors_applied < TENSORS
     assert application.unmatched and any("attn1" in n for n in application.unmatched[0][2])
@@ -50,7 +51,7 @@ def test_keys_matching_nothing_name_the_file_and_nearest_modules(pipeline, write
 
     path = write_lora("peft-file", "nothing.safetensors", edit=rename)
     with pytest.raises(AdapterLoadError, match="none of its 64 LoRA tensors matches") as error:
-        apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+        apply_adapter(pipeline, TINY, read_adapter(path), "a")
     assert str(path) in str(error.value) and "nearest: " in str(error.value)
 
 
@@ -60,7 +61,7 @@ def test_another_family_is_named(pipeline, write_lora):
 
     path = write_lora("diffusers", "sd2", edit=sd2_width)
     with pytest.raises(FamilyMismatch, match=r"SD2.x \(cross-attention 1024\).*tiny \(cross-attention 32\)"):
-        apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+        apply_adapter(pipeline, TINY, read_adapter(path), "a")
 
 
 def test_scale_that_differs_from_the_file_is_reported(pipeline, write_lora, monkeypatch):
@@ -76,7 +77,7 @@ def test_scale_that_differs_from_the_file_is_reported(pipeline, write_lora, monk
 
     monkeypatch.setattr(injection, "normalize", drop_config)
     path = write_lora("peft-file", "scaled.safetensors", rank=4, alpha=16)
-    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(path), "a")
+    application = apply_adapter(pipeline, TINY, read_adapter(path), "a")
     assert application.tensors_applied == TENSORS  # the values are right...
     module, declared, applied = application.scale_mismatches[0]
     assert (declared, applied) == (4.0, 1.0)  # ...the scale is not
@@ -88,7 +89,7 @@ def test_nan_tensors_are_found(pipeline, write_lora):
         a, b = lora[first]
         return {**lora, first: (a, torch.full_like(b, float("nan")))}
 
-    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(write_lora("peft", "nan", edit=poison)), "a")
+    application = apply_adapter(pipeline, TINY, read_adapter(write_lora("peft", "nan", edit=poison)), "a")
     assert len(application.nonfinite) == 1 and application.tensors_applied == TENSORS
 
 
@@ -105,7 +106,7 @@ def test_text_encoder_keys_land_too(pipeline, tiny_unet, tmp_path):
             name = prefix + module.replace(".", "_")
             tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(alpha)}
     save_file(tensors, tmp_path / "with_te.safetensors")
-    application = apply_adapter(pipeline, TINY_WIDTH, read_adapter(tmp_path / "with_te.safetensors"), "a")
+    application = apply_adapter(pipeline, TINY, read_adapter(tmp_path / "with_te.safetensors"), "a")
     assert application.tensors == application.tensors_applied == TENSORS + 16
     text_scales = {v for k, v in application.scales.items() if k.startswith("text_encoder.")}
     assert text_scales == {2.0} and not application.scale_mismatches
