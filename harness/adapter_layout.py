@@ -21,7 +21,8 @@ DIFFUSERS = "diffusers"
 ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
 LORA_METADATA_KEY = "lora_adapter_metadata"
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
-ROLES = ("lora_A", "lora_B")
+MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
+ROLES = ("lora_A", "lora_B", MAGNITUDE)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Target:
 
     component: str
     module: str
-    role: str  # lora_A | lora_B
+    role: str  # lora_A | lora_B | lora_magnitude_vector
 
     @property
     def qualified_module(self) -> str:
@@ -59,8 +60,7 @@ UNSUPPORTED_KINDS = {
     "lokr_w2": "LyCORIS LoKr",
     "hada_w1_a": "LyCORIS LoHa",
     "lora_mid": "LyCORIS LoCon with Tucker decomposition",
-    "dora_scale": "DoRA",
-    "lora_magnitude_vector": "DoRA",
+    "dora_scale": "Kohya-layout DoRA",  # PEFT's DoRA (`lora_magnitude_vector`) is applied
 }
 
 
@@ -102,11 +102,11 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: alpha {bad_alpha} has shape {list(adapter.tensors[bad_alpha].shape)}, "
             "but an alpha is one number; the file is damaged, export it again"
         )
-    bad_matrix = next((k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and (t.ndim not in (2, 4) or not t.numel())), None)
+    bad_matrix = next((k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and not _plausible_shape(k, t)), None)
     if bad_matrix is not None:
         raise AdapterLoadError(
-            f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, "
-            "but a LoRA matrix is 2-D (4-D for a convolution) and not empty; the file is damaged, export it again"
+            f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, but a "
+            "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude 1-D, and none is empty; the file is damaged, export it again"
         )
     not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point()), None)
     if not_float is not None:
@@ -128,6 +128,11 @@ def detect_format(adapter: AdapterFile) -> str:
         f"{adapter.weights_path}: no known LoRA layout (first keys: {', '.join(keys[:3])}); expected PEFT "
         "(`…lora_A.weight`), diffusers (`unet.…lora.down.weight`) or Kohya (`lora_unet_…lora_down.weight`) keys"
     )
+
+
+def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
+    dimensions = (1,) if MAGNITUDE in key else (2, 4)
+    return tensor.ndim in dimensions and tensor.numel() > 0
 
 
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
@@ -171,8 +176,8 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     for component, state_dict in state_dicts.items():
         for peft_key, tensor in state_dict.items():
             for role in ROLES:
-                if f".{role}." in peft_key and id(tensor) in file_key_of:
-                    module = peft_key.split(f".{role}.")[0]
+                if (f".{role}." in peft_key or peft_key.endswith(f".{role}")) and id(tensor) in file_key_of:
+                    module = peft_key.split(f".{role}")[0]
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
     tensor_keys = [k for k in tensors if not k.endswith(".alpha")]
     untraced = [k for k in tensor_keys if k not in targets]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
-from .adapter_layout import NormalizedAdapter, normalize
+from .adapter_layout import MAGNITUDE, NormalizedAdapter, normalize
 from .families import Signature, architecture_of
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
@@ -43,11 +43,12 @@ class Application:
     factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
     ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
+    dora_modules: int = 0  # modules with a DoRA magnitude vector
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
         details = {
-            "target_modules": len(self.shapes) // 2,
+            "target_modules": len(self.factors),
             "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
             "ranks": self.ranks,
             "alphas": self.alphas,
@@ -58,6 +59,7 @@ class Application:
             details["scales"] = self.scales
         return {
             "format": self.format,
+            "kind": "DoRA" if self.dora_modules else "LoRA",
             "family": self.family,
             "rank": self.rank,
             "alpha": self.alpha,
@@ -131,7 +133,8 @@ def file_defects(path, application: Application) -> list[str]:
         )
     if application.nonfinite:
         defects.append(f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint")
-    if application.up_tensors and len(application.zero_up) == application.up_tensors:
+    # DoRA's magnitudes rescale the weights even with every B zero.
+    if application.up_tensors and len(application.zero_up) == application.up_tensors and not application.dora_modules:
         defects.append(
             f"{path}: every up matrix (lora_B / lora_up) is all zero, so the adapter can change nothing; "
             "export the trained weights, not the initial ones"
@@ -167,6 +170,8 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
     """A module's down (A) and up (B) matrices must share one rank, or no loader can apply them."""
     pairs: dict[str, dict[str, tuple[str, int]]] = {}
     for key, target in normalized.targets.items():
+        if target.role == MAGNITUDE:
+            continue
         tensor = normalized.tensors[key]
         rank = tensor.shape[0] if target.role == "lora_A" else tensor.shape[1]
         pairs.setdefault(target.qualified_module, {})[target.role] = (key, int(rank))
@@ -186,6 +191,8 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
 
 
 def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
+    if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight
+        return (module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features,)
     if isinstance(module, torch.nn.Conv2d):
         if role == "lora_A":
             return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
@@ -255,8 +262,8 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         layer = layers.get(target.qualified_module)
         if layer is None:
             continue
-        landed = getattr(layer, target.role)[adapter_name].weight
-        if _same_values(landed, adapter.tensors[key]):
+        landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
+        if adapter_name in landed and _same_values(landed[adapter_name].weight, adapter.tensors[key]):
             applied += 1
         else:
             value_mismatches.append(key)
@@ -294,6 +301,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
+        dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
     )
 
 
@@ -305,7 +313,7 @@ def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
     return {
         module: (pair["lora_A"], pair["lora_B"], normalized.expected_scales.get(module, 1.0))
         for module, pair in pairs.items()
-        if len(pair) == 2
+        if "lora_A" in pair and "lora_B" in pair
     }
 
 

@@ -10,6 +10,10 @@ from .results import CheckResult, verdict
 
 CHECK = "wiring"
 SHOWN = 5  # how many offending names a message lists
+DORA_SCALE_ZERO = (
+    "not applicable: DoRA rescales each output channel by its magnitude at every LoRA scale, so a render at scale 0 "
+    "is not the base's"
+)
 
 
 def evaluate_wiring(
@@ -31,7 +35,10 @@ def evaluate_wiring(
     if silent:
         problems.append(f"{len(silent)} of {len(application.lora_layers)} LoRA layers never ran during a render: {', '.join(silent[:SHOWN])}")
     scale_zero_diff = float(np.abs(at_scale_zero.images.astype(np.float64) - base.images).mean())
-    if scale_zero_diff > tolerance:
+    scale_zero_control = "compared"
+    if application.dora_modules:
+        scale_zero_control = DORA_SCALE_ZERO
+    elif scale_zero_diff > tolerance:
         problems.append(f"at scale 0 the render differs from the base by {scale_zero_diff:.4f} (allowed {tolerance:g})")
     ok = application.tensors > 0 and application.tensors_applied == application.tensors and not problems
     if application.tensors_applied != application.tensors:
@@ -46,5 +53,6 @@ def evaluate_wiring(
         "shape_mismatches": [[key, list(want), list(got)] for key, want, got in application.shape_mismatches[:50]],
         "scale_mismatches": [[m, d, a] for m, d, a in application.scale_mismatches[:50]],
         "scale_zero_mean_abs_diff": scale_zero_diff,
+        "scale_zero_control": scale_zero_control,
     }
     return verdict(adapter, CHECK, ok, application.tensors_applied, application.tensors, "; ".join(problems), details)

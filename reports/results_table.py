@@ -13,7 +13,7 @@ from lora_harness import __version__, report_records
 
 SCHEMA = 1
 ADAPTER_FIELDS = (
-    "name", "path", "format", "family", "rank", "alpha", "scale",
+    "name", "path", "format", "kind", "family", "rank", "alpha", "scale",
     "tensors", "tensors_applied", "lora_params", "sha256", "metadata",
 )
 

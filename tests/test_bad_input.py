@@ -101,7 +101,7 @@ def build_bad_adapters(root, write_lora, marker):
     loha = _rename_keys(write_lora("kohya", "loha.safetensors"), "lora_down", "hada_w1_a")
     cases["loha.safetensors"] = (loha, "a LyCORIS LoHa adapter")
     dora = _rename_keys(write_lora("kohya", "dora.safetensors"), ".alpha", ".dora_scale")
-    cases["dora.safetensors"] = (dora, "a DoRA adapter")
+    cases["dora.safetensors"] = (dora, "a Kohya-layout DoRA adapter")
     return cases
 
 

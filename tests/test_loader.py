@@ -110,3 +110,50 @@ def test_text_encoder_keys_land_too(pipeline, tiny_unet, tmp_path):
     assert application.tensors == application.tensors_applied == TENSORS + 16
     text_scales = {v for k, v in application.scales.items() if k.startswith("text_encoder.")}
     assert text_scales == {2.0} and not application.scale_mismatches
+
+
+@pytest.fixture
+def dora_folder(tiny_unet, tmp_path):
+    from lora_harness.fixtures.adapter_writers import write_dora_folder
+
+    return write_dora_folder(tiny_unet, tmp_path / "dora")
+
+
+def test_a_dora_adapter_lands_whole_with_its_magnitudes(pipeline, dora_folder):
+    application = apply_adapter(pipeline, TINY, read_adapter(dora_folder), "a")
+    assert application.tensors_applied == application.tensors == TENSORS + TENSORS // 2  # A, B and a magnitude each
+    assert application.dora_modules == TENSORS // 2 and application.record()["kind"] == "DoRA"
+    assert application.record()["details"]["target_modules"] == TENSORS // 2
+
+
+def test_a_loader_that_applies_dora_as_plain_lora_is_caught(pipeline, dora_folder, monkeypatch):
+    """diffusers reads DoRA from the magnitude keys; a load without them runs a plain LoRA silently."""
+    import lora_harness.injection as injection
+
+    real_inject = injection._inject
+
+    def drop_magnitudes(pipeline, normalized, accepted, adapter_name):
+        for state_dict in normalized.state_dicts.values():
+            for key in [k for k in state_dict if "lora_magnitude_vector" in k]:
+                del state_dict[key]
+        config = normalized.lora_configs.get("unet")
+        if config:
+            config["use_dora"] = False
+        real_inject(pipeline, normalized, accepted, adapter_name)
+
+    monkeypatch.setattr(injection, "_inject", drop_magnitudes)
+    application = apply_adapter(pipeline, TINY, read_adapter(dora_folder), "a")
+    assert application.tensors_applied == TENSORS and len(application.value_mismatches) == TENSORS // 2
+    assert all(key.endswith("lora_magnitude_vector") for key in application.value_mismatches)
+
+
+def test_a_dora_magnitude_of_the_wrong_length_matches_no_module(pipeline, dora_folder):
+    from safetensors.torch import load_file, save_file
+
+    weights = dora_folder / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(k for k in tensors if k.endswith("lora_magnitude_vector"))[0]
+    tensors[first] = tensors[first][:-1].clone()
+    save_file(tensors, weights)
+    application = apply_adapter(pipeline, TINY, read_adapter(dora_folder), "a")
+    assert [key for key, _, _ in application.shape_mismatches] == [first]
