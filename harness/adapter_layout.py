@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
+from .lycoris import KOHYA_COMPONENTS, LOKR, lokr_options, lycoris_kind, module_names, rank_and_alpha, split_file
 
+LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+TUNER_PARAMETERS = ("lora_", "hada_", "lokr_")  # how peft's LoRA (DoRA), LoHa and LoKr layers name their parameters
+
+
+def is_tuner_parameter(name: str) -> bool:
+    return any(part.startswith(TUNER_PARAMETERS) for part in name.split("."))
+
+
+def unwrapped_name(name: str) -> str:
+    """A module or parameter name as it was before adapters (of one kind or several, nested) wrapped it."""
+    return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
 KOHYA = "kohya"
+LYCORIS = "lycoris"  # LyCORIS LoHa / LoKr in Kohya's naming
 PEFT_FOLDER = "peft"
 PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata
 DIFFUSERS = "diffusers"
@@ -41,6 +55,7 @@ class Target:
 @dataclass
 class NormalizedAdapter:
     format: str
+    kind: str  # LoRA | DoRA | LoHa | LoKr
     # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
     state_dicts: dict[str, dict[str, torch.Tensor]]
     lora_configs: dict[str, dict]  # per component, LoraConfig kwargs the file carries (PEFT config, metadata)
@@ -52,13 +67,15 @@ class NormalizedAdapter:
     alphas: dict[str, float]
     tensor_keys: list[str] = field(default_factory=list)  # the file's LoRA weight tensors (alphas not counted)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the file's tensors, by file key
+    # LyCORIS only: per "component.module", the (r, alpha) peft must build it with, and the kind's file-wide options
+    lycoris_modules: dict[str, tuple[int, float]] = field(default_factory=dict)
+    lycoris_options: dict = field(default_factory=dict)
 
 
-# Adapter kinds whose tensors are not plain LoRA pairs: applying part of one would validate something else.
+# Adapter kinds peft cannot build as the file has them: applying part of one would validate something else.
 UNSUPPORTED_KINDS = {
-    "lokr_w1": "LyCORIS LoKr",
-    "lokr_w2": "LyCORIS LoKr",
-    "hada_w1_a": "LyCORIS LoHa",
+    "lokr_t2": "LyCORIS LoKr with Tucker decomposition",
+    "hada_t1": "LyCORIS LoHa with Tucker decomposition",
     "lora_mid": "LyCORIS LoCon with Tucker decomposition",
     "dora_scale": "Kohya-layout DoRA",  # PEFT's DoRA (`lora_magnitude_vector`) is applied
 }
@@ -117,7 +134,7 @@ def detect_format(adapter: AdapterFile) -> str:
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
-        return KOHYA
+        return LYCORIS if lycoris_kind(keys) else KOHYA
     if any(".processor." in k and "_lora." in k for k in keys):
         return ATTN_PROCS
     if all(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in keys):
@@ -130,6 +147,60 @@ def detect_format(adapter: AdapterFile) -> str:
     )
 
 
+def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
+    """Kohya-named LoHa / LoKr: each module found by its Kohya name among the base's layers, for peft to build."""
+    kind = lycoris_kind(adapter.tensors)
+    modules, alphas_in_file = split_file(adapter, kind)
+    paths: dict[str, tuple[str, str]] = {}  # Kohya module -> (component, module path)
+    layers: dict[str, torch.nn.Module] = {}
+    for prefix, component_name in KOHYA_COMPONENTS.items():
+        component = getattr(pipeline, component_name, None)
+        if component is None or not any(m.startswith(prefix) for m in modules):
+            continue
+        found = layer_modules(component)
+        for kohya, path in module_names(component_name, prefix, found).items():
+            if kohya in modules:
+                paths[kohya] = (component_name, path)
+                layers[kohya] = found[path]
+    targets, state_dicts, lycoris_modules, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
+    for kohya, roles in modules.items():
+        component, path = paths.get(kohya, (_kohya_component(kohya), kohya.split("_", 2)[-1]))
+        rank, alpha = rank_and_alpha(kind, roles, alphas_in_file.get(kohya))
+        name = f"{component}.{path}"
+        for role, tensor in roles.items():
+            targets[f"{kohya}.{role}"] = Target(component, path, role)
+            state_dicts.setdefault(component, {})[f"{path}.{role}"] = tensor
+        lycoris_modules[name], expected[name], ranks[name], alphas[name] = (rank, alpha), alpha / rank, rank, alpha
+    found_modules = {k: v for k, v in modules.items() if k in layers}
+    options = lokr_options(adapter, found_modules, layers) if kind == LOKR and found_modules else {}
+    tensor_keys = [k for k in adapter.tensors if not k.endswith(".alpha")]
+    return NormalizedAdapter(
+        format=LYCORIS,
+        kind=kind,
+        state_dicts=state_dicts,
+        lora_configs={},
+        network_alphas=None,
+        targets=targets,
+        untraced=[],
+        expected_scales=expected,
+        ranks=ranks,
+        alphas=alphas,
+        tensor_keys=tensor_keys,
+        tensors=dict(adapter.tensors),
+        lycoris_modules=lycoris_modules,
+        lycoris_options=options,
+    )
+
+
+def _kohya_component(kohya: str) -> str:
+    return next(c for prefix, c in KOHYA_COMPONENTS.items() if kohya.startswith(prefix))
+
+
+def layer_modules(component) -> dict[str, torch.nn.Module]:
+    """The layers an adapter can target, by their names before any adapter wrapped them."""
+    return {unwrapped_name(n): m for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)}
+
+
 def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
     dimensions = (1,) if MAGNITUDE in key else (2, 4)
     return tensor.ndim in dimensions and tensor.numel() > 0
@@ -137,6 +208,8 @@ def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
 
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     layout = detect_format(adapter)
+    if layout == LYCORIS:
+        return _normalize_lycoris(adapter, pipeline)
     tensors = dict(adapter.tensors)
     lora_configs: dict[str, dict] = {}
     alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha
@@ -204,8 +277,10 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         use_rslora = bool(config and config.get("use_rslora"))
         expected[name] = alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
+    magnitudes = any(target.role == MAGNITUDE for target in targets.values())
     return NormalizedAdapter(
         format=layout,
+        kind="DoRA" if magnitudes else "LoRA",
         state_dicts=state_dicts,
         lora_configs=lora_configs,
         network_alphas=network_alphas,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .families import block_of
+from .adapter_layout import TUNER_PARAMETERS
 from .injection import Application
 from .options import ParamBudget
 from .results import verdict
@@ -17,7 +18,7 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
     breakdown = Counter()
     for name, layer in application.lora_layers.items():
         breakdown[block_of(name)] += sum(
-            p.numel() for n, p in layer.named_parameters() if n.startswith(("lora_", "lora_magnitude")) and f".{application.adapter_name}" in f".{n}."
+            p.numel() for n, p in layer.named_parameters() if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
         )
     count = application.lora_params
     percent = 100 * count / denoiser_params if denoiser_params else 0.0

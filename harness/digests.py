@@ -7,13 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .adapter_layout import is_tuner_parameter, unwrapped_name
+
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae", "transformer")
 
 
 def base_parameters(pipeline) -> dict[str, torch.Tensor]:
     """Every base parameter of the pipeline, keyed `component.name` as it was before injection.
 
-    peft moves a wrapped weight to `<module>.base_layer.weight`; LoRA parameters are left out.
+    peft moves a wrapped weight to `<module>.base_layer.weight` (nested once per adapter kind); the adapters'
+    own parameters are left out.
     """
     parameters = {}
     for component_name in COMPONENTS:
@@ -21,9 +24,9 @@ def base_parameters(pipeline) -> dict[str, torch.Tensor]:
         if not isinstance(component, torch.nn.Module):
             continue
         for name, parameter in component.named_parameters():
-            if "lora_" in name or "lora_magnitude_vector" in name:
+            if is_tuner_parameter(name):
                 continue
-            parameters[f"{component_name}.{name.replace('.base_layer.', '.')}"] = parameter
+            parameters[f"{component_name}.{unwrapped_name(name)}"] = parameter
     return parameters
 
 

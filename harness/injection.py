@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import warnings
 from collections import Counter
@@ -10,10 +11,19 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
-from .adapter_layout import MAGNITUDE, NormalizedAdapter, normalize
+from .adapter_layout import (
+    LAYER_TYPES,
+    LYCORIS,
+    MAGNITUDE,
+    NormalizedAdapter,
+    Target,
+    is_tuner_parameter,
+    layer_modules,
+    normalize,
+    unwrapped_name,
+)
 from .families import Signature, architecture_of
 
-LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
 
 
 @dataclass
@@ -44,11 +54,19 @@ class Application:
     ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
     dora_modules: int = 0  # modules with a DoRA magnitude vector
+    kind: str = "LoRA"  # LoRA | DoRA | LoHa | LoKr
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """ΔW of each module without LoRA's two factors (LoHa, LoKr), as peft computes it from the proven values."""
+        with torch.no_grad():
+            return {
+                name: layer.get_delta_weight(self.adapter_name) for name, layer in self.lora_layers.items() if name not in self.factors
+            }
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
         details = {
-            "target_modules": len(self.factors),
+            "target_modules": len(self.lora_layers),
             "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
             "ranks": self.ranks,
             "alphas": self.alphas,
@@ -59,7 +77,7 @@ class Application:
             details["scales"] = self.scales
         return {
             "format": self.format,
-            "kind": "DoRA" if self.dora_modules else "LoRA",
+            "kind": self.kind,
             "family": self.family,
             "rank": self.rank,
             "alpha": self.alpha,
@@ -170,7 +188,7 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
     """A module's down (A) and up (B) matrices must share one rank, or no loader can apply them."""
     pairs: dict[str, dict[str, tuple[str, int]]] = {}
     for key, target in normalized.targets.items():
-        if target.role == MAGNITUDE:
+        if target.role not in ("lora_A", "lora_B"):
             continue
         tensor = normalized.tensors[key]
         rank = tensor.shape[0] if target.role == "lora_A" else tensor.shape[1]
@@ -191,8 +209,15 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
 
 
 def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
+    conv = isinstance(module, torch.nn.Conv2d)
+    out_dim = module.out_channels if conv else module.out_features
+    in_dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1] if conv else module.in_features
     if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight
-        return (module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features,)
+        return (out_dim,)
+    if role.startswith("hada_"):  # LoHa: (w1_a w1_b) ⊙ (w2_a w2_b), each pair [out, r] @ [r, in·kh·kw]
+        return (out_dim, tensor.shape[1]) if role.endswith("_a") else (tensor.shape[0], in_dim)
+    if role.startswith("lokr_"):  # LoKr: its factors split the dimensions; peft checks them when it loads
+        return tuple(tensor.shape)
     if isinstance(module, torch.nn.Conv2d):
         if role == "lora_A":
             return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
@@ -205,16 +230,28 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
 def _signature(normalized: NormalizedAdapter) -> Signature | None:
     """The family the adapter's denoiser keys were made for: the text width a U-Net's cross-attention keys read
     (it tells SD1.x from SD2.x and SDXL), or the inner width a transformer's attention reads."""
+    roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
     widths = Counter()
-    for key, target in normalized.targets.items():
+    for target in roles:
         architecture = architecture_of(target.component)
-        if architecture is None or target.role != "lora_A":
-            continue
         unet_text_keys = target.module.endswith(("attn2.to_k", "attn2.to_v"))
         transformer_queries = target.component == "transformer" and target.module.endswith("attn.to_q")
-        if unet_text_keys or transformer_queries:
-            widths[(architecture, int(normalized.tensors[key].shape[1]))] += 1
+        if architecture is None or not (unet_text_keys or transformer_queries):
+            continue
+        width = _input_width(target, roles)
+        if width is not None:
+            widths[(architecture, width)] += 1
     return Signature(*widths.most_common(1)[0][0]) if widths else None
+
+
+def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
+    """The input width a module's adapter tensors read, counted once per module (at its first factor)."""
+    if target.role in ("lora_A", "hada_w1_b"):
+        return int(roles[target].shape[1])
+    if target.role in ("lokr_w1", "lokr_w1_b"):  # LoKr: in = w1's input factor × w2's
+        w2 = roles.get(dataclasses.replace(target, role="lokr_w2"), roles.get(dataclasses.replace(target, role="lokr_w2_b")))
+        return None if w2 is None else int(roles[target].shape[1]) * int(w2.shape[1])
+    return None
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
@@ -222,6 +259,14 @@ def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter
     for component, state_dict in normalized.state_dicts.items():
         kept = {k: v for k, v in state_dict.items() if id(v) in accepted_ids}
         if not kept:
+            continue
+        if normalized.format == LYCORIS:  # diffusers has no loader for these: peft's own tuners
+            from .lycoris import inject, peft_config
+
+            modules = {key.rsplit(".", 1)[0] for key in kept}
+            targets = {m: normalized.lycoris_modules[f"{component}.{m}"] for m in sorted(modules)}
+            config = peft_config(normalized.kind, targets, normalized.lycoris_options)
+            inject(getattr(pipeline, component), config, kept, adapter_name)
             continue
         prefixed = {f"{component}.{k}": v for k, v in kept.items()}
         config = normalized.lora_configs.get(component)
@@ -250,10 +295,10 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
     for component_name in normalized.state_dicts:
         component = getattr(pipeline, component_name)
         for name, module in component.named_modules():
-            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {}):
-                layers[f"{component_name}.{name}"] = module
+            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {}):
+                layers[f"{component_name}.{unwrapped_name(name)}"] = module
         lora_params += sum(
-            p.numel() for n, p in component.named_parameters() if "lora_" in n and f".{adapter_name}." in f"{n}."
+            p.numel() for n, p in component.named_parameters() if is_tuner_parameter(n) and f".{adapter_name}." in f"{n}."
         )
 
     value_mismatches = []
@@ -263,7 +308,8 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         if layer is None:
             continue
         landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
-        if adapter_name in landed and _same_values(landed[adapter_name].weight, adapter.tensors[key]):
+        # LoRA keeps its weights in modules, LyCORIS in bare parameters
+        if adapter_name in landed and _same_values(getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]):
             applied += 1
         else:
             value_mismatches.append(key)
@@ -302,6 +348,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
+        kind=normalized.kind,
     )
 
 
@@ -332,16 +379,14 @@ def _find_module(component, path: str):
         module = component.get_submodule(path)
     except AttributeError:
         return None
-    base_layer = getattr(module, "base_layer", None)  # already wrapped by another adapter
-    module = base_layer if base_layer is not None else module
+    while getattr(module, "base_layer", None) is not None:  # wrapped by other adapters, of any kind
+        module = module.base_layer
     return module if isinstance(module, LAYER_TYPES) else None
 
 
 def _layer_names(component) -> list[str]:
-    """Names of the layers a LoRA can target, as they were before any adapter wrapped them."""
-    if component is None:
-        return []
-    return [n.replace(".base_layer", "") for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)]
+    return [] if component is None else list(layer_modules(component))
+
 
 
 def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:

@@ -69,10 +69,7 @@ class Renderer:
         calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
         jobs = self.plan.jobs if jobs is None else jobs
         ran: set[str] = set()
-        hooks = [
-            layer.lora_A[adapter_name].register_forward_hook(lambda *_, name=name: ran.add(name))
-            for name, layer in (watch or {}).items()
-        ]
+        hooks = [_watch(layer, adapter_name, lambda name=name: ran.add(name)) for name, layer in (watch or {}).items()]
         try:
             with self._only(adapter_name):
                 batch = self.plan.batch_size
@@ -119,6 +116,20 @@ class Renderer:
             return
         self.pipeline.set_adapters([adapter_name])
         yield
+
+
+def _watch(layer, adapter_name: str, mark: Callable[[], None]):
+    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection; for LyCORIS layers,
+    which keep bare parameters, the layer's forward while the adapter is active in it."""
+    lora_a = getattr(layer, "lora_A", {})
+    if adapter_name in lora_a:
+        return lora_a[adapter_name].register_forward_hook(lambda *_: mark())
+
+    def active(module, *_):
+        if not module.disable_adapters and adapter_name in module.active_adapters:
+            mark()
+
+    return layer.register_forward_hook(active)
 
 
 def _loaded_adapters(pipeline) -> set[str]:

@@ -46,7 +46,19 @@ def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: floa
     finite = bool(torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(scale))
     if not finite:
         return ModuleHealth(module, block_of(module), math.nan, math.nan, math.nan, rank, False)
-    singular = singular_values(down, up) * abs(scale)
+    return _from_spectrum(module, singular_values(down, up) * abs(scale), rank)
+
+
+def delta_health(module: str, delta: torch.Tensor) -> ModuleHealth:
+    """Norms and effective rank of a whole ΔW (LoHa, LoKr: no low-rank factors to work through). Its rank is
+    left 0: a Hadamard or Kronecker product has no single paid rank to compare the effective rank with."""
+    delta = delta.detach().double().reshape(delta.shape[0], -1)
+    if not torch.isfinite(delta).all():
+        return ModuleHealth(module, block_of(module), math.nan, math.nan, math.nan, 0, False)
+    return _from_spectrum(module, torch.linalg.svdvals(delta), rank=0)
+
+
+def _from_spectrum(module: str, singular: torch.Tensor, rank: int) -> ModuleHealth:
     return ModuleHealth(
         module=module,
         block=block_of(module),

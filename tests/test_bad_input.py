@@ -96,10 +96,11 @@ def build_bad_adapters(root, write_lora, marker):
     cases["ranks.safetensors"] = (write_lora("kohya", "ranks.safetensors", edit=_ranks_disagree), "down and up ranks disagree")
     cases["nan"] = (write_lora("peft", "nan", edit=_nan), "hold NaN or Inf")
     cases["zero-b.safetensors"] = (write_lora("peft-file", "zero-b.safetensors", zero_b=True), "every up matrix (lora_B / lora_up) is all zero")
-    lokr = _rename_keys(write_lora("kohya", "lokr.safetensors"), "lora_down", "lokr_w1")
-    cases["lokr.safetensors"] = (lokr, "a LyCORIS LoKr adapter")
-    loha = _rename_keys(write_lora("kohya", "loha.safetensors"), "lora_down", "hada_w1_a")
-    cases["loha.safetensors"] = (loha, "a LyCORIS LoHa adapter")
+    # LoKr and LoHa are applied (tests/test_adapter_kinds.py); their Tucker forms have no peft layer to land in.
+    lokr = _rename_keys(write_lora("kohya", "lokr-tucker.safetensors"), "lora_down", "lokr_t2")
+    cases["lokr-tucker.safetensors"] = (lokr, "a LyCORIS LoKr with Tucker decomposition adapter")
+    loha = _rename_keys(write_lora("kohya", "loha-tucker.safetensors"), "lora_down", "hada_t1")
+    cases["loha-tucker.safetensors"] = (loha, "a LyCORIS LoHa with Tucker decomposition adapter")
     dora = _rename_keys(write_lora("kohya", "dora.safetensors"), ".alpha", ".dora_scale")
     cases["dora.safetensors"] = (dora, "a Kohya-layout DoRA adapter")
     return cases
