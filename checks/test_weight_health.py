@@ -4,8 +4,9 @@ from lora_harness.weight_health import CHECK, delta_health, evaluate_weight_heal
 def test_weight_health(adapter, harness, record_check):
     def evaluate():
         application = adapter.application
-        modules = [module_health(name, down, up, scale) for name, (down, up, scale) in application.factors.items()]
-        modules += [delta_health(name, delta) for name, delta in application.delta_weights().items()]
+        architecture = application.architecture
+        modules = [module_health(name, down, up, scale, architecture) for name, (down, up, scale) in application.factors.items()]
+        modules += [delta_health(name, delta, architecture) for name, delta in application.delta_weights().items()]
         config = harness.config
         return evaluate_weight_health(adapter.name, modules, config.dead_share, config.norm_outlier_k, config.min_effective_rank_ratio)
 

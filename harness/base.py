@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .config import TINY, TINY_FLUX, TINY_SDXL, HarnessConfig
+from .config import TINY, TINY_FLUX, TINY_SD3, TINY_SDXL, HarnessConfig
 from .families import Signature, denoiser_of, pipeline_signature
 
-EMBEDDED_FAMILIES = {TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)", TINY_FLUX: "tiny (Flux-shaped)"}
+EMBEDDED_FAMILIES = {
+    TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)", TINY_FLUX: "tiny (Flux-shaped)", TINY_SD3: "tiny (SD3-shaped)"
+}
 
 
 @dataclass
@@ -34,9 +36,14 @@ def load_base(config: HarnessConfig) -> BaseModel:
     from .renders import default_guidance
 
     if config.base_path is None:
-        from .tiny_base import build_tiny_flux_pipeline, build_tiny_pipeline, build_tiny_sdxl_pipeline
+        from . import tiny_base
 
-        builders = {TINY: build_tiny_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline, TINY_FLUX: build_tiny_flux_pipeline}
+        builders = {
+            TINY: tiny_base.build_tiny_pipeline,
+            TINY_SDXL: tiny_base.build_tiny_sdxl_pipeline,
+            TINY_FLUX: tiny_base.build_tiny_flux_pipeline,
+            TINY_SD3: tiny_base.build_tiny_sd3_pipeline,
+        }
         pipeline = builders[config.base_model]()
     else:
         pipeline = _load_folder(config.base_path)

@@ -17,7 +17,7 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
     limit = budget.limit(denoiser_params)
     breakdown = Counter()
     for name, layer in application.lora_layers.items():
-        breakdown[block_of(name)] += sum(
+        breakdown[block_of(name, application.architecture)] += sum(
             p.numel() for n, p in layer.named_parameters() if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
         )
     count = application.lora_params

@@ -14,7 +14,8 @@ REFERENCE = "reference"
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
 TINY_FLUX = "tiny-flux"
-EMBEDDED_BASES = (TINY, TINY_SDXL, TINY_FLUX)  # built locally from configs with seeded weights
+TINY_SD3 = "tiny-sd3"
+EMBEDDED_BASES = (TINY, TINY_SDXL, TINY_FLUX, TINY_SD3)  # built locally from configs with seeded weights
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
     "a watercolor painting of a lighthouse at dusk",
@@ -126,7 +127,12 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
     return tuple(specs)
 
 
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "SD1.x, SD2.x", "StableDiffusionXLPipeline": "SDXL", "FluxPipeline": "Flux"}
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "SD1.x, SD2.x",
+    "StableDiffusionXLPipeline": "SDXL",
+    "FluxPipeline": "Flux",
+    "StableDiffusion3Pipeline": "SD3, SD3.5",
+}
 EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
 
 

@@ -1,7 +1,8 @@
 """Model families: how a base and an adapter are told apart, and what each family names its denoiser's parts.
 
 A family's signature is its denoiser's architecture and the width that decides every LoRA shape: the text width
-a U-Net's cross-attention reads (768 SD1.x, 1024 SD2.x, 2048 SDXL) or a Flux transformer's inner width.
+a U-Net's cross-attention reads (768 SD1.x, 1024 SD2.x, 2048 SDXL) or an MMDiT transformer's inner width (Flux
+3072, SD3 medium 1536, SD3.5 large 2432).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 UNET = "unet"
 FLUX = "flux"
+SD3 = "sd3"
+TRANSFORMER_CLASSES = {"FluxTransformer2DModel": FLUX, "SD3Transformer2DModel": SD3}
 
 FAMILY_NAMES = {
     (UNET, 32): "tiny",
@@ -19,30 +22,30 @@ FAMILY_NAMES = {
     (UNET, 2048): "SDXL",
     (FLUX, 96): "tiny Flux",
     (FLUX, 3072): "Flux",
+    (SD3, 128): "tiny SD3",
+    (SD3, 1536): "SD3 medium",
+    (SD3, 2432): "SD3.5 large",
 }
-WIDTH_NAMES = {UNET: "cross-attention", FLUX: "transformer width"}
+WIDTH_NAMES = {UNET: "cross-attention", FLUX: "transformer width", SD3: "transformer width"}
 
-# The reference overfit's rank-4 targets: the denoiser's attention projections (Flux: both streams of a block).
-REFERENCE_TARGETS = {
-    UNET: ("to_q", "to_k", "to_v", "to_out.0"),
-    FLUX: ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
-}
+# The reference overfit's rank-4 targets: the denoiser's attention projections (MMDiT: both streams of a block).
+MMDIT_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+REFERENCE_TARGETS = {UNET: ("to_q", "to_k", "to_v", "to_out.0"), FLUX: MMDIT_ATTENTION, SD3: MMDIT_ATTENTION}
 # param_budget's and weight_health's blocks: the family's own names for its stages and attention kinds.
 STAGES = {
     UNET: {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"},
     FLUX: {"transformer_blocks": "double", "single_transformer_blocks": "single"},
+    SD3: {"transformer_blocks": "joint"},
 }
-KINDS = {
-    UNET: {"attn1": "attn1", "attn2": "attn2"},
-    FLUX: {"add_q_proj": "attn-text", "add_k_proj": "attn-text", "add_v_proj": "attn-text", "to_add_out": "attn-text",
-           "attn": "attn", "ff_context": "ff-text", "ff": "ff", "proj_mlp": "ff"},
-}
-DENOISERS = {UNET: "unet", FLUX: "transformer"}  # the pipeline component holding each architecture's denoiser
+MMDIT_KINDS = {"add_q_proj": "attn-text", "add_k_proj": "attn-text", "add_v_proj": "attn-text", "to_add_out": "attn-text",
+               "attn": "attn", "ff_context": "ff-text", "ff": "ff", "proj_mlp": "ff"}
+KINDS = {UNET: {"attn1": "attn1", "attn2": "attn2"}, FLUX: MMDIT_KINDS, SD3: MMDIT_KINDS}
+DENOISERS = {UNET: "unet", FLUX: "transformer", SD3: "transformer"}  # the component holding each one's denoiser
 
 
 @dataclass(frozen=True)
 class Signature:
-    architecture: str  # UNET | FLUX
+    architecture: str  # UNET | FLUX | SD3
     width: int
 
     @property
@@ -58,9 +61,17 @@ class Signature:
         return f"{self.family} ({self.width_label})"
 
 
-def architecture_of(component: str) -> str | None:
-    """The denoiser architecture of a pipeline component; None for a text encoder."""
-    return {denoiser: architecture for architecture, denoiser in DENOISERS.items()}.get(component)
+def is_denoiser(component: str) -> bool:
+    return component in DENOISERS.values()
+
+
+def transformer_architecture(width: int, module_names) -> str:
+    """Flux or SD3, for adapter keys on a `transformer`: by the width when it is a known one, else by Flux's
+    single-stream blocks, which SD3 lacks."""
+    known = [architecture for (architecture, known_width) in FAMILY_NAMES if known_width == width and architecture != UNET]
+    if len(known) == 1:
+        return known[0]
+    return FLUX if any("single_transformer_blocks." in name for name in module_names) else SD3
 
 
 def denoiser_of(pipeline):
@@ -73,16 +84,16 @@ def pipeline_signature(pipeline) -> Signature:
     unet = getattr(pipeline, "unet", None)
     if unet is not None:
         return Signature(UNET, unet.config.cross_attention_dim)
-    config = pipeline.transformer.config
-    return Signature(FLUX, config.num_attention_heads * config.attention_head_dim)
+    transformer = pipeline.transformer
+    architecture = TRANSFORMER_CLASSES[type(transformer).__name__]
+    return Signature(architecture, transformer.config.num_attention_heads * transformer.config.attention_head_dim)
 
 
-def block_of(module: str) -> str:
+def block_of(module: str, architecture: str = UNET) -> str:
     """'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'down/attn2';
-    'transformer.single_transformer_blocks.3.attn.to_q' -> 'single/attn'; a text encoder's -> its component."""
+    'transformer.single_transformer_blocks.3.attn.to_q' (Flux) -> 'single/attn'; a text encoder's -> its component."""
     parts = module.split(".")
-    architecture = architecture_of(parts[0])
-    if architecture is None:
+    if not is_denoiser(parts[0]):
         return parts[0]
     stage = next((STAGES[architecture][p] for p in parts if p in STAGES[architecture]), "other")
     kind = next((KINDS[architecture][p] for p in reversed(parts) if p in KINDS[architecture]), "other")

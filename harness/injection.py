@@ -22,7 +22,7 @@ from .adapter_layout import (
     normalize,
     unwrapped_name,
 )
-from .families import Signature, architecture_of
+from .families import UNET, Signature, is_denoiser, transformer_architecture
 
 
 
@@ -55,6 +55,7 @@ class Application:
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
     dora_modules: int = 0  # modules with a DoRA magnitude vector
     kind: str = "LoRA"  # LoRA | DoRA | LoHa | LoKr
+    architecture: str = UNET  # the base's denoiser architecture, which names its blocks
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """ΔW of each module without LoRA's two factors (LoHa, LoKr), as peft computes it from the proven values."""
@@ -121,7 +122,9 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
                 f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
                 "check that the file is a LoRA for this base, or export it again"
             ) from None
-    return _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+    application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+    application.architecture = base_signature.architecture
+    return application
 
 
 def _check_config_targets(pipeline, adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
@@ -233,15 +236,17 @@ def _signature(normalized: NormalizedAdapter) -> Signature | None:
     roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
     widths = Counter()
     for target in roles:
-        architecture = architecture_of(target.component)
-        unet_text_keys = target.module.endswith(("attn2.to_k", "attn2.to_v"))
+        unet_text_keys = target.component == "unet" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
         transformer_queries = target.component == "transformer" and target.module.endswith("attn.to_q")
-        if architecture is None or not (unet_text_keys or transformer_queries):
-            continue
-        width = _input_width(target, roles)
+        width = _input_width(target, roles) if unet_text_keys or transformer_queries else None
         if width is not None:
-            widths[(architecture, width)] += 1
-    return Signature(*widths.most_common(1)[0][0]) if widths else None
+            widths[(target.component, width)] += 1
+    if not widths:
+        return None
+    component, width = widths.most_common(1)[0][0]
+    if component == "unet":
+        return Signature(UNET, width)
+    return Signature(transformer_architecture(width, [t.module for t in roles if t.component == component]), width)
 
 
 def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
@@ -272,7 +277,7 @@ def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter
         config = normalized.lora_configs.get(component)
         metadata = {f"{component}.{k}": v for k, v in config.items()} if config else None
         alphas = None if metadata else normalized.network_alphas
-        if architecture_of(component) is not None:  # the denoiser loads its own keys
+        if is_denoiser(component):  # the denoiser loads its own keys
             getattr(pipeline, component).load_lora_adapter(
                 prefixed, prefix=component, adapter_name=adapter_name, network_alphas=alphas, metadata=metadata
             )

@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     options = [
         ("--base-model", "base_model", "MODEL", "tiny",
-         "Base: `tiny`, `tiny-sdxl` or `tiny-flux` (embedded), a local diffusers folder, or a hub id already in the local cache."),
+         "Base: `tiny`, `tiny-sdxl`, `tiny-flux` or `tiny-sd3` (embedded), a local diffusers folder, or a hub id already in the local cache."),
         ("--render-size", "render_size", "PX", "",
          "Render height and width in pixels, a multiple of 8. Default: the base's native size."),
         ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .families import FLUX, REFERENCE_TARGETS, denoiser_of, pipeline_signature
+from .families import FLUX, REFERENCE_TARGETS, SD3, UNET, denoiser_of, pipeline_signature
 from .renders import default_guidance
 
 RANK = 4
@@ -54,7 +54,7 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
     try:
         model.save_pretrained(run.control_dir)  # peft's default init: B = 0, so it cannot change an image
         run.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        example = (FlowExample if architecture == FLUX else DiffusionExample).encode(pipeline, size, device)
+        example = EXAMPLES[architecture](pipeline, size, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
         generator = torch.Generator(device).manual_seed(SEED)
         model.train()
@@ -112,16 +112,17 @@ class DiffusionExample:
 
 @dataclass
 class FlowExample:
-    """The training image and caption for Flux: rectified flow, x_t = (1 - t) x_0 + t noise, predicting noise - x_0
-    over packed 2x2 latent patches, as diffusers' Flux training script does."""
+    """The training image and caption for an MMDiT: rectified flow, x_t = (1 - t) x_0 + t noise, predicting
+    noise - x_0, as diffusers' Flux and SD3 training scripts do."""
 
-    latents: torch.Tensor  # packed: [1, patches, 4 * channels]
+    latents: torch.Tensor  # Flux: packed 2x2 patches [1, patches, 4 * channels]; SD3: [1, channels, h, w]
     conditioning: dict
+    timestep_scale: float = 1.0  # Flux's transformer takes t in [0, 1], SD3's in [0, 1000]
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, pipeline, size: int, device: str):
-        latents = (_vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor) * pipeline.vae.config.scaling_factor
+    def for_flux(cls, pipeline, size: int, device: str):
+        latents = _flow_latents(pipeline, size, device)
         batch, channels, height, width = latents.shape
         packed = pipeline._pack_latents(latents, batch, channels, height, width)
         prompt_embeds, pooled, text_ids = pipeline.encode_prompt(prompt=CAPTION, prompt_2=None, device=device, num_images_per_prompt=1)
@@ -135,13 +136,29 @@ class FlowExample:
             conditioning["guidance"] = torch.full((1,), default_guidance(pipeline), device=device)
         return cls(packed, conditioning)
 
+    @classmethod
+    @torch.no_grad()
+    def for_sd3(cls, pipeline, size: int, device: str):
+        prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
+            prompt=CAPTION, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        conditioning = {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
+        return cls(_flow_latents(pipeline, size, device), conditioning, timestep_scale=1000.0)
+
     def noised(self, noise, generator):
         sigma = torch.rand((1,), generator=generator, device=self.latents.device)
-        noisy = (1 - sigma[:, None, None]) * self.latents + sigma[:, None, None] * noise
-        return noisy, sigma, noise - self.latents
+        weight = sigma.reshape(-1, *[1] * (self.latents.ndim - 1))
+        return (1 - weight) * self.latents + weight * noise, sigma, noise - self.latents
 
     def predict(self, model, noisy, sigma):
-        return model(hidden_states=noisy, timestep=sigma, **self.conditioning).sample
+        return model(hidden_states=noisy, timestep=sigma * self.timestep_scale, **self.conditioning).sample
+
+
+EXAMPLES = {UNET: DiffusionExample.encode, FLUX: FlowExample.for_flux, SD3: FlowExample.for_sd3}
+
+
+def _flow_latents(pipeline, size: int, device: str) -> torch.Tensor:
+    return (_vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor) * pipeline.vae.config.scaling_factor
 
 
 def _vae_latents(pipeline, size: int, device: str) -> torch.Tensor:

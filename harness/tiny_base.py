@@ -1,4 +1,4 @@
-"""The embedded bases: SD1.x-, SDXL- and Flux-shaped pipelines built from configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL-, Flux- and SD3-shaped pipelines built from configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -101,7 +101,7 @@ def build_tiny_flux_pipeline():
     """Flux-shaped: a transformer with double-stream (text and image) and single-stream blocks over packed 2x2
     latent patches, CLIP's pooled text and T5's token states, rectified-flow Euler sampling."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
     latent_channels = 4
@@ -117,13 +117,10 @@ def build_tiny_flux_pipeline():
         axes_dims_rope=(8, 12, 12),  # sums to the head width
     )
     tokenizer_2 = t5_tokenizer()
-    torch.manual_seed(SEED + 1)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
-    )
+    text_encoder_2 = _t5_encoder(len(tokenizer_2))
     pipeline = FluxPipeline(
         transformer=transformer,
-        vae=_vae(latent_channels=latent_channels, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        vae=_flow_vae(),
         text_encoder=_text_encoder(CLIPTextModel),
         tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
@@ -132,6 +129,52 @@ def build_tiny_flux_pipeline():
     )
     pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
     return pipeline
+
+
+def build_tiny_sd3_pipeline():
+    """SD3-shaped: an MMDiT of joint (text and image) blocks, the last one image-only, over 2x2-free latent pixels;
+    two CLIP encoders (pooled and token states) and T5, rectified-flow Euler sampling with classifier-free guidance."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=NATIVE_SIZE // 8,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=8,  # 128 wide: the rank-4 reference stays within the default budget
+        joint_attention_dim=32,  # the text encoders' token width
+        caption_projection_dim=128,
+        pooled_projection_dim=64,  # both CLIPs' pooled embeddings, concatenated
+    )
+    tokenizer_3 = t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        vae=_flow_vae(),
+        text_encoder=_text_encoder(CLIPTextModelWithProjection),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=_text_encoder(CLIPTextModelWithProjection, seed=SEED + 1),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5_encoder(len(tokenizer_3)),
+        tokenizer_3=tokenizer_3,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+def _flow_vae():
+    """The VAE of the rectified-flow families: no quant convs, latents shifted as well as scaled."""
+    return _vae(latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def _t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(SEED + 2)
+    config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+    return T5EncoderModel(config)
 
 
 def _vae(**overrides):

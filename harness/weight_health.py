@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import block_of
+from .families import UNET, block_of
 from .results import verdict
 
 CHECK = "weight_health"
@@ -38,30 +38,30 @@ class ModuleHealth:
     finite: bool
 
 
-def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: float) -> ModuleHealth:
+def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: float, architecture: str = UNET) -> ModuleHealth:
     """Norms and effective rank of scale · up · down, from the factors (conv factors flattened as the field does)."""
     down = down.detach().double().reshape(down.shape[0], -1)  # [r, in·kh·kw]
     up = up.detach().double().reshape(up.shape[0], -1)  # [out, r]
     rank = down.shape[0]
     finite = bool(torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(scale))
     if not finite:
-        return ModuleHealth(module, block_of(module), math.nan, math.nan, math.nan, rank, False)
-    return _from_spectrum(module, singular_values(down, up) * abs(scale), rank)
+        return ModuleHealth(module, block_of(module, architecture), math.nan, math.nan, math.nan, rank, False)
+    return _from_spectrum(module, block_of(module, architecture), singular_values(down, up) * abs(scale), rank)
 
 
-def delta_health(module: str, delta: torch.Tensor) -> ModuleHealth:
+def delta_health(module: str, delta: torch.Tensor, architecture: str = UNET) -> ModuleHealth:
     """Norms and effective rank of a whole ΔW (LoHa, LoKr: no low-rank factors to work through). Its rank is
     left 0: a Hadamard or Kronecker product has no single paid rank to compare the effective rank with."""
     delta = delta.detach().double().reshape(delta.shape[0], -1)
     if not torch.isfinite(delta).all():
-        return ModuleHealth(module, block_of(module), math.nan, math.nan, math.nan, 0, False)
-    return _from_spectrum(module, torch.linalg.svdvals(delta), rank=0)
+        return ModuleHealth(module, block_of(module, architecture), math.nan, math.nan, math.nan, 0, False)
+    return _from_spectrum(module, block_of(module, architecture), torch.linalg.svdvals(delta), rank=0)
 
 
-def _from_spectrum(module: str, singular: torch.Tensor, rank: int) -> ModuleHealth:
+def _from_spectrum(module: str, block: str, singular: torch.Tensor, rank: int) -> ModuleHealth:
     return ModuleHealth(
         module=module,
-        block=block_of(module),
+        block=block,
         frobenius=float(singular.square().sum().sqrt()),
         spectral=float(singular.max()) if singular.numel() else 0.0,
         effective_rank=entropy_effective_rank(singular),

@@ -1,6 +1,7 @@
 """Model families beyond SD1.x as users run them: the embedded SDXL-shaped base (two text encoders, added
 conditioning) with adapters in Kohya (`lora_te1_`/`lora_te2_`) and diffusers layouts, an SD2.x-shaped folder
-(1024-wide text states, v-prediction), their reference overfits, and each one's wrong-family control both ways."""
+(1024-wide text states, v-prediction), the embedded Flux- and SD3-shaped MMDiT bases (rectified flow), their
+reference overfits, and each one's wrong-family control both ways."""
 
 import pytest
 
@@ -123,9 +124,10 @@ def flux_adapters(tmp_path_factory):
     from lora_harness.tiny_base import build_tiny_flux_pipeline
 
     folder = tmp_path_factory.mktemp("flux-adapters")
-    loras = make_pipeline_lora(build_tiny_flux_pipeline(), seed=1)
+    pipeline = build_tiny_flux_pipeline()
+    loras = make_pipeline_lora(pipeline, seed=1)
     return {
-        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8),
+        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8, type(pipeline)),
         "peft": write_adapter("peft", loras["transformer"], folder / "peft", 4, 4),
         "peft-file": write_adapter("peft-file", loras["transformer"], folder / "peft-file.safetensors", 4, 4),
     }
@@ -166,6 +168,50 @@ def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_bot
     assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
 
 
+
+@pytest.fixture(scope="module")
+def sd3_adapters(tmp_path_factory):
+    """Adapters for the embedded SD3-shaped base: diffusers' layout with both CLIP text encoders, as its SD3
+    training script writes it, and PEFT's folder layout of the transformer."""
+    from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_adapter, write_diffusers_components
+    from lora_harness.tiny_base import build_tiny_sd3_pipeline
+
+    folder = tmp_path_factory.mktemp("sd3-adapters")
+    pipeline = build_tiny_sd3_pipeline()
+    loras = make_pipeline_lora(pipeline, seed=1)
+    return {
+        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8, type(pipeline)),
+        "peft": write_adapter("peft", loras["transformer"], folder / "peft", 4, 4),
+    }
+
+
+def test_sd3_adapters_pass_with_both_text_encoders_proven_and_the_reference_trains(pytester, sd3_adapters):
+    adapters = [a for path in sd3_adapters.values() for a in ("--adapter", path)]
+    args = ("--base-model", "tiny-sd3", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess("--adapter", "reference", *adapters, *args, *MECHANICAL).assert_outcomes(passed=3 * 5)
+    document = results(pytester)
+    assert document["base"]["family"] == "tiny (SD3-shaped)" and document["base"]["guidance_scale"] == 7.0
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    applied = {a["name"]: a for a in document["adapters"]}
+    # Two joint blocks; the last one has no text-stream output projection: 8 + 7 projections.
+    transformer_tensors = 2 * (8 + 7)
+    assert applied["reference"]["tensors_applied"] == applied["peft"]["tensors_applied"] == transformer_tensors
+    diffusers = applied["pytorch_lora_weights.safetensors"]
+    assert diffusers["tensors_applied"] == diffusers["tensors"] == transformer_tensors + 2 * 2 * 8
+    assert {a["family"] for a in document["adapters"]} == {"tiny SD3"}
+    budget = records(pytester)[("peft", "param_budget")]
+    assert set(budget["details"]["per_block"]) == {"joint/attn", "joint/attn-text"}
+
+
+def test_a_flux_adapter_on_sd3_and_an_sd3_adapter_on_flux_fail_wiring_naming_both(pytester, sd3_adapters, flux_adapters):
+    """Both are MMDiT transformers with the same module names: only the family signature tells them apart."""
+    pytester.runpytest_inprocess("--adapter", flux_adapters["peft-file"], "--base-model", "tiny-sd3", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("peft-file.safetensors", "wiring")]["message"]
+    assert "made for tiny Flux (transformer width 96), but the base is tiny SD3 (transformer width 128)" in message
+    pytester.runpytest_inprocess("--adapter", sd3_adapters["peft"], "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("peft", "wiring")]["message"]
+    assert "made for tiny SD3 (transformer width 128), but the base is tiny Flux (transformer width 96)" in message
+
 def test_each_family_trains_its_reference_on_its_own_objective():
     """The target a denoiser learns: noise (epsilon), velocity (v-prediction) or noise - x0 (rectified flow)."""
     import torch
@@ -183,17 +229,20 @@ def test_each_family_trains_its_reference_on_its_own_objective():
     noisy, sigma, target = FlowExample(packed, {}).noised(packed_noise, torch.Generator().manual_seed(0))
     assert torch.equal(target, packed_noise - packed)
     assert torch.allclose(noisy, (1 - sigma) * packed + sigma * packed_noise)
+    noisy, sigma, target = FlowExample(latents, {}, timestep_scale=1000.0).noised(noise, torch.Generator().manual_seed(0))
+    assert torch.equal(target, noise - latents) and torch.allclose(noisy, (1 - sigma) * latents + sigma * noise)
 
 
 def test_budget_blocks_use_each_familys_own_names():
-    from lora_harness.families import block_of
+    from lora_harness.families import FLUX, SD3, block_of
 
     assert block_of("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k") == "down/attn2"
     assert block_of("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0") == "mid/attn1"
-    assert block_of("transformer.transformer_blocks.3.attn.to_q") == "double/attn"
-    assert block_of("transformer.transformer_blocks.3.attn.to_add_out") == "double/attn-text"
-    assert block_of("transformer.transformer_blocks.3.ff_context.net.2") == "double/ff-text"
-    assert block_of("transformer.single_transformer_blocks.7.attn.to_v") == "single/attn"
+    assert block_of("transformer.transformer_blocks.3.attn.to_q", FLUX) == "double/attn"
+    assert block_of("transformer.transformer_blocks.3.attn.to_add_out", FLUX) == "double/attn-text"
+    assert block_of("transformer.transformer_blocks.3.ff_context.net.2", FLUX) == "double/ff-text"
+    assert block_of("transformer.single_transformer_blocks.7.attn.to_v", FLUX) == "single/attn"
+    assert block_of("transformer.transformer_blocks.3.attn.add_k_proj", SD3) == "joint/attn-text"
     assert block_of("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj") == "text_encoder_2"
 
 

@@ -54,7 +54,7 @@ def _files(**contents):
         (("--base-model", "./no-such-folder"), None, "*--base-model ./no-such-folder: no such folder*"),
         (("--base-model", "nobody/not-cached"), None, "*not in the local Hugging Face cache*works offline*hf download nobody/not-cached*"),
         (("--base-model", "weights"), _files(**{"weights/unet/x.bin": "x"}), "*has no model_index.json, so it is not a diffusers pipeline*"),
-        (("--base-model", "sd3"), _files(**{"sd3/model_index.json": '{"_class_name": "StableDiffusion3Pipeline"}'}), "*a StableDiffusion3Pipeline is not supported yet*"),
+        (("--base-model", "pixart"), _files(**{"pixart/model_index.json": '{"_class_name": "PixArtAlphaPipeline"}'}), "*a PixArtAlphaPipeline is not supported yet*"),
         (("--prompts", "none.txt"), None, "*--prompts none.txt: no such file*"),
         (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file is empty*"),
         (("--prompts", "binary.txt"), _files(**{"binary.txt": b"\xff\xfe\x00bad"}), "*--prompts binary.txt: cannot be read*UTF-8*"),
