@@ -1,4 +1,4 @@
-from lora_harness.weight_health import CHECK, delta_health, evaluate_weight_health, module_health
+from lora_harness.weight_health import CHECK, evaluate_weight_health, lycoris_health, module_health
 
 
 def test_weight_health(adapter, harness, record_check):
@@ -6,7 +6,7 @@ def test_weight_health(adapter, harness, record_check):
         application = adapter.application
         architecture = application.architecture
         modules = [module_health(name, down, up, scale, architecture) for name, (down, up, scale) in application.factors.items()]
-        modules += [delta_health(name, delta, architecture) for name, delta in application.delta_weights().items()]
+        modules += [lycoris_health(name, roles, scale, architecture) for name, (roles, scale) in application.lycoris_factors.items()]
         config = harness.config
         return evaluate_weight_health(adapter.name, modules, config.dead_share, config.norm_outlier_k, config.min_effective_rank_ratio)
 

@@ -39,7 +39,10 @@ STAGES = {
 }
 MMDIT_KINDS = {"add_q_proj": "attn-text", "add_k_proj": "attn-text", "add_v_proj": "attn-text", "to_add_out": "attn-text",
                "attn": "attn", "ff_context": "ff-text", "ff": "ff", "proj_mlp": "ff"}
-KINDS = {UNET: {"attn1": "attn1", "attn2": "attn2"}, FLUX: MMDIT_KINDS, SD3: MMDIT_KINDS}
+UNET_KINDS = {"attn1": "attn1", "attn2": "attn2", "ff": "ff", "proj_in": "proj", "proj_out": "proj", "conv1": "conv",
+              "conv2": "conv", "conv_shortcut": "conv", "time_emb_proj": "time-emb", "downsamplers": "resample",
+              "upsamplers": "resample"}
+KINDS = {UNET: UNET_KINDS, FLUX: MMDIT_KINDS, SD3: MMDIT_KINDS}
 DENOISERS = {UNET: "unet", FLUX: "transformer", SD3: "transformer"}  # the component holding each one's denoiser
 
 

@@ -51,18 +51,13 @@ class Application:
     shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
     dtypes: list[str] = field(default_factory=list)
     factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
+    # LoHa / LoKr: "component.module" -> ({role: the file's tensor}, declared scale)
+    lycoris_factors: dict[str, tuple[dict, float]] = field(default_factory=dict)
     ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
     dora_modules: int = 0  # modules with a DoRA magnitude vector
     kind: str = "LoRA"  # LoRA | DoRA | LoHa | LoKr
     architecture: str = UNET  # the base's denoiser architecture, which names its blocks
-
-    def delta_weights(self) -> dict[str, torch.Tensor]:
-        """ΔW of each module without LoRA's two factors (LoHa, LoKr), as peft computes it from the proven values."""
-        with torch.no_grad():
-            return {
-                name: layer.get_delta_weight(self.adapter_name) for name, layer in self.lora_layers.items() if name not in self.factors
-            }
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
@@ -349,6 +344,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         lora_layers=layers,
         shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
         factors=_factors(normalized),
+        lycoris_factors=_lycoris_factors(normalized) if normalized.format == LYCORIS else {},
         dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
@@ -367,6 +363,13 @@ def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
         for module, pair in pairs.items()
         if "lora_A" in pair and "lora_B" in pair
     }
+
+
+def _lycoris_factors(normalized: NormalizedAdapter) -> dict[str, tuple[dict, float]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, target in normalized.targets.items():
+        groups.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
+    return {module: (roles, normalized.expected_scales.get(module, 1.0)) for module, roles in groups.items()}
 
 
 def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:

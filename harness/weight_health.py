@@ -49,13 +49,24 @@ def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: floa
     return _from_spectrum(module, block_of(module, architecture), singular_values(down, up) * abs(scale), rank)
 
 
-def delta_health(module: str, delta: torch.Tensor, architecture: str = UNET) -> ModuleHealth:
-    """Norms and effective rank of a whole ΔW (LoHa, LoKr: no low-rank factors to work through). Its rank is
-    left 0: a Hadamard or Kronecker product has no single paid rank to compare the effective rank with."""
-    delta = delta.detach().double().reshape(delta.shape[0], -1)
-    if not torch.isfinite(delta).all():
+def lycoris_health(module: str, roles: dict[str, torch.Tensor], scale: float, architecture: str = UNET) -> ModuleHealth:
+    """Norms and effective rank of a LoHa or LoKr module's ΔW, from its factors without forming ΔW:
+    LoHa (w1a w1b) ⊙ (w2a w2b) is the rank-r1·r2 product of their column- and row-wise Khatri-Rao products;
+    LoKr w1 ⊗ w2 has the products σᵢ(w1)·σⱼ(w2) as its singular values. Its rank is left 0: neither has one paid
+    rank to compare the effective rank with."""
+    flat = {role: tensor.detach().double().reshape(tensor.shape[0], -1) for role, tensor in roles.items()}
+    if not all(torch.isfinite(t).all() for t in flat.values()) or not math.isfinite(scale):
         return ModuleHealth(module, block_of(module, architecture), math.nan, math.nan, math.nan, 0, False)
-    return _from_spectrum(module, block_of(module, architecture), torch.linalg.svdvals(delta), rank=0)
+    if "hada_w1_a" in flat:
+        w1a, w1b, w2a, w2b = flat["hada_w1_a"], flat["hada_w1_b"], flat["hada_w2_a"], flat["hada_w2_b"]
+        up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], -1)  # [out, r1·r2]
+        down = (w1b[:, None, :] * w2b[None, :, :]).reshape(-1, w1b.shape[1])  # [r1·r2, in]
+        singular = singular_values(down, up)
+    else:
+        w1 = flat["lokr_w1"] if "lokr_w1" in flat else flat["lokr_w1_a"] @ flat["lokr_w1_b"]
+        w2 = flat["lokr_w2"] if "lokr_w2" in flat else flat["lokr_w2_a"] @ flat["lokr_w2_b"]
+        singular = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten()
+    return _from_spectrum(module, block_of(module, architecture), singular * abs(scale), rank=0)
 
 
 def _from_spectrum(module: str, block: str, singular: torch.Tensor, rank: int) -> ModuleHealth:

@@ -238,6 +238,10 @@ def test_budget_blocks_use_each_familys_own_names():
 
     assert block_of("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k") == "down/attn2"
     assert block_of("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0") == "mid/attn1"
+    # LyCORIS files reach the resnets too: each layer kind is its own block, so norms are compared like with like.
+    assert block_of("unet.mid_block.resnets.1.time_emb_proj") == "mid/time-emb"
+    assert block_of("unet.up_blocks.2.resnets.0.conv_shortcut") == "up/conv"
+    assert block_of("unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj") == "down/ff"
     assert block_of("transformer.transformer_blocks.3.attn.to_q", FLUX) == "double/attn"
     assert block_of("transformer.transformer_blocks.3.attn.to_add_out", FLUX) == "double/attn-text"
     assert block_of("transformer.transformer_blocks.3.ff_context.net.2", FLUX) == "double/ff-text"

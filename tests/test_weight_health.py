@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lora_harness.weight_health import entropy_effective_rank, module_health, singular_values
+from lora_harness.weight_health import entropy_effective_rank, lycoris_health, module_health, singular_values
 
 FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
@@ -77,3 +77,30 @@ def test_effective_rank_gates_only_when_asked(pytester, write_lora):
     gated = pytester.runpytest_inprocess(*args, "--min-effective-rank-ratio", "0.5")
     gated.assert_outcomes(failed=1)
     gated.stdout.fnmatch_lines(["*median effective rank is 25% of the paid rank (allowed 50%)*"])
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr", "lokr-decomposed", "lokr-conv"])
+def test_lycoris_spectra_from_factors_match_the_whole_delta(kind):
+    """The structured shortcuts give ΔW's own singular values, checked against the matrix peft's formulas build."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    if kind == "loha":
+        roles = {"hada_w1_a": randn(12, 3), "hada_w1_b": randn(3, 10), "hada_w2_a": randn(12, 3), "hada_w2_b": randn(3, 10)}
+        delta = (roles["hada_w1_a"] @ roles["hada_w1_b"]) * (roles["hada_w2_a"] @ roles["hada_w2_b"])
+    elif kind == "lokr":
+        roles = {"lokr_w1": randn(3, 2), "lokr_w2": randn(4, 5)}
+        delta = torch.kron(roles["lokr_w1"], roles["lokr_w2"])
+    elif kind == "lokr-decomposed":
+        roles = {"lokr_w1": randn(3, 2), "lokr_w2_a": randn(4, 2), "lokr_w2_b": randn(2, 5)}
+        delta = torch.kron(roles["lokr_w1"], roles["lokr_w2_a"] @ roles["lokr_w2_b"])
+    else:  # a 3x3 convolution: kron(w1, w2) over the kernel, as LyCORIS and peft build it
+        roles = {"lokr_w1": randn(2, 3), "lokr_w2": randn(4, 2, 3, 3)}
+        delta = torch.kron(roles["lokr_w1"][:, :, None, None], roles["lokr_w2"]).reshape(8, -1)
+    health = lycoris_health("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", roles, scale=0.5)
+    singular = torch.linalg.svdvals(delta * 0.5)
+    assert health.frobenius == pytest.approx(float(singular.square().sum().sqrt()), rel=1e-9)
+    assert health.spectral == pytest.approx(float(singular.max()), rel=1e-9)
+    assert health.effective_rank == pytest.approx(entropy_effective_rank(singular), rel=1e-6)
