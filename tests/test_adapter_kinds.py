@@ -76,3 +76,19 @@ def test_a_lycoris_file_whose_factors_are_zero_fails_weight_health(pytester, lyc
     pytester.runpytest_inprocess("--adapter", tmp_path / "untrained-loha.safetensors", *FAST, "-k", "weight_health").assert_outcomes(failed=1)
     message = records(pytester)[("untrained-loha.safetensors", "weight_health")]["message"]
     assert "40 of 40 modules (100%) have ΔW ≈ 0" in message
+
+
+def test_sdxl_lycoris_files_land_on_the_unet_and_both_text_encoders(pytester, tmp_path):
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.tiny_base import build_tiny_sdxl_pipeline
+
+    pipeline = build_tiny_sdxl_pipeline()
+    adapters = [write_lycoris(pipeline, tmp_path / f"sdxl-{algo}.safetensors", algo) for algo in ("loha", "lokr")]
+    given = [a for path in adapters for a in ("--adapter", path)]
+    result = pytester.runpytest_inprocess(*given, "--base-model", "tiny-sdxl", *FAST, *MECHANICAL, "--param-budget", "10%")
+    result.assert_outcomes(passed=2 * 5)
+    modules = 64 + 8 + 8  # the SDXL-shaped U-Net's attention projections and each text encoder's
+    for adapter in results(pytester)["adapters"]:
+        per_module = 4 if adapter["kind"] == "LoHa" else 2
+        assert adapter["tensors_applied"] == adapter["tensors"] == per_module * modules
+        assert adapter["family"] == "tiny SDXL"
