@@ -58,6 +58,7 @@ class NormalizedAdapter:
     kind: str  # LoRA | DoRA | LoHa | LoKr
     # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
     state_dicts: dict[str, dict[str, torch.Tensor]]
+    file_keys: dict[tuple[str, str], str]  # (component, peft key) -> the file key its tensor came from
     lora_configs: dict[str, dict]  # per component, LoraConfig kwargs the file carries (PEFT config, metadata)
     network_alphas: dict[str, float] | None  # Kohya alphas, keyed as diffusers' conversion keys them
     targets: dict[str, Target]  # file key -> target, for every LoRA weight tensor that a conversion kept
@@ -77,7 +78,6 @@ UNSUPPORTED_KINDS = {
     "lokr_t2": "LyCORIS LoKr with Tucker decomposition",
     "hada_t1": "LyCORIS LoHa with Tucker decomposition",
     "lora_mid": "LyCORIS LoCon with Tucker decomposition",
-    "dora_scale": "Kohya-layout DoRA",  # PEFT's DoRA (`lora_magnitude_vector`) is applied
 }
 
 
@@ -162,7 +162,7 @@ def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
             if kohya in modules:
                 paths[kohya] = (component_name, path)
                 layers[kohya] = found[path]
-    targets, state_dicts, lycoris_modules, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
+    targets, state_dicts, file_keys, lycoris_modules, expected, ranks, alphas = {}, {}, {}, {}, {}, {}, {}
     for kohya, roles in modules.items():
         component, path = paths.get(kohya, (_kohya_component(kohya), kohya.split("_", 2)[-1]))
         rank, alpha = rank_and_alpha(kind, roles, alphas_in_file.get(kohya))
@@ -170,6 +170,7 @@ def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         for role, tensor in roles.items():
             targets[f"{kohya}.{role}"] = Target(component, path, role)
             state_dicts.setdefault(component, {})[f"{path}.{role}"] = tensor
+            file_keys[(component, f"{path}.{role}")] = f"{kohya}.{role}"
         lycoris_modules[name], expected[name], ranks[name], alphas[name] = (rank, alpha), alpha / rank, rank, alpha
     found_modules = {k: v for k, v in modules.items() if k in layers}
     options = lokr_options(adapter, found_modules, layers) if kind == LOKR and found_modules else {}
@@ -178,6 +179,7 @@ def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         format=LYCORIS,
         kind=kind,
         state_dicts=state_dicts,
+        file_keys=file_keys,
         lora_configs={},
         network_alphas=None,
         targets=targets,
@@ -245,13 +247,16 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     state_dicts = {c: _to_peft_keys(c, prefixed, pipeline) for c in COMPONENTS}
     state_dicts = {c: sd for c, sd in state_dicts.items() if sd}
     file_key_of = {id(tensor): key for key, tensor in tensors.items()}
+    _flatten_kohya_magnitudes(adapter, state_dicts, file_key_of)
     targets: dict[str, Target] = {}
+    file_keys: dict[tuple[str, str], str] = {}
     for component, state_dict in state_dicts.items():
         for peft_key, tensor in state_dict.items():
             for role in ROLES:
                 if (f".{role}." in peft_key or peft_key.endswith(f".{role}")) and id(tensor) in file_key_of:
                     module = peft_key.split(f".{role}")[0]
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
+                    file_keys[(component, peft_key)] = file_key_of[id(tensor)]
     tensor_keys = [k for k in tensors if not k.endswith(".alpha")]
     untraced = [k for k in tensor_keys if k not in targets]
 
@@ -282,6 +287,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         format=layout,
         kind="DoRA" if magnitudes else "LoRA",
         state_dicts=state_dicts,
+        file_keys=file_keys,
         lora_configs=lora_configs,
         network_alphas=network_alphas,
         targets=targets,
@@ -292,6 +298,26 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         tensor_keys=tensor_keys,
         tensors=tensors,
     )
+
+
+def _flatten_kohya_magnitudes(adapter: AdapterFile, state_dicts: dict, file_key_of: dict) -> None:
+    """Kohya / LyCORIS DoRA keeps a magnitude per output channel as `dora_scale` [out, 1], peft as [out]: the same
+    numbers, so hand peft a flat view, traced to the same file key. A [1, in] scale decomposes per input channel,
+    which peft's DoRA does not do."""
+    for state_dict in state_dicts.values():
+        for key, tensor in list(state_dict.items()):
+            if not key.endswith(MAGNITUDE) and f".{MAGNITUDE}." not in key or tensor.ndim != 2:
+                continue
+            if tensor.shape[1] != 1:
+                raise AdapterLoadError(
+                    f"{adapter.weights_path}: DoRA magnitude {file_key_of.get(id(tensor), key)} has shape "
+                    f"{list(tensor.shape)}, a scale per input channel (LyCORIS `wd_on_output=False`); peft's DoRA keeps "
+                    "one per output channel, so it cannot be applied as trained: train with `wd_on_output=True`"
+                )
+            flat = tensor.reshape(-1)
+            if id(tensor) in file_key_of:
+                file_key_of[id(flat)] = file_key_of[id(tensor)]
+            state_dict[key] = flat
 
 
 def _component_of(keys) -> str:

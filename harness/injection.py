@@ -143,10 +143,11 @@ def file_defects(path, application: Application) -> list[str]:
     """What is wrong with the file itself: each fails every check of the adapter, whatever they measure."""
     defects = []
     if application.tensors_applied != application.tensors:
-        defects.append(
-            f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; "
-            + describe_unmatched(application.unmatched, application.shape_mismatches)
-        )
+        why = describe_unmatched(application.unmatched, application.shape_mismatches)
+        if not (application.unmatched or application.shape_mismatches):
+            shown = ", ".join(application.value_mismatches[:3])
+            why = f"{len(application.value_mismatches)} did not land with their values, first {shown}; the loader dropped or changed them"
+        defects.append(f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; {why}")
     if application.nonfinite:
         defects.append(f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint")
     # DoRA's magnitudes rescale the weights even with every B zero.
@@ -210,8 +211,8 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
     conv = isinstance(module, torch.nn.Conv2d)
     out_dim = module.out_channels if conv else module.out_features
     in_dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1] if conv else module.in_features
-    if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight
-        return (out_dim,)
+    if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight (Kohya: as a column)
+        return (out_dim,) if tensor.ndim == 1 else (out_dim, 1)
     if role.startswith("hada_"):  # LoHa: (w1_a w1_b) ⊙ (w2_a w2_b), each pair [out, r] @ [r, in·kh·kw]
         return (out_dim, tensor.shape[1]) if role.endswith("_a") else (tensor.shape[0], in_dim)
     if role.startswith("lokr_"):  # LoKr: its factors split the dimensions; peft checks them when it loads
@@ -255,9 +256,8 @@ def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | Non
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
-    accepted_ids = {id(normalized.tensors[key]) for key in accepted}
     for component, state_dict in normalized.state_dicts.items():
-        kept = {k: v for k, v in state_dict.items() if id(v) in accepted_ids}
+        kept = {k: v for k, v in state_dict.items() if normalized.file_keys.get((component, k)) in accepted}
         if not kept:
             continue
         if normalized.format == LYCORIS:  # diffusers has no loader for these: peft's own tuners

@@ -52,6 +52,11 @@ def split_file(adapter: AdapterFile, kind: str):
             alphas[module] = float(tensor)
         elif role in ROLES[kind]:
             modules.setdefault(module, {})[role] = tensor
+        elif role == "dora_scale":
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: a LyCORIS {kind} with DoRA weight decomposition (`{key}`); peft's {kind} has no "
+                "DoRA, so it cannot be applied as trained"
+            )
         else:
             raise AdapterLoadError(
                 f"{adapter.weights_path}: a LyCORIS {kind} file with a `{key}` tensor that {kind} does not have; "

@@ -62,7 +62,7 @@ def release_card(adapter: dict, document: dict) -> str:
     lines += [f"| {r['check']} | {r['status']} | {r['value']} | {r['threshold']} |" for r in results]
 
     lines += ["", "## E: Export with metadata", ""]
-    lines.append(f"- format {adapter.get('format')}, SHA-256 `{adapter.get('sha256')}`")
+    lines.append(f"- format {adapter.get('format')} ({adapter.get('kind') or 'kind unknown'}), SHA-256 `{adapter.get('sha256')}`")
     carried = sorted(k for k in flat if k != "format")
     lines.append(f"- the file carries: {', '.join(carried[:40]) if carried else 'no metadata'}")
     lacking = missing_fields(flat)

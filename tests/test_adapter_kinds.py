@@ -10,6 +10,24 @@ from tests.test_plugin import results
 from tests.test_quality import _results as records
 
 
+def test_a_kohya_dora_file_lands_whole_with_its_magnitudes(pytester, tmp_path):
+    """LyCORIS's DoRA (`dora_wd`) in Kohya's layout keeps each magnitude as a [out, 1] `dora_scale`; diffusers'
+    `load_lora_weights` drops those keys with a warning and applies a plain LoRA, which the proof would catch."""
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline()
+    dora = write_lycoris(pipeline, tmp_path / "kohya-dora.safetensors", "lora", dora_wd=True)
+    pytester.runpytest_inprocess("--adapter", dora, *FAST, *MECHANICAL).assert_outcomes(passed=5)
+    adapter = results(pytester)["adapters"][0]
+    assert (adapter["format"], adapter["kind"]) == ("kohya", "DoRA")
+    assert adapter["tensors_applied"] == adapter["tensors"] == 3 * (32 + 8)  # down, up, magnitude per module
+    per_input = write_lycoris(pipeline, tmp_path / "dora-per-input.safetensors", "lora", dora_wd=True, wd_on_output=False)
+    pytester.runpytest_inprocess("--adapter", per_input, *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("dora-per-input.safetensors", "wiring")]["message"]
+    assert "a scale per input channel (LyCORIS `wd_on_output=False`)" in message
+
+
 def test_a_dora_adapter_passes_the_mechanical_checks_with_its_magnitudes_proven(pytester, tiny_unet, tmp_path):
     from lora_harness.fixtures.adapter_writers import write_dora_folder
     from lora_harness.wiring import DORA_SCALE_ZERO

@@ -102,7 +102,7 @@ def build_bad_adapters(root, write_lora, marker):
     loha = _rename_keys(write_lora("kohya", "loha-tucker.safetensors"), "lora_down", "hada_t1")
     cases["loha-tucker.safetensors"] = (loha, "a LyCORIS LoHa with Tucker decomposition adapter")
     dora = _rename_keys(write_lora("kohya", "dora.safetensors"), ".alpha", ".dora_scale")
-    cases["dora.safetensors"] = (dora, "a Kohya-layout DoRA adapter")
+    cases["dora.safetensors"] = (dora, "dora_scale has shape [], but a LoRA matrix is 2-D")
     return cases
 
 
