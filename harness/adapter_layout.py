@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
+from .families import is_denoiser
 from .lycoris import KOHYA_COMPONENTS, LOKR, lokr_options, lycoris_kind, module_names, rank_and_alpha, split_file
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
@@ -27,6 +28,8 @@ def is_tuner_parameter(name: str) -> bool:
 def unwrapped_name(name: str) -> str:
     """A module or parameter name as it was before adapters (of one kind or several, nested) wrapped it."""
     return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
+
+
 KOHYA = "kohya"
 LYCORIS = "lycoris"  # LyCORIS LoHa / LoKr in Kohya's naming
 PEFT_FOLDER = "peft"
@@ -253,7 +256,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     for component, state_dict in state_dicts.items():
         for peft_key, tensor in state_dict.items():
             for role in ROLES:
-                if (f".{role}." in peft_key or peft_key.endswith(f".{role}")) and id(tensor) in file_key_of:
+                if _has_role(peft_key, role) and id(tensor) in file_key_of:
                     module = peft_key.split(f".{role}")[0]
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
                     file_keys[(component, peft_key)] = file_key_of[id(tensor)]
@@ -300,13 +303,18 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     )
 
 
+def _has_role(peft_key: str, role: str) -> bool:
+    """`…to_q.lora_A.weight`, or `…to_q.lora_magnitude_vector` as peft saves a magnitude."""
+    return f".{role}." in peft_key or peft_key.endswith(f".{role}")
+
+
 def _flatten_kohya_magnitudes(adapter: AdapterFile, state_dicts: dict, file_key_of: dict) -> None:
     """Kohya / LyCORIS DoRA keeps a magnitude per output channel as `dora_scale` [out, 1], peft as [out]: the same
     numbers, so hand peft a flat view, traced to the same file key. A [1, in] scale decomposes per input channel,
     which peft's DoRA does not do."""
     for state_dict in state_dicts.values():
         for key, tensor in list(state_dict.items()):
-            if not key.endswith(MAGNITUDE) and f".{MAGNITUDE}." not in key or tensor.ndim != 2:
+            if not _has_role(key, MAGNITUDE) or tensor.ndim != 2:
                 continue
             if tensor.shape[1] != 1:
                 raise AdapterLoadError(
@@ -341,7 +349,7 @@ def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.T
     state_dict = {k.removeprefix(f"{component}."): v for k, v in prefixed.items() if k.startswith(f"{component}.")}
     if not state_dict:
         return {}
-    if component in ("unet", "transformer"):
+    if is_denoiser(component):
         if not any("lora_A" in k for k in state_dict):
             state_dict = convert_unet_state_dict_to_peft(state_dict)
         return state_dict

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .families import block_of
 from .adapter_layout import TUNER_PARAMETERS
+from .families import block_of
 from .injection import Application
 from .options import ParamBudget
 from .results import verdict

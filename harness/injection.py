@@ -353,23 +353,26 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
     )
 
 
+def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
+    """The file's tensors per "component.module", by role (lora_A, hada_w1_a, ...)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, target in normalized.targets.items():
+        modules.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
+    return modules
+
+
 def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
     """The file's own down and up matrices per module, with the scale the file declares for it."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, target in normalized.targets.items():
-        pairs.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
     return {
-        module: (pair["lora_A"], pair["lora_B"], normalized.expected_scales.get(module, 1.0))
-        for module, pair in pairs.items()
-        if "lora_A" in pair and "lora_B" in pair
+        module: (roles["lora_A"], roles["lora_B"], normalized.expected_scales.get(module, 1.0))
+        for module, roles in _roles_by_module(normalized).items()
+        if "lora_A" in roles and "lora_B" in roles
     }
 
 
 def _lycoris_factors(normalized: NormalizedAdapter) -> dict[str, tuple[dict, float]]:
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, target in normalized.targets.items():
-        groups.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
-    return {module: (roles, normalized.expected_scales.get(module, 1.0)) for module, roles in groups.items()}
+    """The file's LoHa / LoKr factors per module, with the scale the file declares for it."""
+    return {module: (roles, normalized.expected_scales.get(module, 1.0)) for module, roles in _roles_by_module(normalized).items()}
 
 
 def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
