@@ -1,11 +1,14 @@
 """Every supported on-disk layout, brought to the one diffusers' loaders take, with a trace back to the file.
 
 diffusers and peft do the conversions where they can; the trace follows each tensor by identity (the
-conversions rename keys, they do not copy tensors), so the proof of application can name file keys.
+conversions rename keys, they do not copy tensors), so the proof of application can name file keys. Flux's
+community layouts are the exception: diffusers splits and rescales their tensors, so each module of the file is
+traced by what it means (`flux_layouts`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -15,6 +18,8 @@ import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
 from .families import is_denoiser
+from .flux_layouts import LAYOUTS as FLUX_LAYOUTS
+from .flux_layouts import FluxModule, convert, flux_layout, flux_modules
 from .lycoris import KOHYA_COMPONENTS, LOKR, lokr_options, lycoris_kind, module_names, rank_and_alpha, split_file
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
@@ -74,6 +79,9 @@ class NormalizedAdapter:
     # LyCORIS only: per "component.module", the (r, alpha) peft must build it with, and the kind's file-wide options
     lycoris_modules: dict[str, tuple[int, float]] = field(default_factory=dict)
     lycoris_options: dict = field(default_factory=dict)
+    # Flux's community layouts, whose tensors diffusers rewrites: per "component.module" of each file module's first
+    # layer, what the file's module means (the proof compares updates there, not tensors)
+    flux_modules: dict[str, FluxModule] = field(default_factory=dict)
 
 
 # Adapter kinds peft cannot build as the file has them: applying part of one would validate something else.
@@ -84,31 +92,14 @@ UNSUPPORTED_KINDS = {
 }
 
 
-# Flux layouts whose fused q/k/v diffusers splits (and whose alpha it bakes into the values) on conversion: the
-# landed tensors are no longer the file's, so the proof of application cannot follow them yet.
-FLUX_FUSED_LAYOUTS = {
-    "lora_unet_double_blocks_": "Kohya's",
-    "lora_unet_single_blocks_": "Kohya's",
-    "diffusion_model.double_blocks.": "BFL's",
-    "diffusion_model.single_blocks.": "BFL's",
-    "double_blocks.": "XLabs'",
-    "single_blocks.": "XLabs'",
-}
+# Flux files named after the original modules that diffusers has no conversion for.
+UNCONVERTED_FLUX = "diffusion_model."
 
 
 def detect_format(adapter: AdapterFile) -> str:
     keys = list(adapter.tensors)
     if not keys:
         raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
-    for marker, layout in FLUX_FUSED_LAYOUTS.items():
-        example = next((k for k in keys if k.startswith(marker)), None)
-        if example is not None:
-            raise AdapterLoadError(
-                f"{adapter.weights_path}: a Flux LoRA in {layout} layout (keys like `{example}`); diffusers splits its "
-                "fused q/k/v on loading, which lora-harness cannot yet prove against the file; convert it once with "
-                "`FluxPipeline.lora_state_dict(file)` and `FluxPipeline.save_lora_weights(folder, transformer_lora_layers=…)` "
-                "and check the converted file"
-            )
     for marker, kind in UNSUPPORTED_KINDS.items():
         example = next((k for k in keys if marker in k), None)
         if example is not None:
@@ -133,6 +124,20 @@ def detect_format(adapter: AdapterFile) -> str:
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
             "and alphas are floating point; the file was written wrongly, export it again"
+        )
+    flux = flux_layout(keys)
+    if flux is not None:
+        if lycoris_kind(keys):
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: a LyCORIS {lycoris_kind(keys)} for Flux (Flux's original module names); "
+                "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
+            )
+        return flux
+    example = next((k for k in keys if k.startswith(UNCONVERTED_FLUX)), None)
+    if example is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a Flux LoRA named after Flux's original modules (keys like `{example}`) in a "
+            "layout diffusers does not convert; export it in diffusers' (`transformer.…lora_A.weight`) or Kohya's layout"
         )
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
@@ -197,6 +202,58 @@ def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     )
 
 
+def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
+    """Flux in Kohya's, ComfyUI's or XLabs' layout: converted by diffusers (fused modules split, alpha baked in),
+    each module of the file traced to the layers whose rows its update fills."""
+    text_encoder = getattr(pipeline, "text_encoder", None)
+    modules = flux_modules(adapter.tensors, layout, layer_modules(text_encoder) if text_encoder is not None else {})
+    try:
+        converted = convert(adapter.tensors)
+    except AssertionError:
+        # diffusers splits a single-stream block's linear1 at Flux.1's sizes whatever the base is.
+        rows = next((adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")), "?")
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: diffusers' conversion of this layout cuts a single-stream block's `linear1` at "
+            f"Flux.1's widths (q, k, v 3072 each, MLP 12288: 21504 rows), but this file's has {rows}; it cannot be "
+            "loaded into this base by diffusers: pass the Flux base it was trained on"
+        ) from None
+    except (KeyError, ValueError, NotImplementedError) as error:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: Flux keys that diffusers cannot map ({error}); "
+            "the file was probably renamed by hand: convert it again with the trainer's own tools"
+        ) from None
+    state_dicts = {c: _to_peft_keys(c, converted, pipeline) for c in COMPONENTS}
+    targets, file_keys, by_first_layer, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
+    for module in modules.values():
+        first = Target(module.component, module.layers[0], "lora_A")
+        targets[module.down] = first
+        targets[module.up] = dataclasses.replace(first, role="lora_B")
+        by_first_layer[first.qualified_module] = module
+        rank = int(adapter.tensors[module.down].shape[0])
+        for layer in module.layers:
+            file_keys[(module.component, f"{layer}.lora_A.weight")] = module.down
+            file_keys[(module.component, f"{layer}.lora_B.weight")] = module.up
+            name = f"{module.component}.{layer}"
+            expected[name], ranks[name], alphas[name] = module.scale, rank, module.scale * rank
+    tensor_keys = [k for k in adapter.tensors if not k.endswith(".alpha")]
+    return NormalizedAdapter(
+        format=layout,
+        kind="LoRA",
+        state_dicts={c: sd for c, sd in state_dicts.items() if sd},
+        file_keys=file_keys,
+        lora_configs={},
+        network_alphas=None,
+        targets=targets,
+        untraced=[k for k in tensor_keys if k not in targets],
+        expected_scales=expected,
+        ranks=ranks,
+        alphas=alphas,
+        tensor_keys=tensor_keys,
+        tensors=dict(adapter.tensors),
+        flux_modules=by_first_layer,
+    )
+
+
 def _kohya_component(kohya: str) -> str:
     return next(c for prefix, c in KOHYA_COMPONENTS.items() if kohya.startswith(prefix))
 
@@ -215,6 +272,8 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     layout = detect_format(adapter)
     if layout == LYCORIS:
         return _normalize_lycoris(adapter, pipeline)
+    if layout in FLUX_LAYOUTS:
+        return _normalize_flux(adapter, pipeline, layout)
     tensors = dict(adapter.tensors)
     lora_configs: dict[str, dict] = {}
     alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha

@@ -99,5 +99,6 @@ def block_of(module: str, architecture: str = UNET) -> str:
     if not is_denoiser(parts[0]):
         return parts[0]
     stage = next((STAGES[architecture][p] for p in parts if p in STAGES[architecture]), "other")
-    kind = next((KINDS[architecture][p] for p in reversed(parts) if p in KINDS[architecture]), "other")
+    kinds = [p.split("+")[0] for p in reversed(parts)]  # a fused module 'attn.add_q_proj+add_k_proj+add_v_proj'
+    kind = next((KINDS[architecture][p] for p in kinds if p in KINDS[architecture]), "other")
     return f"{stage}/{kind}"

@@ -175,6 +175,15 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
             continue
         tensor = normalized.tensors[key]
         expected = _expected_shape(module, target.role, tensor)
+        flux_module = normalized.flux_modules.get(target.qualified_module)
+        if flux_module is not None:  # a fused module's update fills the rows of all its layers
+            layers = [_find_module(component, layer) for layer in flux_module.layers]
+            missing = [layer for layer, found in zip(flux_module.layers, layers) if found is None]
+            if missing:
+                unmatched.append((key, f"{target.component}.{missing[0]}", []))
+                continue
+            if target.role == "lora_B":
+                expected = (sum(layer.out_features for layer in layers), tensor.shape[1])
         if tuple(tensor.shape) != expected:
             shape_mismatches.append((key, expected, tuple(tensor.shape)))
             continue
@@ -301,25 +310,19 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
             p.numel() for n, p in component.named_parameters() if is_tuner_parameter(n) and f".{adapter_name}." in f"{n}."
         )
 
-    value_mismatches = []
-    applied = 0
-    for key, target in normalized.targets.items():
-        layer = layers.get(target.qualified_module)
-        if layer is None:
-            continue
-        landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
-        # LoRA keeps its weights in modules, LyCORIS in bare parameters
-        if adapter_name in landed and _same_values(getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]):
-            applied += 1
-        else:
-            value_mismatches.append(key)
-
     scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
+    rtol = 1e-5
+    if normalized.flux_modules:
+        rtol = _rewrite_tolerance(normalized)
+        applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, rtol)
+        scales.update(measured)
+    else:
+        applied, value_mismatches = _prove_tensors(adapter, normalized, layers, adapter_name)
     scale_mismatches = [
         (name, normalized.expected_scales[name], scales[name])
         for name in scales
         if name in normalized.expected_scales
-        and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=1e-5)
+        and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=rtol)
     ]
     nonfinite = [k for k in normalized.tensor_keys if not torch.isfinite(adapter.tensors[k].float()).all()]
     ups = [key for key, target in normalized.targets.items() if target.role == "lora_B"]
@@ -353,6 +356,63 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
     )
 
 
+def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter_name: str) -> tuple[int, list[str]]:
+    """Each file tensor found, with its values, in the layer it was traced to."""
+    value_mismatches = []
+    applied = 0
+    for key, target in normalized.targets.items():
+        layer = layers.get(target.qualified_module)
+        if layer is None:
+            continue
+        landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
+        # LoRA keeps its weights in modules, LyCORIS in bare parameters
+        if adapter_name in landed and _same_values(getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]):
+            applied += 1
+        else:
+            value_mismatches.append(key)
+    return applied, value_mismatches
+
+
+def _prove_updates(normalized: NormalizedAdapter, layers: dict, adapter_name: str, rtol: float):
+    """For files whose tensors the conversion rewrote: each module's update up · down, cut into its layers' rows,
+    against what each layer adds (B · A · scaling). The scale applied is measured as the factor between the two,
+    so a baked-in alpha is proven like a declared one. A module counts as applied when every layer it fills
+    holds its update up to that factor."""
+    applied, value_mismatches, measured = 0, [], {}
+    for module in normalized.flux_modules.values():
+        names = [f"{module.component}.{layer}" for layer in module.layers]
+        landed = [layers.get(name) for name in names]
+        if any(layer is None or adapter_name not in layer.lora_A for layer in landed):
+            value_mismatches += [module.down, module.up]
+            continue
+        update = normalized.tensors[module.up].double() @ normalized.tensors[module.down].double()
+        wanted = module.split(update, [layer.out_features for layer in landed])
+        holds = True
+        for name, layer, rows in zip(names, landed, wanted):
+            added = layer.lora_B[adapter_name].weight.detach().double() @ layer.lora_A[adapter_name].weight.detach().double()
+            added = added * layer.scaling[adapter_name]
+            norm = float(rows.square().sum())
+            if norm == 0:  # an all-zero update looks the same at every scale
+                measured[name] = module.scale
+                holds = holds and not added.any()
+                continue
+            scale = float((added * rows).sum()) / norm
+            measured[name] = scale
+            residual = float((added - scale * rows).norm())
+            holds = holds and scale != 0 and residual <= rtol * abs(scale) * norm**0.5
+        if holds:
+            applied += 2
+        else:
+            value_mismatches += [module.down, module.up]
+    return applied, value_mismatches, measured
+
+
+def _rewrite_tolerance(normalized: NormalizedAdapter) -> float:
+    """Rewritten values are rounded in the file's dtype (bf16: about 0.4% per value) before they land."""
+    eps = max(torch.finfo(normalized.tensors[k].dtype).eps for k in normalized.tensor_keys)
+    return max(1e-5, 4 * eps)
+
+
 def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
     """The file's tensors per "component.module", by role (lora_A, hada_w1_a, ...)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -364,10 +424,16 @@ def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch
 def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
     """The file's own down and up matrices per module, with the scale the file declares for it."""
     return {
-        module: (roles["lora_A"], roles["lora_B"], normalized.expected_scales.get(module, 1.0))
+        _file_module_name(normalized, module): (roles["lora_A"], roles["lora_B"], normalized.expected_scales.get(module, 1.0))
         for module, roles in _roles_by_module(normalized).items()
         if "lora_A" in roles and "lora_B" in roles
     }
+
+
+def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
+    """A fused Flux module is named by all the layers it fills."""
+    flux_module = normalized.flux_modules.get(module)
+    return module if flux_module is None else flux_module.name
 
 
 def _lycoris_factors(normalized: NormalizedAdapter) -> dict[str, tuple[dict, float]]:

@@ -47,8 +47,11 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
 
     run = ReferenceRun(reference_dir=out_dir / "reference", control_dir=out_dir / "control-untrained")
     architecture = pipeline_signature(pipeline).architecture
-    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=list(REFERENCE_TARGETS[architecture]), init_lora_weights=True)
     denoiser = denoiser_of(pipeline)
+    # Only the family's targets this base has (a Flux cut down to single-stream blocks has no text-stream projections).
+    names = [name for name, _ in denoiser.named_modules()]
+    targets = [t for t in REFERENCE_TARGETS[architecture] if any(name.endswith(f".{t}") for name in names)]
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, init_lora_weights=True)
     torch.manual_seed(SEED)
     model = get_peft_model(denoiser, config)
     try:

@@ -248,16 +248,3 @@ def test_budget_blocks_use_each_familys_own_names():
     assert block_of("transformer.single_transformer_blocks.7.attn.to_v", FLUX) == "single/attn"
     assert block_of("transformer.transformer_blocks.3.attn.add_k_proj", SD3) == "joint/attn-text"
     assert block_of("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj") == "text_encoder_2"
-
-
-@pytest.mark.parametrize("key", ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "diffusion_model.single_blocks.0.linear1.lora_A.weight"])
-def test_a_flux_file_in_a_fused_community_layout_is_refused_with_the_conversion_to_run(pytester, key, flux_adapters):
-    """(`flux_adapters` builds the Flux base out here first: modules first imported inside an in-process run are
-    dropped after it, and torch cannot register their operators twice.)"""
-    import torch
-    from safetensors.torch import save_file
-
-    save_file({key: torch.ones(4, 96)}, pytester.path / "community.safetensors")
-    pytester.runpytest_inprocess("--adapter", "community.safetensors", "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("community.safetensors", "wiring")]["message"]
-    assert "a Flux LoRA in" in message and "FluxPipeline.save_lora_weights" in message

@@ -1,0 +1,167 @@
+"""Flux LoRAs in the community's layouts (Kohya's sd-scripts, ComfyUI, XLabs), which name Flux's original fused
+modules: diffusers splits them and bakes alpha into the values, so each module's update is proven against what
+lands in its layers, with the scale measured rather than read back."""
+
+import pytest
+import torch
+
+from tests.test_families import FAST, MECHANICAL
+from tests.test_plugin import results
+from tests.test_quality import _results as records
+
+KOHYA_SINGLE = ("linear2", "modulation.lin")  # linear1 needs Flux.1's widths (see the test on them)
+
+
+@pytest.fixture(scope="module")
+def tiny_flux():
+    from lora_harness.tiny_base import build_tiny_flux_pipeline
+
+    return build_tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def community(tiny_flux, tmp_path_factory):
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+
+    folder = tmp_path_factory.mktemp("flux-community")
+    return {
+        "kohya": write_flux_community(tiny_flux, folder / "kohya.safetensors", "kohya", single=KOHYA_SINGLE, text_encoder=True),
+        "comfyui": write_flux_community(tiny_flux, folder / "comfyui.safetensors", "comfyui", single=KOHYA_SINGLE, text_encoder=True),
+        "xlabs": write_flux_community(tiny_flux, folder / "xlabs.safetensors", "xlabs", single=("linear1", "linear2")),
+    }
+
+
+def _apply(pipeline, path):
+    from lora_harness.adapter_file import read_adapter
+    from lora_harness.families import pipeline_signature
+    from lora_harness.injection import apply_adapter
+
+    return apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "under-test")
+
+
+def test_kohya_comfyui_and_xlabs_files_pass_with_every_fused_module_proven(pytester, community):
+    adapters = [a for path in community.values() for a in ("--adapter", path)]
+    # Every linear of the blocks (MLPs and modulations too) at rank 4 is 4.6% of a transformer this small.
+    budget = ("--param-budget", "5%")
+    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL, *budget).assert_outcomes(passed=3 * 5)
+    applied = {a["format"]: a for a in results(pytester)["adapters"]}
+    assert set(applied) == {"kohya-flux", "comfyui-flux", "xlabs-flux"}
+    # Kohya and ComfyUI: 10 modules of the double block, 2 of the single one, CLIP's 4 attention projections in 2 layers.
+    assert applied["kohya-flux"]["tensors_applied"] == applied["kohya-flux"]["tensors"] == 2 * (10 + 2 + 8)
+    assert applied["comfyui-flux"]["tensors_applied"] == applied["comfyui-flux"]["tensors"] == 2 * (10 + 2 + 8)
+    assert applied["xlabs-flux"]["tensors_applied"] == applied["xlabs-flux"]["tensors"] == 2 * (4 + 2)
+    # alpha 2 / rank 4, baked into the values by diffusers and measured back; XLabs keeps no alpha.
+    assert applied["kohya-flux"]["scale"] == pytest.approx(0.5, rel=1e-6) and applied["xlabs-flux"]["scale"] == pytest.approx(1.0)
+    assert {a["family"] for a in applied.values()} == {"tiny Flux"}
+    health = records(pytester)[("kohya.safetensors", "weight_health")]["details"]["modules"]
+    fused = {m["module"]: m["block"] for m in health if "+" in m["module"]}
+    assert fused == {
+        "transformer.transformer_blocks.0.attn.to_q+to_k+to_v": "double/attn",
+        "transformer.transformer_blocks.0.attn.add_q_proj+add_k_proj+add_v_proj": "double/attn-text",
+    }
+
+
+def test_fused_modules_written_as_stacked_separate_loras_and_bf16_files_are_proven(tiny_flux, tmp_path):
+    """diffusers takes another path for a block-diagonal up (it chunks the down); a bf16 file's baked values round."""
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+
+    stacked = write_flux_community(tiny_flux, tmp_path / "stacked.safetensors", rank=2, single=KOHYA_SINGLE, stacked=True)
+    application = _apply(tiny_flux, stacked)
+    assert application.tensors_applied == application.tensors and not application.scale_mismatches
+    assert application.scales["transformer.transformer_blocks.0.attn.to_q"] == pytest.approx(2.0 / 6)  # rank 3 × 2
+    tiny_flux.delete_adapters("under-test")
+    bf16 = write_flux_community(tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16)
+    application = _apply(tiny_flux, bf16)
+    assert application.tensors_applied == application.tensors and not application.scale_mismatches
+    assert application.scale == pytest.approx(0.75, rel=1e-2)
+    tiny_flux.delete_adapters("under-test")
+
+
+def _dropping_alpha(convert):
+    return lambda tensors: convert({k: v for k, v in tensors.items() if not k.endswith(".alpha")})
+
+
+def _swapping_q_and_k(convert):
+    def swapped(tensors):
+        converted = convert(tensors)
+        q, k = (f"transformer.transformer_blocks.0.attn.to_{p}.lora_B.weight" for p in "qk")
+        converted[q], converted[k] = converted[k], converted[q]
+        return converted
+
+    return swapped
+
+
+@pytest.mark.parametrize(
+    ("conversion", "wanted"),
+    [
+        (_dropping_alpha, "24 layers apply another scale than the file declares, first transformer.transformer_blocks.0.norm1.linear: file alpha/rank = 0.5, applied 1"),
+        (_swapping_q_and_k, "with their values: lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"),
+    ],
+)
+def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(pytester, community, monkeypatch, conversion, wanted):
+    from lora_harness import adapter_layout
+
+    monkeypatch.setattr(adapter_layout, "convert", conversion(adapter_layout.convert))
+    pytester.runpytest_inprocess("--adapter", community["kohya"], "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    assert wanted in records(pytester)[("kohya.safetensors", "wiring")]["message"]
+
+
+def test_modules_outside_the_blocks_that_diffusers_drops_fail_wiring(pytester, tiny_flux, tmp_path):
+    """Measured with diffusers 0.42.1: its Kohya-Flux conversion names `img_in`, `final_layer`, … without the
+    `transformer.` prefix, and `load_lora_weights` then skips them without a word."""
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+
+    path = write_flux_community(tiny_flux, tmp_path / "outside.safetensors", double=("img_attn.qkv",), single=(), outside=("img_in", "final_layer.linear"))
+    pytester.runpytest_inprocess("--adapter", path, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("outside.safetensors", "wiring")]["message"]
+    assert "2 of 6 LoRA tensors applied" in message and "lora_unet_final_layer_linear.lora_down.weight" in message
+
+
+def test_a_single_stream_linear1_off_flux1_widths_is_refused_naming_diffusers_cut(pytester, tiny_flux, tmp_path):
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+
+    path = write_flux_community(tiny_flux, tmp_path / "linear1.safetensors", double=(), single=("linear1",))
+    pytester.runpytest_inprocess("--adapter", path, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("linear1.safetensors", "wiring")]["message"]
+    assert "at Flux.1's widths" in message and "this file's has 672" in message
+
+
+def test_a_single_stream_block_at_flux1_widths_is_proven_including_linear1(tmp_path):
+    """Flux.1's widths in one single-stream block (3072 wide, MLP 12288): linear1's update fills q, k, v and the MLP."""
+    from diffusers import FluxPipeline
+
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+    from lora_harness.fixtures.family_bases import build_flux_width_folder
+
+    pipeline = FluxPipeline.from_pretrained(build_flux_width_folder(tmp_path / "flux-width"))
+    for layout in ("kohya", "xlabs"):
+        path = write_flux_community(pipeline, tmp_path / f"{layout}.safetensors", layout, text_encoder=layout == "kohya")
+        application = _apply(pipeline, path)
+        assert application.family == "Flux"
+        assert application.tensors_applied == application.tensors == (2 * (3 + 8) if layout == "kohya" else 2 * 2)
+        assert not application.scale_mismatches
+        assert "transformer.single_transformer_blocks.0.attn.to_q+to_k+to_v" + ("+proj_mlp" if layout == "kohya" else "") in application.factors
+        pipeline.delete_adapters("under-test")
+
+
+def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, community):
+    pytester.runpytest_inprocess("--adapter", community["kohya"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    message = records(pytester)[("kohya.safetensors", "wiring")]["message"]
+    assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "wanted"),
+    [
+        ("diffusion_model.single_blocks.0.linear1.lora_A.weight", "in a layout diffusers does not convert"),
+        ("lora_unet_double_blocks_0_img_attn_qkv.lokr_w1", "a LyCORIS LoKr for Flux"),
+    ],
+)
+def test_flux_files_no_loader_converts_are_refused_naming_the_layout(pytester, community, key, wanted):
+    """(`community` builds the Flux base out here first: modules first imported inside an in-process run are
+    dropped after it, and torch cannot register their operators twice.)"""
+    from safetensors.torch import save_file
+
+    save_file({key: torch.ones(4, 96)}, pytester.path / "community.safetensors")
+    pytester.runpytest_inprocess("--adapter", "community.safetensors", "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    assert wanted in records(pytester)[("community.safetensors", "wiring")]["message"]
