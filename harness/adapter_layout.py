@@ -92,8 +92,12 @@ UNSUPPORTED_KINDS = {
 }
 
 
-# Flux files named after the original modules that diffusers has no conversion for.
-UNCONVERTED_FLUX = "diffusion_model."
+# Files named after a transformer's original (non-diffusers) modules that diffusers has no conversion for.
+UNCONVERTED_LAYOUTS = {
+    "lora_unet_joint_blocks_": "an SD3 LoRA in Kohya's layout",
+    "diffusion_model.joint_blocks.": "an SD3 LoRA in ComfyUI's layout",
+    "diffusion_model.": "a Flux LoRA named after Flux's original modules with PEFT keys",
+}
 
 
 def detect_format(adapter: AdapterFile) -> str:
@@ -133,12 +137,13 @@ def detect_format(adapter: AdapterFile) -> str:
                 "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
             )
         return flux
-    example = next((k for k in keys if k.startswith(UNCONVERTED_FLUX)), None)
-    if example is not None:
-        raise AdapterLoadError(
-            f"{adapter.weights_path}: a Flux LoRA named after Flux's original modules (keys like `{example}`) in a "
-            "layout diffusers does not convert; export it in diffusers' (`transformer.…lora_A.weight`) or Kohya's layout"
-        )
+    for marker, what in UNCONVERTED_LAYOUTS.items():
+        example = next((k for k in keys if k.startswith(marker)), None)
+        if example is not None:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: {what} (keys like `{example}`), which diffusers does not convert; "
+                "export it in diffusers' layout (`transformer.…lora_A.weight`) and check that file"
+            )
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):

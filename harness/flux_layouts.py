@@ -96,7 +96,7 @@ def flux_layout(keys) -> str | None:
         return XLABS_FLUX
     if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
         return KOHYA_FLUX
-    if any(k.startswith("diffusion_model.") and k.endswith(".lora_down.weight") for k in keys):
+    if any(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")) and k.endswith(".lora_down.weight") for k in keys):
         return COMFYUI_FLUX
     return None
 

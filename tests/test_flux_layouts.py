@@ -153,11 +153,13 @@ def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, 
 @pytest.mark.parametrize(
     ("key", "wanted"),
     [
-        ("diffusion_model.single_blocks.0.linear1.lora_A.weight", "in a layout diffusers does not convert"),
+        ("diffusion_model.single_blocks.0.linear1.lora_A.weight", "a Flux LoRA named after Flux's original modules with PEFT keys"),
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", "an SD3 LoRA in Kohya's layout"),
+        ("diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight", "an SD3 LoRA in ComfyUI's layout"),
         ("lora_unet_double_blocks_0_img_attn_qkv.lokr_w1", "a LyCORIS LoKr for Flux"),
     ],
 )
-def test_flux_files_no_loader_converts_are_refused_naming_the_layout(pytester, community, key, wanted):
+def test_transformer_files_no_loader_converts_are_refused_naming_the_layout(pytester, community, key, wanted):
     """(`community` builds the Flux base out here first: modules first imported inside an in-process run are
     dropped after it, and torch cannot register their operators twice.)"""
     from safetensors.torch import save_file
