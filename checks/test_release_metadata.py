@@ -7,6 +7,7 @@ def test_release_metadata(adapter, harness, record_check):
             adapter.name,
             adapter.record.get("metadata") or {},
             harness.base_summary(),
+            harness.base.signature.lineage,
             base_is_hub_id=harness.config.base_is_hub_id,
             require=harness.config.require_metadata,
         )

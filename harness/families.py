@@ -27,6 +27,10 @@ FAMILY_NAMES = {
     (SD3, 2432): "SD3.5 large",
 }
 WIDTH_NAMES = {UNET: "cross-attention", FLUX: "transformer width", SD3: "transformer width"}
+# The family as trainers' metadata names it (`ss_base_model_version`: sd_v1, sdxl_base_v1-0, flux1, sd3, ...): the
+# tiny U-Nets stand for the family they are shaped like; an MMDiT's lineage is its architecture at any width.
+UNET_LINEAGES = {32: "SD1.x", 768: "SD1.x", 1024: "SD2.x", 64: "SDXL", 2048: "SDXL"}
+TRANSFORMER_LINEAGES = {FLUX: "Flux", SD3: "SD3"}
 
 # The reference overfit's rank-4 targets: the denoiser's attention projections (MMDiT: both streams of a block).
 MMDIT_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -58,6 +62,13 @@ class Signature:
     @property
     def width_label(self) -> str:
         return f"{WIDTH_NAMES[self.architecture]} {self.width}"
+
+    @property
+    def lineage(self) -> str | None:
+        """'SD1.x', 'SD2.x', 'SDXL', 'Flux' or 'SD3'; None for a U-Net of no known width."""
+        if self.architecture == UNET:
+            return UNET_LINEAGES.get(self.width)
+        return TRANSFORMER_LINEAGES[self.architecture]
 
     def __str__(self) -> str:
         """'SD2.x (cross-attention 1024)'."""

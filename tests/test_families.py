@@ -233,6 +233,14 @@ def test_each_family_trains_its_reference_on_its_own_objective():
     assert torch.equal(target, noise - latents) and torch.allclose(noisy, (1 - sigma) * latents + sigma * noise)
 
 
+def test_each_signature_names_the_lineage_trainers_record():
+    from lora_harness.families import FLUX, SD3, UNET, Signature
+
+    lineages = {(UNET, 32): "SD1.x", (UNET, 768): "SD1.x", (UNET, 1024): "SD2.x", (UNET, 64): "SDXL", (UNET, 2048): "SDXL",
+                (FLUX, 96): "Flux", (FLUX, 3072): "Flux", (SD3, 128): "SD3", (SD3, 2432): "SD3", (UNET, 320): None}
+    assert {key: Signature(*key).lineage for key in lineages} == lineages
+
+
 def test_budget_blocks_use_each_familys_own_names():
     from lora_harness.families import FLUX, SD3, block_of
 

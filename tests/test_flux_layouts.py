@@ -167,3 +167,14 @@ def test_transformer_files_no_loader_converts_are_refused_naming_the_layout(pyte
     save_file({key: torch.ones(4, 96)}, pytester.path / "community.safetensors")
     pytester.runpytest_inprocess("--adapter", "community.safetensors", "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
     assert wanted in records(pytester)[("community.safetensors", "wiring")]["message"]
+
+
+def test_release_metadata_reads_a_flux_claim_against_the_flux_base(pytester, community):
+    """sd-scripts records `ss_base_model_version = flux1`: it agrees with a Flux base, and a file claiming SDXL does not."""
+    from safetensors.torch import load_file, save_file
+
+    sdxl_claim = pytester.path / "sdxl-claim.safetensors"
+    save_file(load_file(community["kohya"]), sdxl_claim, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    args = ("--adapter", community["kohya"], "--adapter", sdxl_claim, "--base-model", "tiny-flux", *FAST, "-k", "release_metadata")
+    pytester.runpytest_inprocess(*args).assert_outcomes(passed=1, failed=1)
+    assert "trained on SDXL, the base under test is Flux" in records(pytester)[("sdxl-claim.safetensors", "release_metadata")]["message"]
