@@ -96,7 +96,7 @@ UNSUPPORTED_KINDS = {
 UNCONVERTED_LAYOUTS = {
     "lora_unet_joint_blocks_": "an SD3 LoRA in Kohya's layout",
     "diffusion_model.joint_blocks.": "an SD3 LoRA in ComfyUI's layout",
-    "diffusion_model.": "a Flux LoRA named after Flux's original modules with PEFT keys",
+    "diffusion_model.": "a LoRA named after a transformer's original (not diffusers') modules",
 }
 
 
@@ -131,9 +131,10 @@ def detect_format(adapter: AdapterFile) -> str:
         )
     flux = flux_layout(keys)
     if flux is not None:
-        if lycoris_kind(keys):
+        kind = lycoris_kind(keys)
+        if kind:
             raise AdapterLoadError(
-                f"{adapter.weights_path}: a LyCORIS {lycoris_kind(keys)} for Flux (Flux's original module names); "
+                f"{adapter.weights_path}: a LyCORIS {kind} for Flux (Flux's original module names); "
                 "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
             )
         return flux
@@ -212,20 +213,29 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
     each module of the file traced to the layers whose rows its update fills."""
     text_encoder = getattr(pipeline, "text_encoder", None)
     modules = flux_modules(adapter.tensors, layout, layer_modules(text_encoder) if text_encoder is not None else {})
+    traced = {key for module in modules.values() for key in (module.down, module.up)}
+    left_out = [k for k in adapter.tensors if not k.endswith(".alpha") and k not in traced]
+    if left_out:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {len(left_out)} tensors that diffusers' Flux loader does not apply, first "
+            f"{', '.join(left_out[:3])} (it drops DoRA magnitudes, T5 text-encoder and norm-offset keys, and has no "
+            "place for modules it does not know); lora-harness will not check a partial load: export the adapter without them"
+        )
+    single_stream_rows = [adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")]
     try:
         converted = convert(adapter.tensors)
     except AssertionError:
-        # diffusers splits a single-stream block's linear1 at Flux.1's sizes whatever the base is.
-        rows = next((adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")), "?")
+        # Its one assertion: a single-stream block's linear1 is cut at Flux.1's sizes whatever the base is.
         raise AdapterLoadError(
             f"{adapter.weights_path}: diffusers' conversion of this layout cuts a single-stream block's `linear1` at "
-            f"Flux.1's widths (q, k, v 3072 each, MLP 12288: 21504 rows), but this file's has {rows}; it cannot be "
-            "loaded into this base by diffusers: pass the Flux base it was trained on"
+            f"Flux.1's widths (q, k, v 3072 each, MLP 12288: 21504 rows), but this file's has "
+            f"{single_stream_rows[0] if single_stream_rows else '?'}; diffusers cannot load it into this base: pass the "
+            "Flux base it was trained on"
         ) from None
-    except (KeyError, ValueError, NotImplementedError) as error:
+    except (KeyError, ValueError, NotImplementedError, RuntimeError) as error:
         raise AdapterLoadError(
-            f"{adapter.weights_path}: Flux keys that diffusers cannot map ({error}); "
-            "the file was probably renamed by hand: convert it again with the trainer's own tools"
+            f"{adapter.weights_path}: diffusers' Flux conversion failed on it ({type(error).__name__}: {error}); a fused "
+            "module's rows do not split the way Flux's do: the file is damaged or made for another model, export it again"
         ) from None
     state_dicts = {c: _to_peft_keys(c, converted, pipeline) for c in COMPONENTS}
     targets, file_keys, by_first_layer, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
@@ -249,7 +259,7 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
         lora_configs={},
         network_alphas=None,
         targets=targets,
-        untraced=[k for k in tensor_keys if k not in targets],
+        untraced=[],
         expected_scales=expected,
         ranks=ranks,
         alphas=alphas,

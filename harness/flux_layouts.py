@@ -135,8 +135,9 @@ def _meaning(module: str, layout: str, text_encoder_names: dict[str, str]):
         return _block_layers("single_transformer_blocks", index, XLABS_SINGLE.get(processor))
     if module.startswith(TEXT_ENCODER_PREFIXES):
         prefix = next(p for p in TEXT_ENCODER_PREFIXES if module.startswith(p))
-        layer = text_encoder_names.get(module.removeprefix(prefix).replace(".", "_"))
-        return None if layer is None else ("text_encoder", (layer,), False)
+        kohya = module.removeprefix(prefix).replace(".", "_")
+        # A name the base's CLIP lacks keeps its Kohya spelling, so validation reports it with the nearest layers.
+        return "text_encoder", (text_encoder_names.get(kohya, kohya),), False
     name = module.removeprefix("lora_unet_").removeprefix("diffusion_model.").replace(".", "_")
     match = re.fullmatch(r"(double|single)_blocks_(\d+)_(\w+)", name)
     if match is not None:
