@@ -66,6 +66,34 @@ def test_load(benchmark, loader, kohya_adapter, tmp_path):
     benchmark.pedantic(load, teardown=base.pipeline.unload_lora_weights, rounds=5)
 
 
+@pytest.fixture(scope="module")
+def flux_width_adapter(tmp_path_factory):
+    """A Flux pipeline at Flux.1's widths (one single-stream block) and a rank-16 Kohya file for it, CLIP included."""
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+    from lora_harness.fixtures.family_bases import flux_width_pipeline
+
+    pipeline = flux_width_pipeline()
+    path = tmp_path_factory.mktemp("flux") / "kohya-flux.safetensors"
+    return pipeline, write_flux_community(pipeline, path, "kohya", rank=16, alpha=8.0, text_encoder=True)
+
+
+@pytest.mark.benchmark(group="load a Kohya Flux adapter (Flux.1 widths, one single-stream block)")
+@pytest.mark.parametrize("loader", ["plain diffusers", "harness (with proof)"])
+def test_load_flux_layout(benchmark, loader, flux_width_adapter):
+    """diffusers converts the fused modules; the harness converts the same way and proves each module's update."""
+    from lora_harness.families import pipeline_signature
+
+    pipeline, path = flux_width_adapter
+
+    def load():
+        if loader == "plain diffusers":
+            pipeline.load_lora_weights(str(path), adapter_name="a")
+        else:
+            apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "a")
+
+    benchmark.pedantic(load, teardown=pipeline.unload_lora_weights, rounds=5)
+
+
 def run_harness(folder: Path, *arguments: str) -> dict:
     """`pytest --adapter …` in a fresh process as a user runs it; returns results.json."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--base-model", BASE, *arguments]

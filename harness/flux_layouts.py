@@ -82,12 +82,12 @@ class FluxModule:
         rest = "".join(f"+{layer.rsplit('.', 1)[-1]}" for layer in self.layers[1:])
         return f"{self.component}.{self.layers[0]}{rest}"
 
-    def split(self, update: torch.Tensor, widths: list[int]) -> tuple[torch.Tensor, ...]:
-        """The file's update cut into each layer's rows."""
+    def split(self, rows: torch.Tensor, widths: list[int]) -> tuple[torch.Tensor, ...]:
+        """`rows` (the update's, or the up matrix's, which decide them) cut into each layer's share."""
         if self.swapped_halves:
-            shift, scale = update.chunk(2)
-            update = torch.cat([scale, shift])
-        return torch.split(update, widths)
+            shift, scale = rows.chunk(2)
+            rows = torch.cat([scale, shift])
+        return torch.split(rows, widths)
 
 
 def flux_layout(keys) -> str | None:

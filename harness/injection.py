@@ -382,7 +382,9 @@ def _prove_updates(normalized: NormalizedAdapter, layers: dict, adapter_name: st
     """For files whose tensors the conversion rewrote: each module's update up · down, cut into its layers' rows,
     against what each layer adds (B · A · scaling). The scale applied is measured as the factor between the two,
     so a baked-in alpha is proven like a declared one. A module counts as applied when every layer it fills
-    holds its update up to that factor. Modules with a key in `skipped` were refused before injection."""
+    holds its update up to that factor. Modules with a key in `skipped` were refused before injection.
+
+    Only r × r products are formed (`_inner`): at Flux.1's widths one update is 21504 × 3072."""
     applied, value_mismatches, measured = 0, [], {}
     for module in normalized.flux_modules.values():
         if {module.down, module.up} & skipped:
@@ -392,27 +394,38 @@ def _prove_updates(normalized: NormalizedAdapter, layers: dict, adapter_name: st
         if any(layer is None or adapter_name not in layer.lora_A for layer in landed):
             value_mismatches += [module.down, module.up]
             continue
-        update = normalized.tensors[module.up].double() @ normalized.tensors[module.down].double()
-        wanted = module.split(update, [layer.out_features for layer in landed])
+        down = _flat(normalized.tensors[module.down])
+        ups = module.split(_flat(normalized.tensors[module.up]), [layer.out_features for layer in landed])
         holds = True
-        for name, layer, rows in zip(names, landed, wanted):
-            factors = (layer.lora_B[adapter_name].weight, layer.lora_A[adapter_name].weight)
-            up, down = (factor.detach().to("cpu", torch.float64) for factor in factors)
-            added = up @ down * layer.scaling[adapter_name]
-            norm = float(rows.square().sum())
-            if norm == 0:  # an all-zero update looks the same at every scale
+        for name, layer, up in zip(names, landed, ups):
+            added_up = _flat(layer.lora_B[adapter_name].weight) * layer.scaling[adapter_name]
+            added_down = _flat(layer.lora_A[adapter_name].weight)
+            wanted = _inner(up, down, up, down)
+            added = _inner(added_up, added_down, added_up, added_down)
+            if wanted == 0:  # an all-zero update looks the same at every scale
                 measured[name] = module.scale
-                holds = holds and not added.any()
+                holds = holds and added == 0
                 continue
-            scale = float((added * rows).sum()) / norm
+            crossed = _inner(added_up, added_down, up, down)
+            scale = crossed / wanted
             measured[name] = scale
-            residual = float((added - scale * rows).norm())
-            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * norm**0.5
+            residual = max(added - crossed * scale, 0.0) ** 0.5  # ‖added − scale · wanted‖
+            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * wanted**0.5
         if holds:
             applied += 2
         else:
             value_mismatches += [module.down, module.up]
     return applied, value_mismatches, measured
+
+
+def _flat(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as a 2-D float64 matrix on the CPU, wherever the pipeline runs."""
+    return factor.detach().to("cpu", torch.float64).reshape(factor.shape[0], -1)
+
+
+def _inner(up1: torch.Tensor, down1: torch.Tensor, up2: torch.Tensor, down2: torch.Tensor) -> float:
+    """⟨up1 · down1, up2 · down2⟩ (Frobenius) = Σ (up1ᵀ up2) ∘ (down1 down2ᵀ), from r1 × r2 matrices."""
+    return float(((up1.T @ up2) * (down1 @ down2.T)).sum())
 
 
 def _rewrite_tolerance(normalized: NormalizedAdapter) -> float:

@@ -111,6 +111,15 @@ def test_the_final_modulation_swaps_halves_as_diffusers_does():
     assert torch.equal(FluxModule("d", "u", 1.0, "transformer", ("proj_out",)).split(update, [8])[0], update)
 
 
+def test_the_update_inner_product_from_factors_matches_the_dense_one():
+    from lora_harness.injection import _inner
+
+    generator = torch.Generator().manual_seed(0)
+    up1, down1 = torch.randn(40, 4, generator=generator, dtype=torch.float64), torch.randn(4, 30, generator=generator, dtype=torch.float64)
+    up2, down2 = torch.randn(40, 6, generator=generator, dtype=torch.float64), torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    assert _inner(up1, down1, up2, down2) == pytest.approx(float(((up1 @ down1) * (up2 @ down2)).sum()), rel=1e-12)
+
+
 QKV_UP = "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"
 
 
