@@ -52,9 +52,11 @@ def encode_once(cache: dict[str, torch.Tensor], images: np.ndarray, encode) -> t
     return torch.stack([cache[key] for key in keys])
 
 
-def load_clip(spec: str | None, base_is_tiny: bool) -> tuple[ClipModel | None, str]:
+def load_clip(spec: str | None, embedded_default: bool) -> tuple[ClipModel | None, str]:
     """(model, label) or (None, why not). `spec` is ARCH:PATH (a local open_clip checkpoint) or ARCH:TAG
-    (open_clip's local cache); nothing is downloaded."""
+    (open_clip's local cache); nothing is downloaded. Only the embedded default base (`tiny`) gets the self-test
+    CLIP, which runs the quality checks' code offline; on the other tiny bases, built to test the families'
+    mechanics, its verdicts would gate on noise."""
     import open_clip
 
     if spec:
@@ -64,7 +66,7 @@ def load_clip(spec: str | None, base_is_tiny: bool) -> tuple[ClipModel | None, s
         size = model.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else size
         return ClipModel(model, open_clip.get_tokenizer(arch), int(size), f"open_clip {arch} ({weights})", False), ""
-    if not base_is_tiny:
+    if not embedded_default:
         return None, (
             "no CLIP weights: pass --clip-model ARCH:PATH with a local open_clip checkpoint "
             "(e.g. ViT-B-32:/models/open_clip_vit_b_32.bin) or ARCH:TAG already in open_clip's cache"

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from .adapter_file import AdapterLoadError, read_adapter
-from .config import REFERENCE, AdapterSpec, HarnessConfig
+from .config import REFERENCE, TINY, AdapterSpec, HarnessConfig
 from .digests import digest_parameters, fingerprint
 from .families import denoiser_of
 from .injection import Application, apply_adapter, file_defects
@@ -297,7 +297,7 @@ class HarnessSession:
         """(ClipModel, "") or (None, why there is none); loaded once, only when a quality check asks."""
         from .clip_model import load_clip
 
-        return load_clip(self.config.clip_model, base_is_tiny=self.config.base_path is None)
+        return load_clip(self.config.clip_model, embedded_default=self.config.base_model == TINY)
 
     @cached_property
     def inception(self):

@@ -108,6 +108,16 @@ def test_the_embedded_base_runs_the_quality_checks_with_a_self_test_label(pytest
         assert "pass --reference-images DIR" in records[("good.safetensors", check)]["message"]
 
 
+def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytester):
+    """The self-test CLIP is the embedded default's alone: on the family bases its verdicts would gate on noise
+    (measured: clip_heldout failed the reference overfit on tiny-flux and tiny-sd3)."""
+    run = ("--adapter", "reference", "--base-model", "tiny-flux", *FAST, "--reference-steps", "2", "-k", "clip or mode")
+    pytester.runpytest_inprocess(*run).assert_outcomes(skipped=2)
+    records = _results(pytester)
+    for check in ("clip_heldout", "mode_collapse"):
+        assert "no CLIP weights: pass --clip-model ARCH:PATH" in records[("reference", check)]["message"]
+
+
 def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
     """Renders of `collapse.safetensors` are all one picture whatever the prompt or seed."""
     pytester.makeconftest(
