@@ -400,17 +400,17 @@ def _prove_updates(normalized: NormalizedAdapter, layers: dict, adapter_name: st
         for name, layer, up in zip(names, landed, ups):
             added_up = _flat(layer.lora_B[adapter_name].weight) * layer.scaling[adapter_name]
             added_down = _flat(layer.lora_A[adapter_name].weight)
-            wanted = _inner(up, down, up, down)
-            added = _inner(added_up, added_down, added_up, added_down)
-            if wanted == 0:  # an all-zero update looks the same at every scale
+            wanted_norm2 = _inner(up, down, up, down)  # ‖U·D‖²
+            added_norm2 = _inner(added_up, added_down, added_up, added_down)  # ‖B·A‖²
+            if wanted_norm2 == 0:  # an all-zero update looks the same at every scale
                 measured[name] = module.scale
-                holds = holds and added == 0
+                holds = holds and added_norm2 == 0
                 continue
             crossed = _inner(added_up, added_down, up, down)
-            scale = crossed / wanted
+            scale = crossed / wanted_norm2  # the least-squares factor: B·A ≈ scale · U·D
             measured[name] = scale
-            residual = max(added - crossed * scale, 0.0) ** 0.5  # ‖added − scale · wanted‖
-            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * wanted**0.5
+            residual = max(added_norm2 - crossed * scale, 0.0) ** 0.5  # ‖B·A − scale · U·D‖
+            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * wanted_norm2**0.5
         if holds:
             applied += 2
         else:
