@@ -67,21 +67,25 @@ class NormalizedAdapter:
     # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
     state_dicts: dict[str, dict[str, torch.Tensor]]
     file_keys: dict[tuple[str, str], str]  # (component, peft key) -> the file key its tensor came from
-    lora_configs: dict[str, dict]  # per component, LoraConfig kwargs the file carries (PEFT config, metadata)
-    network_alphas: dict[str, float] | None  # Kohya alphas, keyed as diffusers' conversion keys them
     targets: dict[str, Target]  # file key -> target, for every LoRA weight tensor that a conversion kept
-    untraced: list[str]  # file keys that are neither LoRA weights that landed in a state dict nor alphas
     expected_scales: dict[str, float]  # "component.module" -> alpha / rank, as the file declares it
     ranks: dict[str, int]
     alphas: dict[str, float]
-    tensor_keys: list[str] = field(default_factory=list)  # the file's LoRA weight tensors (alphas not counted)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the file's tensors, by file key
+    tensors: dict[str, torch.Tensor]  # the file's tensors, by file key
+    lora_configs: dict[str, dict] = field(default_factory=dict)  # per component, LoraConfig kwargs the file carries
+    network_alphas: dict[str, float] | None = None  # Kohya alphas, keyed as diffusers' conversion keys them
+    untraced: list[str] = field(default_factory=list)  # file keys that are neither LoRA weights that landed in a state dict nor alphas
     # LyCORIS only: per "component.module", the (r, alpha) peft must build it with, and the kind's file-wide options
     lycoris_modules: dict[str, tuple[int, float]] = field(default_factory=dict)
     lycoris_options: dict = field(default_factory=dict)
     # Flux's community layouts, whose tensors diffusers rewrites: per "component.module" of each file module's first
     # layer, what the file's module means (the proof compares updates there, not tensors)
     flux_modules: dict[str, FluxModule] = field(default_factory=dict)
+
+    @property
+    def tensor_keys(self) -> list[str]:
+        """The file's LoRA weight tensors (alphas not counted)."""
+        return [key for key in self.tensors if not key.endswith(".alpha")]
 
 
 # Adapter kinds peft cannot build as the file has them: applying part of one would validate something else.
@@ -188,20 +192,15 @@ def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         lycoris_modules[name], expected[name], ranks[name], alphas[name] = (rank, alpha), alpha / rank, rank, alpha
     found_modules = {k: v for k, v in modules.items() if k in layers}
     options = lokr_options(adapter, found_modules, layers) if kind == LOKR and found_modules else {}
-    tensor_keys = [k for k in adapter.tensors if not k.endswith(".alpha")]
     return NormalizedAdapter(
         format=LYCORIS,
         kind=kind,
         state_dicts=state_dicts,
         file_keys=file_keys,
-        lora_configs={},
-        network_alphas=None,
         targets=targets,
-        untraced=[],
         expected_scales=expected,
         ranks=ranks,
         alphas=alphas,
-        tensor_keys=tensor_keys,
         tensors=dict(adapter.tensors),
         lycoris_modules=lycoris_modules,
         lycoris_options=options,
@@ -250,20 +249,15 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
             file_keys[(module.component, f"{layer}.lora_B.weight")] = module.up
             name = f"{module.component}.{layer}"
             expected[name], ranks[name], alphas[name] = module.scale, rank, module.scale * rank
-    tensor_keys = [k for k in adapter.tensors if not k.endswith(".alpha")]
     return NormalizedAdapter(
         format=layout,
         kind="LoRA",
         state_dicts={c: sd for c, sd in state_dicts.items() if sd},
         file_keys=file_keys,
-        lora_configs={},
-        network_alphas=None,
         targets=targets,
-        untraced=[],
         expected_scales=expected,
         ranks=ranks,
         alphas=alphas,
-        tensor_keys=tensor_keys,
         tensors=dict(adapter.tensors),
         flux_modules=by_first_layer,
     )
@@ -334,8 +328,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
                     module = peft_key.split(f".{role}")[0]
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
                     file_keys[(component, peft_key)] = file_key_of[id(tensor)]
-    tensor_keys = [k for k in tensors if not k.endswith(".alpha")]
-    untraced = [k for k in tensor_keys if k not in targets]
+    untraced = [k for k in tensors if not k.endswith(".alpha") and k not in targets]
 
     ranks, alphas, expected = {}, {}, {}
     for key, target in targets.items():
@@ -372,7 +365,6 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         expected_scales=expected,
         ranks=ranks,
         alphas=alphas,
-        tensor_keys=tensor_keys,
         tensors=tensors,
     )
 
