@@ -9,9 +9,6 @@ import torch
 
 from .adapter_layout import is_tuner_parameter, unwrapped_name
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae", "transformer")
-
-
 def base_parameters(pipeline) -> dict[str, torch.Tensor]:
     """Every base parameter of the pipeline, keyed `component.name` as it was before injection.
 
@@ -19,8 +16,7 @@ def base_parameters(pipeline) -> dict[str, torch.Tensor]:
     own parameters are left out.
     """
     parameters = {}
-    for component_name in COMPONENTS:
-        component = getattr(pipeline, component_name, None)
+    for component_name, component in pipeline.components.items():  # every model the pipeline holds (SD3: three text encoders)
         if not isinstance(component, torch.nn.Module):
             continue
         for name, parameter in component.named_parameters():
