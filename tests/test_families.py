@@ -13,6 +13,14 @@ MECHANICAL = ("-k", "wiring or frozen_base or param_budget or pixel_diff or weig
 SDXL_TENSORS = 2 * (64 + 8 + 8)  # A and B of 64 U-Net projections and 8 per text encoder
 
 
+def wiring_failure(pytester, adapter, base: str | None = None) -> str:
+    """`wiring` alone on one adapter (on `--base-model base` when given), as a user runs it: it fails; its message."""
+    on_base = ("--base-model", base) if base else ()
+    pytester.runpytest_inprocess("--adapter", adapter, *on_base, *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    (record,) = [record for (_, check), record in records(pytester).items() if check == "wiring"]
+    return record["message"]
+
+
 @pytest.fixture(scope="module")
 def sdxl_adapters(tmp_path_factory):
     from lora_harness.fixtures.adapter_writers import (
@@ -45,11 +53,9 @@ def test_sdxl_adapters_in_each_layout_pass_with_their_text_encoders_proven(pytes
 
 def test_an_sd1_adapter_on_sdxl_and_an_sdxl_adapter_on_sd1_fail_wiring_naming_both(pytester, sdxl_adapters, write_lora):
     sd1 = write_lora("kohya", "sd1.safetensors")
-    pytester.runpytest_inprocess("--adapter", sd1, "--base-model", "tiny-sdxl", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, sd1, "tiny-sdxl")
     assert "made for tiny (cross-attention 32), but the base is tiny SDXL (cross-attention 64)" in message
-    pytester.runpytest_inprocess("--adapter", sdxl_adapters["kohya"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("kohya.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, sdxl_adapters["kohya"])
     assert "made for tiny SDXL (cross-attention 64), but the base is tiny (cross-attention 32)" in message
 
 
@@ -108,11 +114,9 @@ def test_sd2_adapters_in_each_layout_and_the_v_prediction_reference_pass(pyteste
 def test_an_sd1_adapter_on_sd2_and_an_sd2_adapter_on_sd1_fail_wiring_naming_both(pytester, sd2, write_lora):
     base, adapters = sd2
     sd1 = write_lora("kohya", "sd1.safetensors")
-    pytester.runpytest_inprocess("--adapter", sd1, "--base-model", base, *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, sd1, base)
     assert "made for tiny (cross-attention 32), but the base is SD2.x (cross-attention 1024)" in message
-    pytester.runpytest_inprocess("--adapter", adapters["peft"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("peft", "wiring")]["message"]
+    message = wiring_failure(pytester, adapters["peft"])
     assert "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)" in message
 
 
@@ -160,11 +164,9 @@ def test_the_reference_overfit_trains_on_flux_with_rectified_flow_and_its_contro
 
 def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_both(pytester, flux_adapters, write_lora):
     sd1 = write_lora("kohya", "sd1.safetensors")
-    pytester.runpytest_inprocess("--adapter", sd1, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("sd1.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, sd1, "tiny-flux")
     assert "made for tiny (cross-attention 32), but the base is tiny Flux (transformer width 96)" in message
-    pytester.runpytest_inprocess("--adapter", flux_adapters["peft-file"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("peft-file.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, flux_adapters["peft-file"])
     assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
 
 
@@ -205,11 +207,9 @@ def test_sd3_adapters_pass_with_both_text_encoders_proven_and_the_reference_trai
 
 def test_a_flux_adapter_on_sd3_and_an_sd3_adapter_on_flux_fail_wiring_naming_both(pytester, sd3_adapters, flux_adapters):
     """Both are MMDiT transformers with the same module names: only the family signature tells them apart."""
-    pytester.runpytest_inprocess("--adapter", flux_adapters["peft-file"], "--base-model", "tiny-sd3", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("peft-file.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, flux_adapters["peft-file"], "tiny-sd3")
     assert "made for tiny Flux (transformer width 96), but the base is tiny SD3 (transformer width 128)" in message
-    pytester.runpytest_inprocess("--adapter", sd3_adapters["peft"], "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("peft", "wiring")]["message"]
+    message = wiring_failure(pytester, sd3_adapters["peft"], "tiny-flux")
     assert "made for tiny SD3 (transformer width 128), but the base is tiny Flux (transformer width 96)" in message
 
 def test_each_family_trains_its_reference_on_its_own_objective():

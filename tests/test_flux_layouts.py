@@ -5,7 +5,7 @@ lands in its layers, with the scale measured rather than read back."""
 import pytest
 import torch
 
-from tests.test_families import FAST, MECHANICAL
+from tests.test_families import FAST, MECHANICAL, wiring_failure
 from tests.test_plugin import results
 from tests.test_quality import _results as records
 
@@ -198,8 +198,7 @@ def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(pytest
     from lora_harness import adapter_layout
 
     monkeypatch.setattr(adapter_layout, "convert", conversion(adapter_layout.convert))
-    pytester.runpytest_inprocess("--adapter", community["kohya"], "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    assert wanted in records(pytester)[("kohya.safetensors", "wiring")]["message"]
+    assert wanted in wiring_failure(pytester, community["kohya"], "tiny-flux")
 
 
 def test_modules_outside_the_blocks_that_diffusers_drops_fail_wiring(pytester, tiny_flux, tmp_path):
@@ -208,8 +207,7 @@ def test_modules_outside_the_blocks_that_diffusers_drops_fail_wiring(pytester, t
     from lora_harness.fixtures.adapter_writers import write_flux_community
 
     path = write_flux_community(tiny_flux, tmp_path / "outside.safetensors", double=("img_attn.qkv",), single=(), outside=("img_in", "final_layer.linear"))
-    pytester.runpytest_inprocess("--adapter", path, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("outside.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, path, "tiny-flux")
     assert "2 of 6 LoRA tensors applied" in message and "lora_unet_final_layer_linear.lora_down.weight" in message
 
 
@@ -217,8 +215,7 @@ def test_a_single_stream_linear1_off_flux1_widths_is_refused_naming_diffusers_cu
     from lora_harness.fixtures.adapter_writers import write_flux_community
 
     path = write_flux_community(tiny_flux, tmp_path / "linear1.safetensors", double=(), single=("linear1",))
-    pytester.runpytest_inprocess("--adapter", path, "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("linear1.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, path, "tiny-flux")
     assert "at Flux.1's widths" in message and "this file's has 672" in message
 
 
@@ -241,8 +238,7 @@ def test_a_single_stream_block_at_flux1_widths_is_proven_including_linear1(tmp_p
 
 
 def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, community):
-    pytester.runpytest_inprocess("--adapter", community["kohya"], *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    message = records(pytester)[("kohya.safetensors", "wiring")]["message"]
+    message = wiring_failure(pytester, community["kohya"])
     assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
 
 
@@ -261,8 +257,7 @@ def test_transformer_files_no_loader_converts_are_refused_naming_the_layout(pyte
     from safetensors.torch import save_file
 
     save_file({key: torch.ones(4, 96)}, pytester.path / "community.safetensors")
-    pytester.runpytest_inprocess("--adapter", "community.safetensors", "--base-model", "tiny-flux", *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    assert wanted in records(pytester)[("community.safetensors", "wiring")]["message"]
+    assert wanted in wiring_failure(pytester, "community.safetensors", "tiny-flux")
 
 
 def test_release_metadata_reads_a_flux_claim_against_the_flux_base(pytester, community):
