@@ -1,23 +1,13 @@
-"""What the repo's own test run needs: a tiny base and adapters written in every layout, built locally."""
+"""Fixtures that write adapters on the embedded tiny base, for the repo's tests and benchmarks.
+
+pytest loads this file in every run of the plugin from a checkout (the check modules live in `checks/`, below it),
+so it imports only the declared dependencies, and only inside the fixtures. Test-only set-up (packages of the
+`[test]` extra) lives in `tests/conftest.py`, which no run of the plugin's check modules reaches.
+"""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _model_libraries_imported_once():
-    """pytester restores `sys.modules` after each test, dropping what the test imported first. A library imported
-    again is a second copy: torch refuses diffusers' operators twice, and peft's or diffusers' classes from the new
-    copy no longer match the layers made from the old one. Imported here, before any test, they outlive them all."""
-    import diffusers
-    import diffusers.loaders.lora_conversion_utils  # noqa: F401
-    import lycoris.kohya  # noqa: F401
-    import peft.tuners.loha  # noqa: F401
-    import peft.tuners.lokr  # noqa: F401
-
-    for pipeline in ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline"):
-        getattr(diffusers, pipeline)  # diffusers imports each family's modules on first use
 
 
 @pytest.fixture(scope="session")

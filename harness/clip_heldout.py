@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .clip_model import self_test_verdict
 from .quality import bootstrap_ci, clip_scores, leaked
 from .results import ERROR, CheckResult, verdict
 
@@ -43,6 +44,4 @@ def evaluate_clip_heldout(adapter: str, clip, prompts: list[str], captions: list
         f"-{margin:g}; the adapter hurts prompt following"
     )
     result = verdict(adapter, CHECK, low > -margin, mean, -margin, message, details)
-    if clip.self_test:
-        result.message = f"{clip.label}; {result.message}" if result.message else clip.label
-    return result
+    return self_test_verdict(result, clip)

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .results import ERROR, SKIPPED, CheckResult
+
 SELF_TEST = "self-test model: the value carries no meaning about image quality"
+NO_VERDICT = (
+    "no verdict: pass --clip-model ARCH:PATH with a local open_clip checkpoint (e.g. ViT-B-32:/models/open_clip_vit_b_32.bin) "
+    "to gate on it"
+)
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP's preprocessing
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -39,6 +45,20 @@ class ClipModel:
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         encoded = self.model.encode_text(self.tokenizer(prompts))
         return torch.nn.functional.normalize(encoded.float(), dim=-1)
+
+
+def self_test_verdict(result: CheckResult, model) -> CheckResult:
+    """A figure measured with the self-test CLIP is reported, never gated: passed or failed becomes skipped, saying
+    what was measured and what to pass for a verdict (an error stays an error: the inputs were wrong)."""
+    if not model.self_test or result.status == ERROR:
+        return result
+    if result.status == SKIPPED:  # skipped for its own reason (FID's sample count): still say which model measured
+        result.message = f"{model.label}; {result.message}"
+        return result
+    measured = f"measured {result.status}" + (f": {result.message}" if result.message else "")
+    result.details["measured_status"] = result.status
+    result.status, result.message = SKIPPED, f"{model.label}; {NO_VERDICT} ({measured})"
+    return result
 
 
 def encode_once(cache: dict[str, torch.Tensor], images: np.ndarray, encode) -> torch.Tensor:

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .clip_model import self_test_verdict
 from .quality import FID_MIN_SAMPLES, subsample_gap, cmmd, frechet_distance
 from .results import SKIPPED, CheckResult, verdict
 
@@ -42,9 +43,7 @@ def evaluate_distance(check: str, adapter: str, features, renders, reference_ima
                 f"FID is reported ({after:.4g} adapted vs {before:.4g} base) but not gated: it is biased below "
                 f"{FID_MIN_SAMPLES} images per side and here there are {samples}; KID and CMMD decide"
             )
-    if features.self_test:
-        result.message = f"{features.label}; {result.message}" if result.message else features.label
-    return result
+    return self_test_verdict(result, features)
 
 
 def _kid(adapter, base_features, adapted_features, reference, details):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .clip_model import self_test_verdict
 from .quality import mean_pairwise_distance
 from .results import verdict
 
@@ -45,6 +46,4 @@ def evaluate_mode_collapse(adapter: str, clip, base, adapted, floor: float, trai
     value = min(ratios.values()) if ratios else None
     message = "; ".join(problems) + "; the adapter paints the same picture whatever it is asked"
     result = verdict(adapter, CHECK, not problems, value, floor, message, details)
-    if clip.self_test:
-        result.message = f"{clip.label}; {result.message}" if result.message else clip.label
-    return result
+    return self_test_verdict(result, clip)

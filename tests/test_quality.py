@@ -2,6 +2,7 @@
 each check through the plugin as a user runs it."""
 
 import json
+import textwrap
 
 import numpy as np
 import pytest
@@ -97,15 +98,68 @@ def _results(pytester):
     return {(r["adapter"], r["check"]): r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
 
 
-def test_the_embedded_base_runs_the_quality_checks_with_a_self_test_label(pytester, write_lora):
-    result = pytester.runpytest_inprocess("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "clip or mode or distance")
-    result.assert_outcomes(passed=2, skipped=3)
+def test_the_embedded_base_reports_the_self_test_clips_figures_without_gating(pytester, write_lora):
+    """The self-test CLIP's values mean nothing about quality: measured and shown, skipped, never a verdict."""
+    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "clip or mode or distance", "-rs")
+    result = pytester.runpytest_inprocess(*run)
+    result.assert_outcomes(skipped=5)
+    assert result.ret == pytest.ExitCode.OK
     records = _results(pytester)
     for check in ("clip_heldout", "mode_collapse"):
-        assert records[("good.safetensors", check)]["message"].startswith("self-test model: the value carries no meaning")
-        assert isinstance(records[("good.safetensors", check)]["value"], float)
+        record = records[("good.safetensors", check)]
+        assert record["message"].startswith("self-test model: the value carries no meaning")
+        assert "no verdict: pass --clip-model ARCH:PATH" in record["message"]
+        assert isinstance(record["value"], float) and record["details"]["measured_status"] in ("passed", "failed")
     for check in ("fid", "kid", "cmmd"):
         assert "pass --reference-images DIR" in records[("good.safetensors", check)]["message"]
+    result.stdout.fnmatch_lines(["*SKIPPED*self-test model*no verdict: pass --clip-model ARCH:PATH*"])
+
+
+def injected(edit: str = "") -> str:
+    """conftest source: `edit` (statements on `images`, uint8 [N, H, W, 3]) rewrites the first adapter's renders,
+    and the CLIP checks embed each image as its mean colour and every prompt as "colourful grey". A real CLIP's
+    direction is certain there, unlike the self-test CLIP's, so these checks gate."""
+    body = textwrap.indent(edit or "pass", " " * 8)
+    return f"""
+import numpy as np
+import torch
+import lora_harness.renders as renders
+from lora_harness.session import HarnessSession
+
+
+class ColourClip:
+    label, self_test = "injected colour features", False
+
+    def image_features(self, images):
+        mean = torch.from_numpy(np.asarray(images, dtype=np.float64).mean(axis=(1, 2)))
+        return torch.nn.functional.normalize(torch.cat([mean, torch.full((len(mean), 1), 1.0)], 1), dim=-1)
+
+    def text_features(self, prompts):
+        return torch.nn.functional.normalize(torch.tensor([[1.0, 1.0, 1.0, 0.0]] * len(prompts)), dim=-1)
+
+
+real_render, real_clip = renders.Renderer.render, HarnessSession.clip
+
+
+def edited(self, adapter_name, *args, **kwargs):
+    result = real_render(self, adapter_name, *args, **kwargs)
+    if adapter_name == "adapter_0":
+        images = result.images
+{body}
+    return result
+
+
+def pytest_configure(config):
+    renders.Renderer.render = edited
+    HarnessSession.clip = property(lambda self: (ColourClip(), ""))
+
+
+def pytest_unconfigure(config):
+    renders.Renderer.render, HarnessSession.clip = real_render, real_clip
+"""
+
+
+RED_STYLE = injected("images[:] = (0.3 * images + 0.7 * np.array([220, 30, 30])).astype(np.uint8)")
 
 
 def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytester):
@@ -120,53 +174,12 @@ def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytes
 
 def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
     """Renders of `collapse.safetensors` are all one picture whatever the prompt or seed."""
-    pytester.makeconftest(
-        """
-        import lora_harness.renders as renders
-
-        real_render = renders.Renderer.render
-
-        def collapsing(self, adapter_name, *args, **kwargs):
-            result = real_render(self, adapter_name, *args, **kwargs)
-            if adapter_name == "adapter_0":
-                result.images[:] = result.images[0]
-            return result
-
-        def pytest_configure(config):
-            renders.Renderer.render = collapsing
-
-        def pytest_unconfigure(config):
-            renders.Renderer.render = real_render
-        """
-    )
+    pytester.makeconftest(injected("images[:] = images[0]"))
     adapters = ("--adapter", write_lora("kohya", "collapse.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
     result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "mode_collapse")
     result.assert_outcomes(passed=1, failed=1)
     message = _results(pytester)[("collapse.safetensors", "mode_collapse")]["message"]
     assert "diversity across seeds is 0% of the base's (floor 50%)" in message
-
-
-RED_STYLE = """
-import numpy as np
-import lora_harness.renders as renders
-
-real_render = renders.Renderer.render
-
-
-def red_style(self, adapter_name, *args, **kwargs):
-    result = real_render(self, adapter_name, *args, **kwargs)
-    if adapter_name == "adapter_0":
-        result.images[:] = (0.3 * result.images + 0.7 * np.array([220, 30, 30])).astype(np.uint8)
-    return result
-
-
-def pytest_configure(config):
-    renders.Renderer.render = red_style
-
-
-def pytest_unconfigure(config):
-    renders.Renderer.render = real_render
-"""
 
 
 def write_tinted_corpora(folder, count: int) -> None:
@@ -207,9 +220,8 @@ def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester,
     (tmp_path / "heldout.txt").write_text("a red sun at noon\na bowl of fruit on a table\n")
     (tmp_path / "captions.txt").write_text("red sun, blue hills\n")
     adapter = write_lora("kohya", "good.safetensors")
-    # the self-test CLIP's score means nothing: a wide margin keeps this test about the leak alone
-    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt", "--clip-margin", "100")
-    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(passed=1)
+    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
+    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(skipped=1)  # self-test CLIP
     record = _results(pytester)[("good.safetensors", "clip_heldout")]
     assert record["details"]["leaked_prompts"] == ["a red sun at noon"]
     assert {r["prompt"] for r in record["details"]["per_render"]} == {"a bowl of fruit on a table"}
@@ -230,49 +242,9 @@ def test_bad_image_folders_are_usage_errors(pytester, files, message):
     result.stderr.fnmatch_lines([message])
 
 
-COLOUR_CLIP = """
-import numpy as np
-import torch
-import lora_harness.renders as renders
-from lora_harness.session import HarnessSession
-
-
-class ColourClip:
-    '''Embeds an image as its mean colour and every prompt as "colourful grey": the direction is certain.'''
-
-    label, self_test = "injected colour features", False
-
-    def image_features(self, images):
-        mean = torch.from_numpy(np.asarray(images, dtype=np.float64).mean(axis=(1, 2)))
-        return torch.nn.functional.normalize(torch.cat([mean, torch.full((len(mean), 1), 1.0)], 1), dim=-1)
-
-    def text_features(self, prompts):
-        return torch.nn.functional.normalize(torch.tensor([[1.0, 1.0, 1.0, 0.0]] * len(prompts)), dim=-1)
-
-
-real_render, real_clip = renders.Renderer.render, HarnessSession.clip
-
-
-def red(self, adapter_name, *args, **kwargs):
-    result = real_render(self, adapter_name, *args, **kwargs)
-    if adapter_name == "adapter_0":
-        result.images[:] = (0.2 * result.images + 0.8 * np.array([230, 20, 20])).astype(np.uint8)
-    return result
-
-
-def pytest_configure(config):
-    renders.Renderer.render = red
-    HarnessSession.clip = property(lambda self: (ColourClip(), ""))
-
-
-def pytest_unconfigure(config):
-    renders.Renderer.render, HarnessSession.clip = real_render, real_clip
-"""
-
-
 def test_an_adapter_that_wrecks_prompt_following_fails_clip_heldout(pytester, write_lora):
     """Its renders turn red whatever the prompt asks; injected features make "the prompt asks for grey" certain."""
-    pytester.makeconftest(COLOUR_CLIP)
+    pytester.makeconftest(injected("images[:] = (0.2 * images + 0.8 * np.array([230, 20, 20])).astype(np.uint8)"))
     adapters = ("--adapter", write_lora("kohya", "red.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
     result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "clip_heldout")
     result.assert_outcomes(passed=1, failed=1)
@@ -307,8 +279,8 @@ def test_renders_that_copy_a_training_image_fail_mode_collapse(pytester, write_l
             session.HarnessSession.heldout_renders = real
         """
     )
-    pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "clip_heldout", "--clip-margin", "100")  # saves them
-    pytester.makeconftest("")
+    pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "clip_heldout")  # saves them
+    pytester.makeconftest(injected())
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "mode_collapse", "--train-images", train)
     result.assert_outcomes(failed=1)
     record = _results(pytester)[("copycat.safetensors", "mode_collapse")]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.expectations import CHECKS, NEEDS_CORPUS, PASSING
+from tests.expectations import CHECKS, PASSING, SKIPPING
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
@@ -49,7 +49,7 @@ def decode(uri: str) -> Image.Image:
 def test_a_passing_run_writes_every_report(pytester, write_lora):
     adapter = write_lora("kohya", "good.safetensors")
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--junitxml", "junit.xml", "--html", "ph.html", "--self-contained-html")
-    result.assert_outcomes(passed=PASSING, skipped=len(NEEDS_CORPUS))
+    result.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
     folder = pytester.path / "lora-report"
     page = parse_report(folder)
     assert page.scripts == 0
@@ -144,7 +144,7 @@ def test_release_metadata_catches_contradictions_and_missing_fields(pytester, wr
 
 def test_compare_to_fails_a_regression_and_shows_the_delta(pytester, write_lora, tmp_path):
     adapter = write_lora("kohya", "good.safetensors")
-    pytester.runpytest_inprocess("--adapter", adapter, *FAST).assert_outcomes(passed=PASSING, skipped=len(NEEDS_CORPUS))
+    pytester.runpytest_inprocess("--adapter", adapter, *FAST).assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
     previous = json.loads((pytester.path / "lora-report" / "results.json").read_text())
     for record in previous["results"]:
         if record["check"] == "pixel_diff":
@@ -152,14 +152,14 @@ def test_compare_to_fails_a_regression_and_shows_the_delta(pytester, write_lora,
             record["value"] = now * 2  # the last release changed images twice as much
     (tmp_path / "previous.json").write_text(json.dumps(previous))
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json")
-    result.assert_outcomes(passed=PASSING - 1, failed=1, skipped=len(NEEDS_CORPUS))
+    result.assert_outcomes(passed=PASSING - 1, failed=1, skipped=len(SKIPPING))
     records = {r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
     assert "pixel_diff dropped from" in records["pixel_diff"]["message"] and "tolerance 25%" in records["pixel_diff"]["message"]
     assert records["pixel_diff"]["details"]["previous_value"] == pytest.approx(now * 2)
     assert records["wiring"]["details"]["delta"] == 0
     assert "previous" in (pytester.path / "lora-report" / "report.html").read_text()
     loose = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json", "--compare-tolerance", "pixel_diff=0.6")
-    loose.assert_outcomes(passed=PASSING, skipped=len(NEEDS_CORPUS))
+    loose.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
 
 
 @pytest.mark.parametrize(
