@@ -21,6 +21,7 @@ from .families import is_denoiser
 from .flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from .flux_layouts import FluxModule, convert, flux_layout, flux_modules
 from .lycoris import KOHYA_COMPONENTS, LOKR, lokr_options, lycoris_kind, module_names, rank_and_alpha, split_file
+from .unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
 TUNER_PARAMETERS = ("lora_", "hada_", "lokr_")  # how peft's LoRA (DoRA), LoHa and LoKr layers name their parameters
@@ -88,14 +89,6 @@ class NormalizedAdapter:
         return [key for key in self.tensors if not key.endswith(".alpha")]
 
 
-# Adapter kinds peft cannot build as the file has them: applying part of one would validate something else.
-UNSUPPORTED_KINDS = {
-    "lokr_t2": "LyCORIS LoKr with Tucker decomposition",
-    "hada_t1": "LyCORIS LoHa with Tucker decomposition",
-    "lora_mid": "LyCORIS LoCon with Tucker decomposition",
-}
-
-
 # Files named after a transformer's original (non-diffusers) modules that diffusers has no conversion for.
 UNCONVERTED_LAYOUTS = {
     "lora_unet_joint_blocks_": "an SD3 LoRA in Kohya's layout",
@@ -108,13 +101,13 @@ def detect_format(adapter: AdapterFile) -> str:
     keys = list(adapter.tensors)
     if not keys:
         raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
-    for marker, kind in UNSUPPORTED_KINDS.items():
-        example = next((k for k in keys if marker in k), None)
-        if example is not None:
-            raise AdapterLoadError(
-                f"{adapter.weights_path}: a {kind} adapter (keys like `{example}`); lora-harness does not apply "
-                f"{kind} adapters yet and will not check a partial load; check a plain LoRA export of it instead"
-            )
+    unapplied = unapplied_kind(adapter.tensors, adapter.adapter_config)
+    if unapplied is not None:
+        kind, example = unapplied
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a {kind.name} (`{example}`), a valid file of a kind lora-harness does not apply "
+            f"yet (it is applied by {kind.applied_by}); nothing of it is applied, as a partial load would validate something else"
+        )
     bad_alpha = next((k for k, t in adapter.tensors.items() if k.endswith(".alpha") and t.numel() != 1), None)
     if bad_alpha is not None:
         raise AdapterLoadError(
@@ -127,11 +120,12 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, but a "
             "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude 1-D, and none is empty; the file is damaged, export it again"
         )
-    not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point()), None)
+    # sd-scripts' DyLoRA stores an alpha left unset as its rank, an integer: a number all the same.
+    not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point() and not _integer_alpha(k, t)), None)
     if not_float is not None:
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
-            "and alphas are floating point; the file was written wrongly, export it again"
+            "are floating point; the file was written wrongly, export it again"
         )
     flux = flux_layout(keys)
     if flux is not None:
@@ -270,6 +264,10 @@ def _kohya_component(kohya: str) -> str:
 def layer_modules(component) -> dict[str, torch.nn.Module]:
     """The layers an adapter can target, by their names before any adapter wrapped them."""
     return {unwrapped_name(n): m for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)}
+
+
+def _integer_alpha(key: str, tensor: torch.Tensor) -> bool:
+    return key.endswith(".alpha") and tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:

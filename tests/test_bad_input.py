@@ -98,9 +98,9 @@ def build_bad_adapters(root, write_lora, marker):
     cases["zero-b.safetensors"] = (write_lora("peft-file", "zero-b.safetensors", zero_b=True), "every up matrix (lora_B / lora_up) is all zero")
     # LoKr and LoHa are applied (tests/test_adapter_kinds.py); their Tucker forms have no peft layer to land in.
     lokr = _rename_keys(write_lora("kohya", "lokr-tucker.safetensors"), "lora_down", "lokr_t2")
-    cases["lokr-tucker.safetensors"] = (lokr, "a LyCORIS LoKr with Tucker decomposition adapter")
+    cases["lokr-tucker.safetensors"] = (lokr, "a LyCORIS LoKr with Tucker decomposition (`")
     loha = _rename_keys(write_lora("kohya", "loha-tucker.safetensors"), "lora_down", "hada_t1")
-    cases["loha-tucker.safetensors"] = (loha, "a LyCORIS LoHa with Tucker decomposition adapter")
+    cases["loha-tucker.safetensors"] = (loha, "a LyCORIS LoHa with Tucker decomposition (`")
     dora = _rename_keys(write_lora("kohya", "dora.safetensors"), ".alpha", ".dora_scale")
     cases["dora.safetensors"] = (dora, "dora_scale has shape [], but a LoRA matrix is 2-D")
     return cases

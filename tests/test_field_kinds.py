@@ -1,0 +1,87 @@
+"""Valid files of kinds the harness does not apply, written by the libraries that make them (LyCORIS, peft), named
+for what they are and what applies them, never called damaged; and DyLoRA, which is LoRA-shaped, applied."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.test_families import FAST, MECHANICAL
+from tests.test_plugin import results
+from tests.test_quality import _results as records
+
+DAMAGED = ("damaged", "export it again", "written wrongly")
+
+
+@pytest.fixture(scope="module")
+def unapplied_files(tmp_path_factory):
+    """file name -> (path, the kind its message must name)."""
+    from lycoris import LycorisNetwork, create_lycoris
+    from peft import LoHaConfig, LoraConfig, get_peft_model
+
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("unapplied")
+    pipeline = build_tiny_pipeline()
+    files = {  # LyCORIS's Kohya network, as `--network_module lycoris.kohya --network_args algo=…` saves each algo
+        f"{algo}.safetensors": (write_lycoris(pipeline, folder / f"{algo}.safetensors", algo), kind)
+        for algo, kind in (
+            ("ia3", "a LyCORIS (IA)³ adapter"),
+            ("glora", "a LyCORIS GLoRA adapter"),
+            ("diag-oft", "a LyCORIS Diag-OFT adapter"),
+            ("boft", "a LyCORIS BOFT adapter"),
+            ("full", "a LyCORIS full fine-tune (whole weight differences)"),
+        )
+    }
+    # LyCORIS's own wrapper (what SimpleTuner runs) names modules with its `lycoris_` prefix.
+    LycorisNetwork.apply_preset({"target_module": ["Attention"]})
+    network = create_lycoris(build_tiny_pipeline().unet, 1.0, linear_dim=4, linear_alpha=2, algo="lora")
+    network.apply_to()
+    network.save_weights(str(folder / "own-prefix.safetensors"), torch.float32, {})
+    files["own-prefix.safetensors"] = (folder / "own-prefix.safetensors", "saved with LyCORIS's own `lycoris_` prefix")
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    for name, config, kind in (
+        ("peft-lora-bias", LoraConfig(r=4, lora_alpha=4, target_modules=targets, lora_bias=True), "`lora_bias=True`"),
+        ("peft-modules-to-save", LoraConfig(r=4, lora_alpha=4, target_modules=targets, modules_to_save=["conv_out"]),
+         "`modules_to_save` (whole modules replaced)"),
+        ("peft-loha", LoHaConfig(r=4, alpha=4, target_modules=targets), "a PEFT adapter of a kind other than LoRA"),
+    ):
+        get_peft_model(build_tiny_pipeline().unet, config).save_pretrained(folder / name)
+        files[name] = (folder / name, kind)
+    return files
+
+
+def test_valid_files_of_unapplied_kinds_are_named_never_called_damaged(pytester, unapplied_files, write_lora):
+    adapters = [a for path, _ in unapplied_files.values() for a in ("--adapter", path)]
+    good = write_lora("kohya", "good.safetensors")
+    result = pytester.runpytest_inprocess("--adapter", good, *adapters, *FAST, "-k", "wiring")
+    result.assert_outcomes(passed=1, failed=len(unapplied_files))
+    found = records(pytester)
+    for name, (_, kind) in unapplied_files.items():
+        message = found[(name, "wiring")]["message"]
+        assert kind in message and "a valid file of a kind lora-harness does not apply yet" in message, message
+        assert "it is applied by" in message and not any(word in message for word in DAMAGED), message
+
+
+def test_a_dylora_file_with_an_integer_alpha_is_applied_at_its_scale(pytester, tiny_unet, tmp_path):
+    """kohya sd-scripts' `networks/dylora.py` saves `torch.tensor(alpha)` with alpha = the rank when none was given:
+    an int64 alpha beside LoRA-shaped `lora_down` / `lora_up`. LyCORIS's own DyLoRA saves a float alpha."""
+    from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
+
+    kohya = write_adapter("kohya", make_lora(tiny_unet, rank=4, seed=1), tmp_path / "kohya.safetensors", 4, 2)
+    tensors = load_file(kohya)
+    dylora = {k: (torch.tensor(4) if k.endswith(".alpha") else v) for k, v in tensors.items()}
+    save_file(dylora, tmp_path / "dylora.safetensors", metadata={"ss_network_module": "networks.dylora"})
+    pytester.runpytest_inprocess("--adapter", tmp_path / "dylora.safetensors", *FAST, *MECHANICAL).assert_outcomes(passed=5)
+    (adapter,) = results(pytester)["adapters"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == 64 and adapter["scale"] == 1.0  # alpha 4 / rank 4
+
+
+def test_a_lycoris_dylora_file_is_applied(pytester, tmp_path):
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    dylora = write_lycoris(build_tiny_pipeline(), tmp_path / "dylora.safetensors", "dylora", rank=4, alpha=2)
+    pytester.runpytest_inprocess("--adapter", dylora, *FAST, *MECHANICAL).assert_outcomes(passed=5)
+    (adapter,) = results(pytester)["adapters"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == 2 * (32 + 8) and adapter["scale"] == 0.5
