@@ -33,7 +33,9 @@ def main(renderer: str, adapter: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS
     render(*arguments)
     peak = resident_mib("VmHWM")
-    print(json.dumps({"loaded_mib": round(loaded, 1), "peak_mib": round(peak, 1), "growth_mib": round(peak - loaded, 1)}))
+    print(
+        json.dumps({"loaded_mib": round(loaded, 1), "peak_mib": round(peak, 1), "growth_mib": round(peak - loaded, 1)})
+    )
 
 
 if __name__ == "__main__":

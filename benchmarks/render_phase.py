@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from lora_harness.base import load_base
 from lora_harness.config import AdapterSpec, HarnessConfig, resolve_base
 from lora_harness.options import ParamBudget
@@ -24,9 +25,18 @@ SIZE = None if BASE == "tiny" else 256  # the tiny base renders at its native 64
 def harness_config(report_dir: Path, adapter: Path | None = None) -> HarnessConfig:
     return HarnessConfig(
         adapters=(AdapterSpec(adapter.name, adapter, slot="adapter_0"),) if adapter else (),
-        base_model=BASE, base_path=resolve_base(BASE), render_size=SIZE, render_steps=STEPS, render_seeds=SEEDS,
-        render_batch_size=16, prompts=PROMPTS, reference_steps=0, report_dir=report_dir, device="cpu",
-        param_budget=ParamBudget(percent=2.0), diff_floor=0.5,
+        base_model=BASE,
+        base_path=resolve_base(BASE),
+        render_size=SIZE,
+        render_steps=STEPS,
+        render_seeds=SEEDS,
+        render_batch_size=16,
+        prompts=PROMPTS,
+        reference_steps=0,
+        report_dir=report_dir,
+        device="cpu",
+        param_budget=ParamBudget(percent=2.0),
+        diff_floor=0.5,
     )
 
 
@@ -51,9 +61,14 @@ def plain_renders(pipeline) -> None:
 
     def render(scale: float):
         return pipeline(
-            prompt=[p for p, _ in jobs], generator=[torch.Generator().manual_seed(s) for _, s in jobs],
-            height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE_SCALE,
-            cross_attention_kwargs={"scale": scale}, output_type="np",
+            prompt=[p for p, _ in jobs],
+            generator=[torch.Generator().manual_seed(s) for _, s in jobs],
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE_SCALE,
+            cross_attention_kwargs={"scale": scale},
+            output_type="np",
         ).images
 
     pipeline.disable_lora()

@@ -17,10 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from lora_harness.adapter_file import read_adapter
-from lora_harness.base import load_base
-from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
-from lora_harness.injection import apply_adapter
 from render_phase import (
     BASE,
     ROUNDS,
@@ -30,6 +26,11 @@ from render_phase import (
     plain_renders,
     plain_setup,
 )
+
+from lora_harness.adapter_file import read_adapter
+from lora_harness.base import load_base
+from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
+from lora_harness.injection import apply_adapter
 
 
 @pytest.fixture(scope="module")
@@ -104,22 +105,37 @@ def run_harness(folder: Path, *arguments: str) -> dict:
 
 def test_main_job(benchmark, tmp_path):
     """`pytest --adapter reference` end to end, render cache off (the first run on a machine)."""
-    benchmark.pedantic(run_harness, args=(tmp_path, "--adapter", "reference", "--no-render-cache"), rounds=1, iterations=1)
+    benchmark.pedantic(
+        run_harness, args=(tmp_path, "--adapter", "reference", "--no-render-cache"), rounds=1, iterations=1
+    )
 
 
 def test_second_adapter_cost(benchmark, kohya_adapter, tmp_path):
     """Two adapters in one run: the second shares the base renders; its share of wall time and U-Net calls.
     Without the reference overfit, whose training and controls would fall to the first adapter."""
-    other = write_adapter("peft", make_lora(load_base(harness_config(tmp_path)).pipeline.unet, seed=2), tmp_path / "peft", 4, 4)
-    arguments = ("--adapter", str(kohya_adapter), "--adapter", str(other), "--reference-steps", "0", "--no-render-cache")
+    other = write_adapter(
+        "peft", make_lora(load_base(harness_config(tmp_path)).pipeline.unet, seed=2), tmp_path / "peft", 4, 4
+    )
+    arguments = (
+        "--adapter",
+        str(kohya_adapter),
+        "--adapter",
+        str(other),
+        "--reference-steps",
+        "0",
+        "--no-render-cache",
+    )
     document = benchmark.pedantic(run_harness, args=(tmp_path, *arguments), rounds=1, iterations=1)
     first, second = (adapter["cost"] for adapter in document["adapters"])
     benchmark.extra_info.update(
-        first=first, second=second,
+        first=first,
+        second=second,
         wall_ratio=round(second["wall_s"] / first["wall_s"], 3),
         unet_ratio=round(second["unet_forward_passes"] / first["unet_forward_passes"], 3),
     )
-    print(f"\nsecond adapter / first: wall {benchmark.extra_info['wall_ratio']}, U-Net calls {benchmark.extra_info['unet_ratio']}")
+    print(
+        f"\nsecond adapter / first: wall {benchmark.extra_info['wall_ratio']}, U-Net calls {benchmark.extra_info['unet_ratio']}"
+    )
 
 
 def test_warm_render_cache(benchmark, kohya_adapter, tmp_path):
@@ -140,12 +156,15 @@ def test_peak_memory(benchmark, kohya_adapter):
         peaks = {}
         for renderer in ("plain", "harness"):
             command = [sys.executable, str(PEAK_MEMORY_SCRIPT), renderer, str(kohya_adapter)]
-            peaks[renderer] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            peaks[renderer] = json.loads(
+                subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+            )
         return peaks
 
     peaks = benchmark.pedantic(measure, rounds=1, iterations=1)
     ratio = peaks["harness"]["peak_mib"] / peaks["plain"]["peak_mib"]
     growth = peaks["harness"]["growth_mib"] / max(peaks["plain"]["growth_mib"], 1)
     benchmark.extra_info.update(peaks=peaks, peak_ratio=round(ratio, 3), growth_ratio=round(growth, 3))
-    print(f"\npeak memory while rendering, harness / plain: {ratio:.3f}; growth over the loaded state: {growth:.3f} ({peaks})")
-
+    print(
+        f"\npeak memory while rendering, harness / plain: {ratio:.3f}; growth over the loaded state: {growth:.3f} ({peaks})"
+    )

@@ -12,6 +12,8 @@ def test_clip_heldout(adapter, harness, record_check):
             return harness.heldout_renders(None, prompts), harness.heldout_renders(adapter, prompts)
 
         captions = harness.training_captions(adapter)
-        return evaluate_clip_heldout(adapter.name, clip, list(harness.config.heldout_prompts), captions, renders, harness.config.clip_margin)
+        return evaluate_clip_heldout(
+            adapter.name, clip, list(harness.config.heldout_prompts), captions, renders, harness.config.clip_margin
+        )
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

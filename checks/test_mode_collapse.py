@@ -10,8 +10,14 @@ def test_mode_collapse(adapter, harness, record_check):
         config = harness.config
         heldout = harness.heldout_renders(adapter, list(config.heldout_prompts)) if config.train_images else None
         return evaluate_mode_collapse(
-            adapter.name, clip, harness.renders(None), harness.renders(adapter),
-            config.diversity_floor, harness.train_images, config.copy_similarity, heldout,
+            adapter.name,
+            clip,
+            harness.renders(None),
+            harness.renders(adapter),
+            config.diversity_floor,
+            harness.train_images,
+            config.copy_similarity,
+            heldout,
         )
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))

@@ -3,6 +3,8 @@ from lora_harness.budget import CHECK, evaluate_param_budget
 
 def test_param_budget(adapter, harness, record_check):
     def evaluate():
-        return evaluate_param_budget(adapter.name, adapter.application, harness.config.param_budget, harness.base.unet_params)
+        return evaluate_param_budget(
+            adapter.name, adapter.application, harness.config.param_budget, harness.base.unet_params
+        )
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))

@@ -5,9 +5,17 @@ def test_weight_health(adapter, harness, record_check):
     def evaluate():
         application = adapter.application
         architecture = application.architecture
-        modules = [module_health(name, down, up, scale, architecture) for name, (down, up, scale) in application.factors.items()]
-        modules += [lycoris_health(name, roles, scale, architecture) for name, (roles, scale) in application.lycoris_factors.items()]
+        modules = [
+            module_health(name, down, up, scale, architecture)
+            for name, (down, up, scale) in application.factors.items()
+        ]
+        modules += [
+            lycoris_health(name, roles, scale, architecture)
+            for name, (roles, scale) in application.lycoris_factors.items()
+        ]
         config = harness.config
-        return evaluate_weight_health(adapter.name, modules, config.dead_share, config.norm_outlier_k, config.min_effective_rank_ratio)
+        return evaluate_weight_health(
+            adapter.name, modules, config.dead_share, config.norm_outlier_k, config.min_effective_rank_ratio
+        )
 
     record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))

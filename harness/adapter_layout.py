@@ -75,7 +75,9 @@ class NormalizedAdapter:
     tensors: dict[str, torch.Tensor]  # the file's tensors, by file key
     lora_configs: dict[str, dict] = field(default_factory=dict)  # per component, LoraConfig kwargs the file carries
     network_alphas: dict[str, float] | None = None  # Kohya alphas, keyed as diffusers' conversion keys them
-    untraced: list[str] = field(default_factory=list)  # file keys that are neither LoRA weights that landed in a state dict nor alphas
+    untraced: list[str] = field(
+        default_factory=list
+    )  # file keys that are neither LoRA weights that landed in a state dict nor alphas
     # LyCORIS only: per "component.module", the (r, alpha) peft must build it with, and the kind's file-wide options
     lycoris_modules: dict[str, tuple[int, float]] = field(default_factory=dict)
     lycoris_options: dict = field(default_factory=dict)
@@ -114,14 +116,18 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: alpha {bad_alpha} has shape {list(adapter.tensors[bad_alpha].shape)}, "
             "but an alpha is one number; the file is damaged, export it again"
         )
-    bad_matrix = next((k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and not _plausible_shape(k, t)), None)
+    bad_matrix = next(
+        (k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and not _plausible_shape(k, t)), None
+    )
     if bad_matrix is not None:
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, but a "
             "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude 1-D, and none is empty; the file is damaged, export it again"
         )
     # sd-scripts' DyLoRA stores an alpha left unset as its rank, an integer: a number all the same.
-    not_float = next((k for k, t in adapter.tensors.items() if not t.is_floating_point() and not _integer_alpha(k, t)), None)
+    not_float = next(
+        (k for k, t in adapter.tensors.items() if not t.is_floating_point() and not _integer_alpha(k, t)), None
+    )
     if not_float is not None:
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
@@ -286,14 +292,25 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha
     network_alphas = None
     if layout == KOHYA:
-        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+        from diffusers.loaders.lora_conversion_utils import (
+            _convert_non_diffusers_lora_to_diffusers,
+            _maybe_map_sgm_blocks_to_diffusers,
+        )
 
         for key, value in tensors.items():
             if key.endswith(".alpha"):
                 alphas_in_file[key.removesuffix(".alpha") + ".lora_down.weight"] = float(value)
+        _refuse_mixed_block_names(adapter)
         try:
-            prefixed, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
-        except (KeyError, ValueError) as error:
+            converted = dict(tensors)
+            unet = getattr(pipeline, "unet", None)
+            if unet is not None:
+                # sd-scripts trains SDXL on its own U-Net, named after SGM's blocks (`lora_unet_input_blocks_4_1_…`),
+                # which only the base's layout maps to diffusers' (layers per block): the SD and SDXL pipelines'
+                # `lora_state_dict(…, unet_config=unet.config)` runs this first; it renames, keeping the tensors.
+                converted = _maybe_map_sgm_blocks_to_diffusers(converted, unet.config)
+            prefixed, network_alphas = _convert_non_diffusers_lora_to_diffusers(converted)
+        except (KeyError, ValueError, IndexError) as error:
             raise AdapterLoadError(
                 f"{adapter.weights_path}: Kohya keys that diffusers cannot map ({error}); "
                 "the file was probably renamed by hand: convert it again with the trainer's own tools"
@@ -308,7 +325,9 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         prefixed = {f"{component}.{k}": v for k, v in tensors.items()}
         lora_configs = _metadata_configs(adapter, default_component=component)
     elif layout == ATTN_PROCS:
-        prefixed = {k if k.startswith(tuple(f"{c}." for c in COMPONENTS)) else f"unet.{k}": v for k, v in tensors.items()}
+        prefixed = {
+            k if k.startswith(tuple(f"{c}." for c in COMPONENTS)) else f"unet.{k}": v for k, v in tensors.items()
+        }
     else:
         prefixed = tensors
         lora_configs = _metadata_configs(adapter, default_component=None)
@@ -343,7 +362,9 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         if layout == KOHYA:
             alpha = alphas_in_file.get(key, float(rank))  # Kohya: no alpha means alpha = rank
         elif config is not None:
-            alpha = float(_pattern_value(config.get("alpha_pattern") or {}, target.module, config.get("lora_alpha", rank)))
+            alpha = float(
+                _pattern_value(config.get("alpha_pattern") or {}, target.module, config.get("lora_alpha", rank))
+            )
         else:
             alpha = float(rank)  # diffusers and peft convention without metadata: scale 1
         alphas[name] = alpha
@@ -365,6 +386,22 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         alphas=alphas,
         tensors=tensors,
     )
+
+
+SGM_BLOCKS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+DIFFUSERS_BLOCKS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
+
+
+def _refuse_mixed_block_names(adapter: AdapterFile) -> None:
+    """diffusers' SGM mapping drops every SGM-named key, without a word, from a file that also has diffusers' names."""
+    sgm = next((k for k in adapter.tensors if k.startswith(SGM_BLOCKS)), None)
+    named = next((k for k in adapter.tensors if k.startswith(DIFFUSERS_BLOCKS)), None)
+    if sgm and named:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: U-Net keys named after SGM's blocks (`{sgm}`) and after diffusers' (`{named}`) "
+            "in one file; diffusers' conversion drops the SGM-named ones, and lora-harness will not check a partial load: "
+            "export the adapter again with the trainer's own tools, in one naming"
+        )
 
 
 def _has_role(peft_key: str, role: str) -> bool:
@@ -395,7 +432,9 @@ def _flatten_kohya_magnitudes(adapter: AdapterFile, state_dicts: dict, file_key_
 def _component_of(keys) -> str:
     """The model a file without component prefixes was saved from, told by its module names."""
     keys = list(keys)
-    if any(".text_model." in k or k.startswith(("text_model.", "encoder.layers.")) or ".encoder.layers." in k for k in keys):
+    if any(
+        ".text_model." in k or k.startswith(("text_model.", "encoder.layers.")) or ".encoder.layers." in k for k in keys
+    ):
         return "text_encoder"
     if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
         return "transformer"
@@ -441,6 +480,11 @@ def _metadata_configs(adapter: AdapterFile, default_component: str | None) -> di
         raise AdapterLoadError(
             f"{adapter.weights_path}: its `{LORA_METADATA_KEY}` metadata is not valid JSON; save the adapter again"
         ) from None
+    if not isinstance(metadata, dict):
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: its `{LORA_METADATA_KEY}` metadata is a JSON {type(metadata).__name__}, not an "
+            "object of LoraConfig fields; save the adapter again"
+        )
     prefixed = any(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in metadata)
     if not prefixed:
         return {default_component or "unet": _lora_config_kwargs(metadata)}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
-from .config import TINY, TINY_FLUX, TINY_SD3, TINY_SDXL, HarnessConfig
+from .config import TINY, TINY_FLUX, TINY_SD3, TINY_SDXL, ConfigError, HarnessConfig
 from .families import Signature, denoiser_of, pipeline_signature
 
 EMBEDDED_FAMILIES = {
-    TINY: "tiny (SD1.x-shaped)", TINY_SDXL: "tiny (SDXL-shaped)", TINY_FLUX: "tiny (Flux-shaped)", TINY_SD3: "tiny (SD3-shaped)"
+    TINY: "tiny (SD1.x-shaped)",
+    TINY_SDXL: "tiny (SDXL-shaped)",
+    TINY_FLUX: "tiny (Flux-shaped)",
+    TINY_SD3: "tiny (SD3-shaped)",
 }
 
 
@@ -22,12 +27,56 @@ class BaseModel:
     unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
     native_size: int
     guidance_scale: float  # the pipeline's own default, used for every render
+    dtype: str  # what the denoiser computes in, as loaded
 
     def summary(self, fingerprint: str) -> dict:
         return {
-            "model": self.model, "family": self.family, "fingerprint": fingerprint, "unet_params": self.unet_params,
+            "model": self.model,
+            "family": self.family,
+            "fingerprint": fingerprint,
+            "unet_params": self.unet_params,
             "guidance_scale": self.guidance_scale,
+            "dtype": self.dtype,
         }
+
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def resolve_dtype(choice: str, device: str, base_model: str, base_path: Path | None) -> tuple[str, str]:
+    """(the dtype the base and every adapter's layers compute in, why): `auto` is the folder's own dtype on CUDA,
+    float32 elsewhere (CPU kernels in float16 and bfloat16 are slow, and a base stored in them upcasts exactly)."""
+    stored = "float32" if base_path is None else stored_dtype(base_model, base_path)  # embedded bases: built in fp32
+    if choice != "auto":
+        return choice, f"--dtype {choice}; the base is stored in {stored}"
+    if device.startswith("cuda"):
+        return stored, f"--dtype auto on {device}: the base's stored dtype"
+    return "float32", f"--dtype auto on {device}: float32; the base is stored in {stored}"
+
+
+def stored_dtype(base_model: str, folder: Path) -> str:
+    """The dtype most of the denoiser's stored tensors hold, read from the safetensors headers (no weights read)."""
+    from safetensors import safe_open
+
+    index = json.loads((folder / "model_index.json").read_text())
+    component = "unet" if "unet" in index else "transformer"
+    files = sorted((folder / component).glob("*.safetensors"), key=lambda path: (path.name.count(".") > 1, path.name))
+    if not files:
+        raise ConfigError(
+            f"--base-model {base_model}: {folder / component} holds no .safetensors weights; lora-harness reads "
+            "safetensors only: save the pipeline with `save_pretrained(..., safe_serialization=True)`"
+        )
+    counted = Counter()
+    with safe_open(files[0], framework="pt") as weights:  # without a variant (`.fp16.`) first, as from_pretrained reads
+        for key in weights.keys():
+            counted[weights.get_slice(key).get_dtype()] += 1
+    stored = next((SAFETENSORS_DTYPES[d] for d, _ in counted.most_common() if d in SAFETENSORS_DTYPES), None)
+    if stored is None:
+        raise ConfigError(
+            f"--base-model {base_model}: {files[0]} holds no floating-point weights ({dict(counted)}); "
+            "save the pipeline again"
+        )
+    return stored
 
 
 def load_base(config: HarnessConfig) -> BaseModel:
@@ -35,6 +84,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
 
     from .renders import default_guidance
 
+    dtype = getattr(torch, config.dtype)
     if config.base_path is None:
         from . import tiny_base
 
@@ -44,9 +94,13 @@ def load_base(config: HarnessConfig) -> BaseModel:
             TINY_FLUX: tiny_base.build_tiny_flux_pipeline,
             TINY_SD3: tiny_base.build_tiny_sd3_pipeline,
         }
-        pipeline = builders[config.base_model]()
+        pipeline = builders[config.base_model]()  # built in float32; diffusers warns on every cast, even to it
+        if dtype != torch.float32:
+            pipeline.to(dtype=dtype)
     else:
-        pipeline = _load_folder(config.base_path)
+        # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
+        # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.
+        pipeline = _load_folder(config.base_path, dtype)
     pipeline.to(config.device)
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):  # built from configs they start in training mode: T5's dropout
@@ -64,10 +118,11 @@ def load_base(config: HarnessConfig) -> BaseModel:
         unet_params=sum(p.numel() for p in denoiser.parameters()),
         native_size=latent_size * pipeline.vae_scale_factor,
         guidance_scale=default_guidance(pipeline),
+        dtype=str(denoiser.dtype).removeprefix("torch."),
     )
 
 
-def _load_folder(path):
+def _load_folder(path, dtype):
     from diffusers import DiffusionPipeline
 
     index = json.loads((path / "model_index.json").read_text())
@@ -75,4 +130,4 @@ def _load_folder(path):
     if "safety_checker" in index:
         # A validation run judges the adapter's pixels, not content; the checker would black out images.
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    return DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, **extra)
+    return DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype, **extra)

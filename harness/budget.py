@@ -18,7 +18,9 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
     breakdown = Counter()
     for name, layer in application.lora_layers.items():
         breakdown[block_of(name, application.architecture)] += sum(
-            p.numel() for n, p in layer.named_parameters() if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
+            p.numel()
+            for n, p in layer.named_parameters()
+            if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
         )
     count = application.lora_params
     percent = 100 * count / denoiser_params if denoiser_params else 0.0

@@ -15,7 +15,9 @@ DEFAULT_HELDOUT_PROMPTS = (
 )
 
 
-def evaluate_clip_heldout(adapter: str, clip, prompts: list[str], captions: list[str], renders, margin: float) -> CheckResult:
+def evaluate_clip_heldout(
+    adapter: str, clip, prompts: list[str], captions: list[str], renders, margin: float
+) -> CheckResult:
     """`renders(prompts)` -> (base RenderSet, adapted RenderSet) for the prompts kept."""
     leaks = leaked(prompts, captions)
     kept = [p for p in prompts if p not in leaks]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .options import ParamBudget
+from .shard import Shard
 
 REFERENCE = "reference"
 TINY = "tiny"
@@ -70,10 +71,18 @@ class HarnessConfig:
     diversity_floor: float = 0.5
     copy_similarity: float = 0.95
     require_metadata: bool = False
+    shard: Shard | None = None  # --shard K/N: this run checks its share of the adapters
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)
     render_cache: Path | None = None  # None: no render cache
     inception_weights: Path | None = None  # safetensors of torch-fidelity's Inception v3, for fid and kid
+    dtype: str = "float32"  # what the base and every adapter's layers compute in, as --dtype resolved it
+    dtype_choice: str = ""  # why: what --dtype said and what the base is stored in
+
+    @property
+    def checked_adapters(self) -> tuple[AdapterSpec, ...]:
+        """The adapters this run checks: every `--adapter`, or with --shard its share of them."""
+        return tuple(self.shard.select(self.adapters)) if self.shard else self.adapters
 
     @property
     def base_is_hub_id(self) -> bool:
@@ -107,6 +116,7 @@ class HarnessConfig:
         settings["param_budget"] = str(self.param_budget)
         settings["prompts"] = list(self.prompts)
         settings["determinism_tolerance"] = self.determinism_tolerance
+        settings["shard"] = str(self.shard) if self.shard else None
         return settings
 
 
@@ -144,7 +154,9 @@ def resolve_base(base_model: str) -> Path | None:
     looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
     if not path.is_dir():
         if not looks_like_hub_id:
-            raise ConfigError(f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or an embedded base ({EMBEDDED_NAMES})")
+            raise ConfigError(
+                f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or an embedded base ({EMBEDDED_NAMES})"
+            )
         path = _cached_snapshot(base_model)
     _check_pipeline(base_model, path)
     return path
@@ -173,7 +185,9 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     try:
         pipeline_class = json.loads(index_path.read_text()).get("_class_name")
     except (json.JSONDecodeError, AttributeError, OSError):
-        raise ConfigError(f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again") from None
+        raise ConfigError(
+            f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again"
+        ) from None
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise ConfigError(
             f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
@@ -213,6 +227,28 @@ def read_lines(option: str, value: str) -> tuple[str, ...]:
     return lines
 
 
+def writable_folder(option: str, value: str) -> Path:
+    """`value` resolved, created if missing, and shown writable by writing a file in it; a ConfigError naming what
+    stops it otherwise (a file in its place or above it, no permission, a read-only file system): found here, before
+    any model loads, not when the first results are written."""
+    import tempfile
+
+    folder = Path(value).expanduser().resolve()
+    blocker = next((p for p in (*reversed(folder.parents), folder) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{option} {value}: {blocker} is a file, not a folder; pass another folder or move the file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{option} {value}: cannot write there ({error.strerror}: {error.filename or folder}); "
+            "pass a folder you can write to"
+        ) from None
+    return folder
+
+
 def image_folder(option: str, value: str) -> Path:
     """A folder holding at least two images PIL can read; a ConfigError naming the option otherwise."""
     from PIL import Image, UnidentifiedImageError
@@ -222,7 +258,9 @@ def image_folder(option: str, value: str) -> Path:
         raise ConfigError(f"{option} {value}: no such folder; pass a folder of images")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
-        raise ConfigError(f"{option} {value}: {len(files)} images found ({', '.join(IMAGE_SUFFIXES)}); at least 2 are needed")
+        raise ConfigError(
+            f"{option} {value}: {len(files)} images found ({', '.join(IMAGE_SUFFIXES)}); at least 2 are needed"
+        )
     for file in files:
         try:
             with Image.open(file) as image:

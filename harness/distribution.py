@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from .clip_model import self_test_verdict
-from .quality import FID_MIN_SAMPLES, subsample_gap, cmmd, frechet_distance
+from .quality import FID_MIN_SAMPLES, cmmd, frechet_distance, subsample_gap
 from .results import SKIPPED, CheckResult, verdict
 
 KID_SUBSETS = 50
@@ -70,14 +70,18 @@ class _Features(torch.nn.Module):
         return self.features[indices.long().flatten()]
 
 
-def _torchmetrics_kid(generated: torch.Tensor, reference: torch.Tensor, subset: int | None = None) -> tuple[float, float]:
+def _torchmetrics_kid(
+    generated: torch.Tensor, reference: torch.Tensor, subset: int | None = None
+) -> tuple[float, float]:
     """KID mean and std over subsets of half the smaller side (default): subsets of everything would all agree."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     features = torch.cat([generated, reference]).double()
     subset = subset or max(2, min(len(generated), len(reference)) // 2)
     with warnings.catch_warnings():  # it keeps every feature in memory: a few dozen small vectors here
-        warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Metric `Kernel Inception Distance` will save all", category=UserWarning
+        )
         metric = KernelInceptionDistance(feature=_Features(features), subsets=KID_SUBSETS, subset_size=subset)
     metric.update(torch.arange(len(generated), len(features)), real=True)
     metric.update(torch.arange(len(generated)), real=False)

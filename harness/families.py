@@ -41,11 +41,29 @@ STAGES = {
     FLUX: {"transformer_blocks": "double", "single_transformer_blocks": "single"},
     SD3: {"transformer_blocks": "joint"},
 }
-MMDIT_KINDS = {"add_q_proj": "attn-text", "add_k_proj": "attn-text", "add_v_proj": "attn-text", "to_add_out": "attn-text",
-               "attn": "attn", "ff_context": "ff-text", "ff": "ff", "proj_mlp": "ff"}
-UNET_KINDS = {"attn1": "attn1", "attn2": "attn2", "ff": "ff", "proj_in": "proj", "proj_out": "proj", "conv1": "conv",
-              "conv2": "conv", "conv_shortcut": "conv", "time_emb_proj": "time-emb", "downsamplers": "resample",
-              "upsamplers": "resample"}
+MMDIT_KINDS = {
+    "add_q_proj": "attn-text",
+    "add_k_proj": "attn-text",
+    "add_v_proj": "attn-text",
+    "to_add_out": "attn-text",
+    "attn": "attn",
+    "ff_context": "ff-text",
+    "ff": "ff",
+    "proj_mlp": "ff",
+}
+UNET_KINDS = {
+    "attn1": "attn1",
+    "attn2": "attn2",
+    "ff": "ff",
+    "proj_in": "proj",
+    "proj_out": "proj",
+    "conv1": "conv",
+    "conv2": "conv",
+    "conv_shortcut": "conv",
+    "time_emb_proj": "time-emb",
+    "downsamplers": "resample",
+    "upsamplers": "resample",
+}
 KINDS = {UNET: UNET_KINDS, FLUX: MMDIT_KINDS, SD3: MMDIT_KINDS}
 DENOISERS = {UNET: "unet", FLUX: "transformer", SD3: "transformer"}  # the component holding each one's denoiser
 
@@ -82,7 +100,9 @@ def is_denoiser(component: str) -> bool:
 def transformer_architecture(width: int, module_names) -> str:
     """Flux or SD3, for adapter keys on a `transformer`: by the width when it is a known one, else by Flux's
     single-stream blocks, which SD3 lacks."""
-    known = [architecture for (architecture, known_width) in FAMILY_NAMES if known_width == width and architecture != UNET]
+    known = [
+        architecture for (architecture, known_width) in FAMILY_NAMES if known_width == width and architecture != UNET
+    ]
     if len(known) == 1:
         return known[0]
     return FLUX if any("single_transformer_blocks." in name for name in module_names) else SD3

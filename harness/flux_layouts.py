@@ -54,7 +54,12 @@ OUTSIDE_BLOCKS = {
 # Flux's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous reads (scale, shift).
 SWAPPED_HALVES = {"final_layer_adaLN_modulation_1"}
 # XLabs' LoRA processors, by the original module each one adds to (single blocks: only linear1's q, k, v rows).
-XLABS_DOUBLE = {"qkv_lora1": "img_attn_qkv", "qkv_lora2": "txt_attn_qkv", "proj_lora1": "img_attn_proj", "proj_lora2": "txt_attn_proj"}
+XLABS_DOUBLE = {
+    "qkv_lora1": "img_attn_qkv",
+    "qkv_lora2": "txt_attn_qkv",
+    "proj_lora1": "img_attn_proj",
+    "proj_lora2": "txt_attn_proj",
+}
 XLABS_SINGLE = {"qkv_lora": ("attn.to_q", "attn.to_k", "attn.to_v"), "proj_lora": ("proj_out",)}
 
 FACTOR_SUFFIXES = {
@@ -96,7 +101,11 @@ def flux_layout(keys) -> str | None:
         return XLABS_FLUX
     if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
         return KOHYA_FLUX
-    if any(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")) and k.endswith(".lora_down.weight") for k in keys):
+    if any(
+        k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))
+        and k.endswith(".lora_down.weight")
+        for k in keys
+    ):
         return COMFYUI_FLUX
     return None
 
@@ -143,7 +152,9 @@ def _meaning(module: str, layout: str, text_encoder_names: dict[str, str]):
     if match is not None:
         stream, index, original = match.groups()
         table = DOUBLE_BLOCK if stream == "double" else SINGLE_BLOCK
-        return _block_layers("transformer_blocks" if stream == "double" else "single_transformer_blocks", index, table.get(original))
+        return _block_layers(
+            "transformer_blocks" if stream == "double" else "single_transformer_blocks", index, table.get(original)
+        )
     layer = OUTSIDE_BLOCKS.get(name)
     return None if layer is None else ("transformer", (layer,), name in SWAPPED_HALVES)
 

@@ -25,7 +25,9 @@ def check_inception_weights(value: str) -> Path:
     """The --inception-weights file, checked before any model loads: a safetensors file and torch-fidelity present."""
     path = Path(value).expanduser()
     if path.suffix != ".safetensors":
-        raise ConfigError(f"--inception-weights {value}: only .safetensors is read (no pickle is ever unpickled); {CONVERT}")
+        raise ConfigError(
+            f"--inception-weights {value}: only .safetensors is read (no pickle is ever unpickled); {CONVERT}"
+        )
     if not path.is_file():
         raise ConfigError(f"--inception-weights {value}: no such file; {CONVERT}")
     try:
@@ -41,7 +43,9 @@ def check_inception_weights(value: str) -> Path:
         with safe_open(path, "pt") as weights:
             weights.keys()
     except (SafetensorError, OSError) as error:
-        raise ConfigError(f"--inception-weights {value}: not a readable safetensors file ({error}); {CONVERT}") from None
+        raise ConfigError(
+            f"--inception-weights {value}: not a readable safetensors file ({error}); {CONVERT}"
+        ) from None
     return path.resolve()
 
 
@@ -59,16 +63,22 @@ class InceptionFeatures:
             data = path.read_bytes()  # read once: the weights and their digest come from the same bytes
             weights = load(data)
         except (SafetensorError, OSError) as error:
-            raise ConfigError(f"--inception-weights {path}: not a readable safetensors file ({error}); {CONVERT}") from None
+            raise ConfigError(
+                f"--inception-weights {path}: not a readable safetensors file ({error}); {CONVERT}"
+            ) from None
         # torch-fidelity reads weights only through torch.load: it gets bytes just written from those tensors,
         # so no file from outside is ever unpickled.
         buffer = io.BytesIO()
         torch.save(weights, buffer)
         buffer.seek(0)
         try:
-            self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[FEATURES], feature_extractor_weights_path=buffer)
+            self.model = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=[FEATURES], feature_extractor_weights_path=buffer
+            )
         except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
-            raise ConfigError(f"--inception-weights {path}: not torch-fidelity's Inception v3 weights ({error}); {CONVERT}") from None
+            raise ConfigError(
+                f"--inception-weights {path}: not torch-fidelity's Inception v3 weights ({error}); {CONVERT}"
+            ) from None
         digest = hashlib.sha256(data).hexdigest()[:12]
         self.label = f"Inception v3 pool features (torch-fidelity), weights {path.name} sha256 {digest}"
         self._cache: dict[str, torch.Tensor] = {}

@@ -25,7 +25,6 @@ from .adapter_layout import (
 from .families import UNET, Signature, is_denoiser, transformer_architecture
 
 
-
 @dataclass
 class Application:
     """What one adapter file asked for and what is now in the pipeline."""
@@ -93,6 +92,7 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
     normalized = normalize(adapter, pipeline)
     _check_rank_pairs(adapter, normalized)
     _check_config_targets(pipeline, adapter, normalized)
+    _refuse_base_rewriting_init(adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
     adapter_signature = _signature(normalized)
     family = adapter_signature.family if adapter_signature else "unknown"
@@ -106,20 +106,64 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
             f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "
             f"base; {describe_unmatched(unmatched, shape_mismatches)}"
         )
-    with warnings.catch_warnings():
-        # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
-        try:
-            _inject(pipeline, normalized, accepted, adapter_name)
-        except (ValueError, RuntimeError, TypeError, KeyError) as error:
-            # What reaches here passed our own validation; diffusers or peft still refused it.
-            raise AdapterLoadError(
-                f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
-                "check that the file is a LoRA for this base, or export it again"
-            ) from None
-    application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+    try:
+        with warnings.catch_warnings():
+            # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            try:
+                _inject(pipeline, normalized, accepted, adapter_name)
+            except (ValueError, RuntimeError, TypeError, KeyError) as error:
+                # What reaches here passed our own validation; diffusers or peft still refused it.
+                raise AdapterLoadError(
+                    f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
+                    "check that the file is a LoRA for this base, or export it again"
+                ) from None
+        application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+    except BaseException:
+        remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
+        raise
     application.architecture = base_signature.architecture
     return application
+
+
+def remove_adapter(pipeline, adapter_name: str) -> None:
+    """Take one adapter's layers and name out of every component; with no adapter left, the peft wrappers too."""
+    with warnings.catch_warnings():  # peft says which adapter it activates instead: none is meant to be
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
+        pipeline.delete_adapters(adapter_name)
+    if not any(pipeline.get_list_adapters().values()):
+        pipeline.unload_lora_weights()
+
+
+# peft (0.21) initialisations that rewrite the base layer's weight when the layer is built: to a residual
+# W - B·A, which peft's save_pretrained can convert back to a LoRA for W, or (LoftQ) to a quantized W, which it
+# cannot. EVA is not here: it only zeroes B at build time, so an EVA adapter is a LoRA for the original base.
+CONVERTIBLE_INITS = ("pissa", "olora", "corda", "lora_ga")
+QUANTIZING_INITS = ("loftq",)
+
+
+def _refuse_base_rewriting_init(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """Loading such an adapter as saved makes peft run its initialisation again on the base under test."""
+    for config in normalized.lora_configs.values():
+        init = config.get("init_lora_weights")
+        kind = init.lower().split("_niter_")[0] if isinstance(init, str) else None
+        if kind not in CONVERTIBLE_INITS + QUANTIZING_INITS:
+            continue
+        where = adapter.path / "adapter_config.json" if adapter.adapter_config is not None else adapter.weights_path
+        if kind in QUANTIZING_INITS:
+            raise AdapterLoadError(
+                f"{where}: saved with init_lora_weights={init!r}: it only works on the quantized base LoftQ made, and "
+                "loading it would rewrite this base's weights (it was not loaded); peft's conversion "
+                "(`path_initial_model_for_weight_conversion`) covers PiSSA, CorDA, OLoRA and LoRA-GA, not LoftQ: "
+                "check it on the quantized base it was trained with"
+            )
+        raise AdapterLoadError(
+            f"{where}: saved with init_lora_weights={init!r} without conversion, so it only works on its residual "
+            "base (the base minus its initial B·A), and loading it would make peft rewrite this base's weights (it "
+            "was not loaded); save it with peft's conversion, `save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=DIR)` (DIR: the adapter saved right after initialisation), "
+            "which turns it into a LoRA for the original base"
+        )
 
 
 def _check_config_targets(pipeline, adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
@@ -149,7 +193,9 @@ def file_defects(path, application: Application) -> list[str]:
             why = f"{len(application.value_mismatches)} did not land with their values, first {shown}; the loader dropped or changed them"
         defects.append(f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; {why}")
     if application.nonfinite:
-        defects.append(f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint")
+        defects.append(
+            f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint"
+        )
     # DoRA's magnitudes rescale the weights even with every B zero.
     if application.up_tensors and len(application.zero_up) == application.up_tensors and not application.dora_modules:
         defects.append(
@@ -204,7 +250,9 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
         tensor = normalized.tensors[key]
         rank = tensor.shape[0] if target.role == "lora_A" else tensor.shape[1]
         pairs.setdefault(target.qualified_module, {})[target.role] = (key, int(rank))
-    broken = [(m, p["lora_A"], p["lora_B"]) for m, p in pairs.items() if len(p) == 2 and p["lora_A"][1] != p["lora_B"][1]]
+    broken = [
+        (m, p["lora_A"], p["lora_B"]) for m, p in pairs.items() if len(p) == 2 and p["lora_A"][1] != p["lora_B"][1]
+    ]
     unpaired = [m for m, p in pairs.items() if len(p) == 1]
     if broken:
         module, (down, down_rank), (up, up_rank) = broken[0]
@@ -262,7 +310,9 @@ def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | Non
     if target.role in ("lora_A", "hada_w1_b"):
         return int(roles[target].shape[1])
     if target.role in ("lokr_w1", "lokr_w1_b"):  # LoKr: in = w1's input factor × w2's
-        w2 = roles.get(dataclasses.replace(target, role="lokr_w2"), roles.get(dataclasses.replace(target, role="lokr_w2_b")))
+        w2 = roles.get(
+            dataclasses.replace(target, role="lokr_w2"), roles.get(dataclasses.replace(target, role="lokr_w2_b"))
+        )
         return None if w2 is None else int(roles[target].shape[1]) * int(w2.shape[1])
     return None
 
@@ -310,13 +360,15 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
             if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {}):
                 layers[f"{component_name}.{unwrapped_name(name)}"] = module
         lora_params += sum(
-            p.numel() for n, p in component.named_parameters() if is_tuner_parameter(n) and f".{adapter_name}." in f"{n}."
+            p.numel()
+            for n, p in component.named_parameters()
+            if is_tuner_parameter(n) and f".{adapter_name}." in f"{n}."
         )
 
     scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
     rtol = 1e-5
     if normalized.flux_modules:
-        rtol = _rewrite_tolerance(normalized)
+        rtol = _rewrite_tolerance(normalized, {layer.lora_A[adapter_name].weight.dtype for layer in layers.values()})
         refused = {key for key, *_ in unmatched + shape_mismatches}
         applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, refused, rtol)
         scales.update(measured)
@@ -370,15 +422,18 @@ def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter
             continue
         landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
         # LoRA keeps its weights in modules, LyCORIS in bare parameters
-        if adapter_name in landed and _same_values(getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]):
+        if adapter_name in landed and _same_values(
+            getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]
+        ):
             applied += 1
         else:
             value_mismatches.append(key)
     return applied, value_mismatches
 
 
-def _prove_updates(normalized: NormalizedAdapter, layers: dict, adapter_name: str, skipped: set[str],
-                   tolerance: float) -> tuple[int, list[str], dict[str, float]]:
+def _prove_updates(
+    normalized: NormalizedAdapter, layers: dict, adapter_name: str, skipped: set[str], tolerance: float
+) -> tuple[int, list[str], dict[str, float]]:
     """For files whose tensors the conversion rewrote: each module's update up · down, cut into its layers' rows,
     against what each layer adds (B · A · scaling). The scale applied is measured as the factor between the two,
     so a baked-in alpha is proven like a declared one. A module counts as applied when every layer it fills
@@ -428,11 +483,12 @@ def _inner(up1: torch.Tensor, down1: torch.Tensor, up2: torch.Tensor, down2: tor
     return float(((up1.T @ up2) * (down1 @ down2.T)).sum())
 
 
-def _rewrite_tolerance(normalized: NormalizedAdapter) -> float:
+def _rewrite_tolerance(normalized: NormalizedAdapter, layer_dtypes: set[torch.dtype]) -> float:
     """Rewritten values are rounded to the file's dtype before they land (bf16: to within 0.4% each), and so is the
-    scale diffusers computes from an alpha stored in it: the applied scale is trusted to one eps (bf16: 0.8%)."""
-    eps = max(torch.finfo(normalized.tensors[k].dtype).eps for k in normalized.tensor_keys)
-    return max(1e-5, eps)
+    scale diffusers computes from an alpha stored in it; they land rounded to the layers' dtype (the base's, as
+    `--dtype` chose): the applied scale is trusted to one eps of the coarsest of them (bf16: 0.8%)."""
+    dtypes = {normalized.tensors[k].dtype for k in normalized.tensor_keys} | layer_dtypes
+    return max(1e-5, max(torch.finfo(dtype).eps for dtype in dtypes))
 
 
 def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
@@ -446,7 +502,11 @@ def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch
 def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
     """The file's own down and up matrices per module, with the scale the file declares for it."""
     return {
-        _file_module_name(normalized, module): (roles["lora_A"], roles["lora_B"], normalized.expected_scales.get(module, 1.0))
+        _file_module_name(normalized, module): (
+            roles["lora_A"],
+            roles["lora_B"],
+            normalized.expected_scales.get(module, 1.0),
+        )
         for module, roles in _roles_by_module(normalized).items()
         if "lora_A" in roles and "lora_B" in roles
     }
@@ -460,14 +520,19 @@ def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
 
 def _lycoris_factors(normalized: NormalizedAdapter) -> dict[str, tuple[dict, float]]:
     """The file's LoHa / LoKr factors per module, with the scale the file declares for it."""
-    return {module: (roles, normalized.expected_scales.get(module, 1.0)) for module, roles in _roles_by_module(normalized).items()}
+    return {
+        module: (roles, normalized.expected_scales.get(module, 1.0))
+        for module, roles in _roles_by_module(normalized).items()
+    }
 
 
 def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
-    """Equal up to dtype conversion and a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
+    """The file's values as the layer's dtype holds them (injected layers follow the base's, `--dtype`: a float32
+    file on a float16 base lands rounded, once), up to a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
     if landed.numel() != in_file.numel():
         return False
-    landed = landed.detach().to("cpu", in_file.dtype).reshape(in_file.shape)
+    landed = landed.detach().to("cpu").reshape(in_file.shape)
+    in_file = in_file.to(landed.dtype)
     return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
 
 
@@ -485,7 +550,6 @@ def _find_module(component, path: str):
 
 def _layer_names(component) -> list[str]:
     return [] if component is None else list(layer_modules(component))
-
 
 
 def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:

@@ -18,7 +18,12 @@ ROLES = {
     LOHA: ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
     LOKR: ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
 }
-KOHYA_COMPONENTS = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+KOHYA_COMPONENTS = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
 
 
 def lycoris_kind(keys) -> str | None:
@@ -81,7 +86,9 @@ def rank_and_alpha(kind: str, roles: dict[str, torch.Tensor], alpha: float | Non
     return rank, alpha if alpha is not None else float(rank)
 
 
-def lokr_options(adapter: AdapterFile, modules: dict[str, dict[str, torch.Tensor]], layers: dict[str, torch.nn.Module]) -> dict:
+def lokr_options(
+    adapter: AdapterFile, modules: dict[str, dict[str, torch.Tensor]], layers: dict[str, torch.nn.Module]
+) -> dict:
     """LoKrConfig's file-wide choices: whether w1 is decomposed too, and the factor that splits each dimension."""
     from peft.tuners.lokr.layer import factorization
 
@@ -100,10 +107,14 @@ def lokr_options(adapter: AdapterFile, modules: dict[str, dict[str, torch.Tensor
     candidates = [-1] + sorted({d for shape in w1_shapes.values() for d in shape})
     for factor in candidates:
         if all(
-            (factorization(dimensions(layers[m])[0], factor)[0], factorization(dimensions(layers[m])[1], factor)[0]) == shape
+            (factorization(dimensions(layers[m])[0], factor)[0], factorization(dimensions(layers[m])[1], factor)[0])
+            == shape
             for m, shape in w1_shapes.items()
         ):
-            return {"decompose_both": any("lokr_w1_a" in roles for roles in modules.values()), "decompose_factor": factor}
+            return {
+                "decompose_both": any("lokr_w1_a" in roles for roles in modules.values()),
+                "decompose_factor": factor,
+            }
     raise AdapterLoadError(
         f"{adapter.weights_path}: its LoKr factors do not split the base's layers the way any single factor does "
         "(peft's LoKrConfig takes one decompose_factor per adapter); it was made for another base, or with per-layer factors"
@@ -120,7 +131,12 @@ def peft_config(kind: str, targets: dict[str, tuple[int, float]], options: dict)
     config_class = LoHaConfig if kind == LOHA else LoKrConfig
     first_rank, first_alpha = next(iter(targets.values()))
     return config_class(
-        r=first_rank, alpha=first_alpha, target_modules=sorted(targets), rank_pattern=ranks, alpha_pattern=alphas, **options
+        r=first_rank,
+        alpha=first_alpha,
+        target_modules=sorted(targets),
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
+        **options,
     )
 
 

@@ -19,10 +19,15 @@ def diversity(embeddings: torch.Tensor, jobs: list[tuple[str, int]]) -> dict[str
     groups = [embeddings[[i for i, (p, _) in enumerate(jobs) if p == prompt]] for prompt in prompts]
     per_seed = [d for d in (mean_pairwise_distance(g) for g in groups) if d is not None]
     centroids = torch.nn.functional.normalize(torch.stack([g.mean(0) for g in groups]), dim=-1)
-    return {"across_seeds": float(np.mean(per_seed)) if per_seed else None, "across_prompts": mean_pairwise_distance(centroids)}
+    return {
+        "across_seeds": float(np.mean(per_seed)) if per_seed else None,
+        "across_prompts": mean_pairwise_distance(centroids),
+    }
 
 
-def evaluate_mode_collapse(adapter: str, clip, base, adapted, floor: float, train_images, copy_similarity: float, heldout=None):
+def evaluate_mode_collapse(
+    adapter: str, clip, base, adapted, floor: float, train_images, copy_similarity: float, heldout=None
+):
     base_diversity = diversity(clip.image_features(base.images), base.jobs)
     adapted_diversity = diversity(clip.image_features(adapted.images), adapted.jobs)
     ratios = {
@@ -42,7 +47,9 @@ def evaluate_mode_collapse(adapter: str, clip, base, adapted, floor: float, trai
         copies = [f"{p!r} seed {s}" for (p, s), v in zip(heldout.jobs, nearest.tolist()) if v > copy_similarity]
         details["nearest_training_similarity"] = nearest.tolist()
         if copies:
-            problems.append(f"{len(copies)} held-out renders nearly copy a training image (similarity > {copy_similarity:g}): {', '.join(copies[:3])}")
+            problems.append(
+                f"{len(copies)} held-out renders nearly copy a training image (similarity > {copy_similarity:g}): {', '.join(copies[:3])}"
+            )
     value = min(ratios.values()) if ratios else None
     message = "; ".join(problems) + "; the adapter paints the same picture whatever it is asked"
     result = verdict(adapter, CHECK, not problems, value, floor, message, details)

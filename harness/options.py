@@ -81,6 +81,16 @@ def parse_device(value: str) -> str:
     raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def parse_dtype(value: str) -> str:
+    text = value.strip().lower()
+    if text in DTYPES:
+        return text
+    raise ValueError(f"--dtype (ini lora_dtype) must be auto, float32, float16 or bfloat16, got {value!r}")
+
+
 def _parse_int(value: str, what: str) -> int:
     try:
         return int(str(value).strip())

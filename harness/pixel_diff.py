@@ -16,7 +16,13 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate_pixel_diff(
-    adapter: str, adapted: RenderSet, base: RenderSet, base_again: RenderSet, floor: float, tolerance: float, nonfinite_tensors: list[str]
+    adapter: str,
+    adapted: RenderSet,
+    base: RenderSet,
+    base_again: RenderSet,
+    floor: float,
+    tolerance: float,
+    nonfinite_tensors: list[str],
 ) -> CheckResult:
     control = mean_abs_diff(base_again.images, base.images)
     per_job = [mean_abs_diff(a, b) for a, b in zip(adapted.images, base.images)]
@@ -34,7 +40,15 @@ def evaluate_pixel_diff(
         return CheckResult(adapter, CHECK, ERROR, diff, floor, message, details)
     if nonfinite_tensors:
         shown = ", ".join(nonfinite_tensors[:5])
-        return verdict(adapter, CHECK, False, diff, floor, f"{len(nonfinite_tensors)} adapter tensors hold NaN or Inf: {shown}", details)
+        return verdict(
+            adapter,
+            CHECK,
+            False,
+            diff,
+            floor,
+            f"{len(nonfinite_tensors)} adapter tensors hold NaN or Inf: {shown}",
+            details,
+        )
     if adapted.nonfinite_jobs:
         shown = "; ".join(f"{p!r} seed {s}" for p, s in adapted.nonfinite_jobs[:5])
         return verdict(adapter, CHECK, False, diff, floor, f"renders produced NaN or Inf: {shown}", details)

@@ -31,70 +31,201 @@ NODE_PREFIX = "lora_harness/checks"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lora-harness", "LoRA adapter validation (lora-harness)")
     group.addoption(
-        "--adapter", action="append", default=[], metavar="PATH",
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="PATH",
         help="LoRA adapter to check: a .safetensors file or a PEFT folder; `reference` for the built-in reference "
         "overfit. Repeatable. Without it the plugin adds no tests.",
     )
     options = [
-        ("--base-model", "base_model", "MODEL", "tiny",
-         "Base: `tiny`, `tiny-sdxl`, `tiny-flux` or `tiny-sd3` (embedded), a local diffusers folder, or a hub id already in the local cache."),
-        ("--render-size", "render_size", "PX", "",
-         "Render height and width in pixels, a multiple of 8. Default: the base's native size."),
+        (
+            "--base-model",
+            "base_model",
+            "MODEL",
+            "tiny",
+            "Base: `tiny`, `tiny-sdxl`, `tiny-flux` or `tiny-sd3` (embedded), a local diffusers folder, or a hub id already in the local cache.",
+        ),
+        (
+            "--render-size",
+            "render_size",
+            "PX",
+            "",
+            "Render height and width in pixels, a multiple of 8. Default: the base's native size.",
+        ),
         ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),
         ("--render-seeds", "render_seeds", "N", "2", "Seeds rendered per prompt. Default: 2."),
-        ("--render-batch-size", "render_batch_size", "N", "16",
-         "Most renders (prompt x seed) per pipeline call; lower it when memory runs short. Default: 16."),
-        ("--render-cache", "render_cache", "DIR", "",
-         "Folder of the render cache. Default: lora_harness_renders in pytest's cache folder (.pytest_cache)."),
+        (
+            "--render-batch-size",
+            "render_batch_size",
+            "N",
+            "16",
+            "Most renders (prompt x seed) per pipeline call; lower it when memory runs short. Default: 16.",
+        ),
+        (
+            "--render-cache",
+            "render_cache",
+            "DIR",
+            "",
+            "Folder of the render cache. Default: lora_harness_renders in pytest's cache folder (.pytest_cache).",
+        ),
         ("--prompts", "prompts", "FILE", "", "Prompts, one per line. Default: a small built-in set."),
-        ("--reference-steps", "reference_steps", "N", "30",
-         "Training steps of the reference overfit; 0 skips it and its controls. Default: 30."),
-        ("--report-dir", "report_dir", "DIR", "lora-report", "Where results.json and the report go. Default: lora-report/."),
+        (
+            "--reference-steps",
+            "reference_steps",
+            "N",
+            "30",
+            "Training steps of the reference overfit; 0 skips it and its controls. Default: 30.",
+        ),
+        (
+            "--report-dir",
+            "report_dir",
+            "DIR",
+            "lora-report",
+            "Where results.json and the report go. Default: lora-report/.",
+        ),
         ("--device", "device", "DEVICE", "auto", "auto, cpu, cuda or cuda:N. Default: auto (CUDA when present)."),
-        ("--param-budget", "param_budget", "BUDGET", "2%",
-         "Most LoRA parameters allowed: a count or a percentage of the denoiser. Default: 2%."),
-        ("--diff-floor", "diff_floor", "FLOAT", "0.5",
-         "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5."),
-        ("--heldout-prompts", "heldout_prompts", "FILE", "",
-         "clip_heldout: prompts the adapter never trained on, one per line. Default: 4 built-in prompts."),
-        ("--clip-margin", "clip_margin", "POINTS", "2",
-         "clip_heldout: largest drop of the CLIP score's 95% CI lower bound allowed (100 x cosine). Default: 2."),
-        ("--clip-model", "clip_model", "ARCH:PATH", "",
-         "open_clip model for the quality checks, from a local checkpoint. Default: none (tiny base: a self-test CLIP)."),
-        ("--train-captions", "train_captions", "FILE", "",
-         "Training captions, one per line: held-out prompts that overlap them are left out. Default: the file's tags."),
-        ("--reference-images", "reference_images", "DIR", "",
-         "fid/kid/cmmd: images of the style or subject the adapter should carry. Default: none (the three skip)."),
-        ("--inception-weights", "inception_weights", "FILE", "",
-         "fid/kid: Inception v3 weights (torch-fidelity's, as .safetensors) for features. Default: the CLIP's features."),
-        ("--train-images", "train_images", "DIR", "",
-         "mode_collapse: training images; held-out renders that nearly copy one fail. Default: none."),
-        ("--diversity-floor", "diversity_floor", "FRACTION", "0.5",
-         "mode_collapse: least share of the base's diversity across seeds and prompts. Default: 0.5."),
-        ("--copy-similarity", "copy_similarity", "COSINE", "0.95",
-         "mode_collapse: CLIP similarity to a training image above which a render is a copy. Default: 0.95."),
-        ("--dead-share", "dead_share", "FRACTION", "0.1",
-         "weight_health: most modules allowed a zero update (ΔW ≈ 0). Default: 0.1."),
-        ("--norm-outlier-k", "norm_outlier_k", "K", "6",
-         "weight_health: robust deviations (MAD, log10 norm) a module may stray from its block. Default: 6."),
-        ("--min-effective-rank-ratio", "min_effective_rank_ratio", "FRACTION", "0",
-         "weight_health: least median effective rank / paid rank; 0 reports it without gating. Default: 0."),
+        (
+            "--dtype",
+            "dtype",
+            "DTYPE",
+            "auto",
+            "auto, float32, float16 or bfloat16: what the base and the adapters compute in. Default: auto (the base's "
+            "stored dtype on CUDA, float32 elsewhere).",
+        ),
+        (
+            "--param-budget",
+            "param_budget",
+            "BUDGET",
+            "2%",
+            "Most LoRA parameters allowed: a count or a percentage of the denoiser. Default: 2%.",
+        ),
+        (
+            "--diff-floor",
+            "diff_floor",
+            "FLOAT",
+            "0.5",
+            "Least mean |adapted - base| pixel difference (0-255) an adapter must make. Default: 0.5.",
+        ),
+        (
+            "--heldout-prompts",
+            "heldout_prompts",
+            "FILE",
+            "",
+            "clip_heldout: prompts the adapter never trained on, one per line. Default: 4 built-in prompts.",
+        ),
+        (
+            "--clip-margin",
+            "clip_margin",
+            "POINTS",
+            "2",
+            "clip_heldout: largest drop of the CLIP score's 95% CI lower bound allowed (100 x cosine). Default: 2.",
+        ),
+        (
+            "--clip-model",
+            "clip_model",
+            "ARCH:PATH",
+            "",
+            "open_clip model for the quality checks, from a local checkpoint. Default: none (tiny base: a self-test CLIP).",
+        ),
+        (
+            "--train-captions",
+            "train_captions",
+            "FILE",
+            "",
+            "Training captions, one per line: held-out prompts that overlap them are left out. Default: the file's tags.",
+        ),
+        (
+            "--reference-images",
+            "reference_images",
+            "DIR",
+            "",
+            "fid/kid/cmmd: images of the style or subject the adapter should carry. Default: none (the three skip).",
+        ),
+        (
+            "--inception-weights",
+            "inception_weights",
+            "FILE",
+            "",
+            "fid/kid: Inception v3 weights (torch-fidelity's, as .safetensors) for features. Default: the CLIP's features.",
+        ),
+        (
+            "--train-images",
+            "train_images",
+            "DIR",
+            "",
+            "mode_collapse: training images; held-out renders that nearly copy one fail. Default: none.",
+        ),
+        (
+            "--diversity-floor",
+            "diversity_floor",
+            "FRACTION",
+            "0.5",
+            "mode_collapse: least share of the base's diversity across seeds and prompts. Default: 0.5.",
+        ),
+        (
+            "--copy-similarity",
+            "copy_similarity",
+            "COSINE",
+            "0.95",
+            "mode_collapse: CLIP similarity to a training image above which a render is a copy. Default: 0.95.",
+        ),
+        (
+            "--dead-share",
+            "dead_share",
+            "FRACTION",
+            "0.1",
+            "weight_health: most modules allowed a zero update (ΔW ≈ 0). Default: 0.1.",
+        ),
+        (
+            "--norm-outlier-k",
+            "norm_outlier_k",
+            "K",
+            "6",
+            "weight_health: robust deviations (MAD, log10 norm) a module may stray from its block. Default: 6.",
+        ),
+        (
+            "--min-effective-rank-ratio",
+            "min_effective_rank_ratio",
+            "FRACTION",
+            "0",
+            "weight_health: least median effective rank / paid rank; 0 reports it without gating. Default: 0.",
+        ),
+        (
+            "--shard",
+            "shard",
+            "K/N",
+            "",
+            "Check only shard K of N of the adapters (round-robin over the --adapter order), e.g. one CI job per shard; "
+            "`python -m lora_harness merge` joins the shards' reports. Default: every adapter.",
+        ),
     ]
     for flag, dest, metavar, default, help_text in options:
         group.addoption(flag, dest=dest, metavar=metavar, default=None, help=help_text.replace("%", "%%"))
         parser.addini(f"lora_{dest}", f"{help_text} (ini twin of {flag}; the command line wins)", default=default)
-    group.addoption("--compare-to", dest="compare_to", metavar="RESULTS_JSON", default=None,
-                    help="A previous release's results.json: a check whose value regressed past its tolerance fails.")
+    group.addoption(
+        "--compare-to",
+        dest="compare_to",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="A previous release's results.json: a check whose value regressed past its tolerance fails.",
+    )
     parser.addini("lora_compare_to", "ini twin of --compare-to", default="")
     tolerance_help = "CHECK=FRACTION: allowed relative regression. Defaults: pixel_diff=0.25, param_budget=0.1, wiring=0, frozen_base=0."
     group.addoption("--compare-tolerance", action="append", default=[], metavar="CHECK=FRACTION", help=tolerance_help)
     parser.addini("lora_compare_tolerances", f"{tolerance_help} One per line.", type="linelist", default=[])
     no_cache_help = "Render everything afresh and write no render cache."
     group.addoption("--no-render-cache", action="store_true", default=None, help=no_cache_help)
-    parser.addini("lora_no_render_cache", f"{no_cache_help} (ini twin of --no-render-cache)", type="bool", default=False)
-    require_help = "Fail release_metadata when the file lacks fields a release needs (base, rank, alpha, lr, steps, dataset)."
+    parser.addini(
+        "lora_no_render_cache", f"{no_cache_help} (ini twin of --no-render-cache)", type="bool", default=False
+    )
+    require_help = (
+        "Fail release_metadata when the file lacks fields a release needs (base, rank, alpha, lr, steps, dataset)."
+    )
     group.addoption("--require-metadata", action="store_true", default=None, help=require_help)
-    parser.addini("lora_require_metadata", f"{require_help} (ini twin of --require-metadata)", type="bool", default=False)
+    parser.addini(
+        "lora_require_metadata", f"{require_help} (ini twin of --require-metadata)", type="bool", default=False
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -154,9 +285,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each check with its adapter: `-n N --dist loadgroup` then keeps an adapter's checks on one worker."""
+    """Mark each check with its adapter: `-n N --dist loadgroup` then keeps an adapter's checks on one worker.
+    With --shard, deselect the checks of the other shards' adapters."""
     if session_key not in config.stash:
         return
+    kept = {None, *config.stash[session_key].config.checked_adapters}  # None: a test that checks no adapter
+    deselected = [item for item in items if _adapter_spec(item) not in kept]
+    if deselected:
+        items[:] = [item for item in items if _adapter_spec(item) in kept]
+        config.hook.pytest_deselected(items=deselected)
+    if not config.pluginmanager.hasplugin("xdist"):
+        return  # xdist registers the mark; without it the mark would only warn
     for item in items:
         spec = _adapter_spec(item)
         if spec is not None:
@@ -196,7 +335,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             attached.append((report_records.BASE, session.base_summary()))
         if "controls" in session.__dict__:
             controls = session.controls
-            attached.append((report_records.CONTROLS, {"status": controls.status, "message": controls.message, "details": controls.details}))
+            attached.append(
+                (
+                    report_records.CONTROLS,
+                    {"status": controls.status, "message": controls.message, "details": controls.details},
+                )
+            )
     setattr(report, report_records.ATTRIBUTE, attached)
     return report
 
@@ -240,9 +384,7 @@ class ReportHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.table.expect(
-            (_adapter_spec(item).name, check_name(item))
-            for item in session.items
-            if _adapter_spec(item) is not None
+            (_adapter_spec(item).name, check_name(item)) for item in session.items if _adapter_spec(item) is not None
         )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -262,9 +404,8 @@ class ReportHooks:
 def _harness_config(config: pytest.Config):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from . import options
-    from .regression import parse_tolerances
+    from .base import resolve_dtype
     from .clip_heldout import DEFAULT_HELDOUT_PROMPTS
-    from .inception import check_inception_weights
     from .config import (
         DEFAULT_PROMPTS,
         HarnessConfig,
@@ -273,7 +414,11 @@ def _harness_config(config: pytest.Config):
         read_lines,
         resolve_base,
         resolve_device,
+        writable_folder,
     )
+    from .inception import check_inception_weights
+    from .regression import parse_tolerances
+    from .shard import parse_shard
 
     def value(dest: str) -> str:
         given = config.getoption(dest)
@@ -282,10 +427,13 @@ def _harness_config(config: pytest.Config):
     try:
         prompts = read_lines("--prompts", value("prompts")) if value("prompts") else DEFAULT_PROMPTS
         base_model = value("base_model")
+        base_path = resolve_base(base_model)
+        device = resolve_device(options.parse_device(value("device")), _worker_index(config))
+        dtype, dtype_choice = resolve_dtype(options.parse_dtype(value("dtype")), device, base_model, base_path)
         return HarnessConfig(
             adapters=adapter_specs(config.getoption("adapter")),
             base_model=base_model,
-            base_path=resolve_base(base_model),
+            base_path=base_path,
             render_size=options.parse_render_size(value("render_size")) if value("render_size") else None,
             render_steps=options.parse_positive_int(value("render_steps"), "--render-steps"),
             render_seeds=options.parse_positive_int(value("render_seeds"), "--render-seeds"),
@@ -293,25 +441,38 @@ def _harness_config(config: pytest.Config):
             render_cache=_render_cache(config, value("render_cache")),
             prompts=prompts,
             reference_steps=options.parse_non_negative_int(value("reference_steps"), "--reference-steps"),
-            report_dir=Path(value("report_dir")).expanduser().resolve(),
-            device=resolve_device(options.parse_device(value("device")), _worker_index(config)),
+            report_dir=writable_folder("--report-dir", value("report_dir")),
+            device=device,
+            dtype=dtype,
+            dtype_choice=dtype_choice,
             param_budget=options.parse_param_budget(value("param_budget")),
             diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
             dead_share=options.parse_fraction(value("dead_share"), "--dead-share"),
             norm_outlier_k=options.parse_non_negative_float(value("norm_outlier_k"), "--norm-outlier-k"),
-            min_effective_rank_ratio=options.parse_fraction(value("min_effective_rank_ratio"), "--min-effective-rank-ratio"),
-            heldout_prompts=read_lines("--heldout-prompts", value("heldout_prompts")) if value("heldout_prompts") else DEFAULT_HELDOUT_PROMPTS,
+            min_effective_rank_ratio=options.parse_fraction(
+                value("min_effective_rank_ratio"), "--min-effective-rank-ratio"
+            ),
+            heldout_prompts=read_lines("--heldout-prompts", value("heldout_prompts"))
+            if value("heldout_prompts")
+            else DEFAULT_HELDOUT_PROMPTS,
             clip_margin=options.parse_non_negative_float(value("clip_margin"), "--clip-margin"),
             clip_model=value("clip_model") or None,
             train_captions=read_lines("--train-captions", value("train_captions")) if value("train_captions") else (),
-            reference_images=image_folder("--reference-images", value("reference_images")) if value("reference_images") else None,
-            inception_weights=check_inception_weights(value("inception_weights")) if value("inception_weights") else None,
+            reference_images=image_folder("--reference-images", value("reference_images"))
+            if value("reference_images")
+            else None,
+            inception_weights=check_inception_weights(value("inception_weights"))
+            if value("inception_weights")
+            else None,
             train_images=image_folder("--train-images", value("train_images")) if value("train_images") else None,
             diversity_floor=options.parse_fraction(value("diversity_floor"), "--diversity-floor"),
             copy_similarity=options.parse_fraction(value("copy_similarity"), "--copy-similarity"),
             require_metadata=bool(config.getoption("require_metadata") or config.getini("lora_require_metadata")),
+            shard=parse_shard(value("shard"), len(config.getoption("adapter"))) if value("shard") else None,
             compare_to=Path(value("compare_to")).expanduser().resolve() if value("compare_to") else None,
-            compare_tolerances=parse_tolerances([*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]),
+            compare_tolerances=parse_tolerances(
+                [*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]
+            ),
         )
     except ValueError as error:  # ConfigError and the parsers' errors
         raise pytest.UsageError(f"lora-harness: {error}") from None

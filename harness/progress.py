@@ -33,12 +33,16 @@ class TerminalProgress(Progress):
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
+        from lora_harness.reports.terminal import visible
+
         with self._capture_off():
-            reporter.write_line(f"[lora-harness] {text}")
+            reporter.write_line(f"[lora-harness] {visible(text)}")  # adapter names come from strangers' files
 
     @contextlib.contextmanager
     def bar(self, total: int, description: str) -> Iterator[Callable[[], None]]:
         from tqdm import tqdm
+
+        from lora_harness.reports.terminal import visible
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
@@ -46,7 +50,8 @@ class TerminalProgress(Progress):
             return
         with self._capture_off():
             reporter.ensure_newline()
-            with tqdm(total=total, desc=f"[lora-harness] {description}", file=sys.stderr, leave=False, dynamic_ncols=True, disable=None) as bar:
+            shown = f"[lora-harness] {visible(description)}"
+            with tqdm(total=total, desc=shown, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None) as bar:
                 yield lambda: bar.update(1)
 
 

@@ -62,7 +62,9 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(_compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T)))
 
 
-def subsample_gap(base: torch.Tensor, adapted: torch.Tensor, reference: torch.Tensor, distance, resamples: int = 200, seed: int = 0):
+def subsample_gap(
+    base: torch.Tensor, adapted: torch.Tensor, reference: torch.Tensor, distance, resamples: int = 200, seed: int = 0
+):
     """95% interval of distance(base, reference) - distance(adapted, reference) over random half-sets of the
     generated images (paired: the same prompts and seeds on both sides), drawn without replacement.
 

@@ -62,7 +62,8 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
         generator = torch.Generator(device).manual_seed(SEED)
         model.train()
         for step in range(steps):
-            noise = torch.randn(example.latents.shape, generator=generator, device=device)
+            # In the base's dtype: float32 noise would promote a float16 base's inputs (`--dtype`).
+            noise = torch.randn(example.latents.shape, generator=generator, device=device, dtype=example.latents.dtype)
             noisy, timestep, target = example.noised(noise, generator)
             loss = torch.nn.functional.mse_loss(example.predict(model, noisy, timestep).float(), target.float())
             loss.backward()
@@ -92,11 +93,15 @@ class DiffusionExample:
     def encode(cls, pipeline, size: int, device: str):
         """The image's latents and the caption's conditioning, as the pipeline itself encodes a prompt."""
         latents = _vae_latents(pipeline, size, device)
-        encoded = pipeline.encode_prompt(prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        encoded = pipeline.encode_prompt(
+            prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         conditioning = {"encoder_hidden_states": encoded[0]}
         if pipeline.unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size micro-conditioning
             original_size, crop_top_left, target_size = (size, size), (0, 0), (size, size)
-            time_ids = torch.tensor([[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype)
+            time_ids = torch.tensor(
+                [[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype
+            )
             conditioning["added_cond_kwargs"] = {"text_embeds": encoded[2], "time_ids": time_ids}
         return cls(latents * pipeline.vae.config.scaling_factor, conditioning, pipeline.scheduler)
 
@@ -128,7 +133,9 @@ class FlowExample:
         latents = _flow_latents(pipeline, size, device)
         batch, channels, height, width = latents.shape
         packed = pipeline._pack_latents(latents, batch, channels, height, width)
-        prompt_embeds, pooled, text_ids = pipeline.encode_prompt(prompt=CAPTION, prompt_2=None, device=device, num_images_per_prompt=1)
+        prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
+            prompt=CAPTION, prompt_2=None, device=device, num_images_per_prompt=1
+        )
         conditioning = {
             "encoder_hidden_states": prompt_embeds,
             "pooled_projections": pooled,
@@ -143,13 +150,18 @@ class FlowExample:
     @torch.no_grad()
     def for_sd3(cls, pipeline, size: int, device: str):
         prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
-            prompt=CAPTION, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            prompt=CAPTION,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         conditioning = {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
         return cls(_flow_latents(pipeline, size, device), conditioning, timestep_scale=1000.0)
 
     def noised(self, noise, generator):
-        sigma = torch.rand((1,), generator=generator, device=self.latents.device)
+        sigma = torch.rand((1,), generator=generator, device=self.latents.device, dtype=self.latents.dtype)
         weight = sigma.reshape(-1, *[1] * (self.latents.ndim - 1))
         return (1 - weight) * self.latents + weight * noise, sigma, noise - self.latents
 
@@ -161,7 +173,9 @@ EXAMPLES = {UNET: DiffusionExample.encode, FLUX: FlowExample.for_flux, SD3: Flow
 
 
 def _flow_latents(pipeline, size: int, device: str) -> torch.Tensor:
-    return (_vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor) * pipeline.vae.config.scaling_factor
+    return (
+        _vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor
+    ) * pipeline.vae.config.scaling_factor
 
 
 def _vae_latents(pipeline, size: int, device: str) -> torch.Tensor:

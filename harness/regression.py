@@ -20,19 +20,29 @@ class Previous:
     values: dict[tuple[str, str], float]  # (adapter, check) -> value
 
     @classmethod
-    def load(cls, path: Path) -> "Previous":
+    def load(cls, path: Path) -> Previous:
         """Raises ValueError naming the file when it is not a results.json of schema 1."""
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"--compare-to {path}: no such file; pass the results.json of the previous release") from None
+            raise ValueError(
+                f"--compare-to {path}: no such file; pass the results.json of the previous release"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"--compare-to {path}: not a readable JSON file ({error}); pass a results.json") from None
-        if not isinstance(document, dict) or document.get("schema") != 1 or not isinstance(document.get("results"), list):
+        if (
+            not isinstance(document, dict)
+            or document.get("schema") != 1
+            or not isinstance(document.get("results"), list)
+        ):
             raise ValueError(f"--compare-to {path}: not a lora-harness results.json of schema 1")
         values = {}
         for record in document["results"]:
-            if isinstance(record, dict) and isinstance(record.get("value"), (int, float)) and record.get("status") == PASSED:
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("value"), (int, float))
+                and record.get("status") == PASSED
+            ):
                 values[(str(record.get("adapter")), str(record.get("check")))] = float(record["value"])
         return cls(path, str(document.get("harness_version")), values)
 
@@ -44,7 +54,9 @@ def parse_tolerances(lines: list[str]) -> dict[str, float]:
         check, _, value = line.partition("=")
         check = check.strip()
         if check not in DEFAULT_TOLERANCES or not value:
-            raise ValueError(f"compare tolerance must be CHECK=FRACTION with CHECK in {', '.join(DEFAULT_TOLERANCES)}, got {line!r}")
+            raise ValueError(
+                f"compare tolerance must be CHECK=FRACTION with CHECK in {', '.join(DEFAULT_TOLERANCES)}, got {line!r}"
+            )
         try:
             tolerances[check] = float(value)
         except ValueError:

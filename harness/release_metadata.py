@@ -19,8 +19,14 @@ RELEASE_FIELDS = {
     "dataset": ("ss_dataset_dirs", "ss_tag_frequency", "ss_datasets"),
 }
 FAMILY_PREFIXES = (  # how trainers name the base they trained on
-    ("sdxl", "SDXL"), ("stable-diffusion-xl", "SDXL"), ("sd_v2", "SD2.x"), ("stable-diffusion-v2", "SD2.x"),
-    ("sd_v1", "SD1.x"), ("stable-diffusion-v1", "SD1.x"), ("sd3", "SD3"), ("flux", "Flux"),
+    ("sdxl", "SDXL"),
+    ("stable-diffusion-xl", "SDXL"),
+    ("sd_v2", "SD2.x"),
+    ("stable-diffusion-v2", "SD2.x"),
+    ("sd_v1", "SD1.x"),
+    ("stable-diffusion-v1", "SD1.x"),
+    ("sd3", "SD3"),
+    ("flux", "Flux"),
 )
 
 
@@ -29,9 +35,10 @@ def flat_metadata(metadata: dict) -> dict:
     flat = {k: v for k, v in metadata.items() if k not in ("adapter_config", "lora_adapter_metadata")}
     flat.update({k: v for k, v in (metadata.get("adapter_config") or {}).items() if v not in (None, "", {}, [])})
     try:
-        flat.update(json.loads(metadata.get("lora_adapter_metadata") or "{}"))
+        config = json.loads(metadata.get("lora_adapter_metadata") or "{}")
     except json.JSONDecodeError:
-        pass
+        config = {}
+    flat.update(config if isinstance(config, dict) else {})  # a number or a list there: the loader names the file
     return flat
 
 
@@ -55,7 +62,9 @@ def missing_fields(flat: dict) -> list[str]:
     return [field for field, keys in RELEASE_FIELDS.items() if recorded(flat, keys) is None]
 
 
-def evaluate_release_metadata(adapter: str, metadata: dict, base: dict, base_family: str | None, base_is_hub_id: bool, require: bool):
+def evaluate_release_metadata(
+    adapter: str, metadata: dict, base: dict, base_family: str | None, base_is_hub_id: bool, require: bool
+):
     """`base_family` is the base's lineage as trainers name it (`Signature.lineage`)."""
     flat = flat_metadata(metadata)
     contradictions = []

@@ -58,27 +58,42 @@ class RenderCache:
         return self.folder / digest[:2] / f"{digest}.png"
 
     def get(self, key: RenderKey) -> CachedRender | None:
-        path = self._path(key)
+        """The entry, or None when absent or not whole: a run killed mid-write, a disk error or a file put there by
+        something else is rendered again, never used."""
         try:
-            with Image.open(path) as png:
-                facts = json.loads(png.text[TEXT_KEY])
-                image = np.asarray(png.convert("RGB"))
-        except (OSError, KeyError, ValueError):  # absent, or a damaged entry: render it again
+            render = self._read(key)
+        except (OSError, SyntaxError, KeyError, TypeError, ValueError):  # what PIL and json raise on a broken entry
             return None
         self.hits += 1
+        return render
+
+    def _read(self, key: RenderKey) -> CachedRender:
+        with Image.open(self._path(key)) as png:
+            facts = json.loads(png.text[TEXT_KEY])
+            image = np.asarray(png.convert("RGB"))
+        if facts["key"] != key.__dict__ or facts["pixels"] != _pixel_digest(image):
+            raise ValueError("the entry holds another render than its name says")
         return CachedRender(image, facts["finite"], facts["layers_run"])
 
     def put(self, key: RenderKey, render: CachedRender) -> None:
-        """Temp file + rename: xdist workers share the folder, and a killed run leaves no half-written entry."""
+        """Temp file + rename: xdist workers and other runs share the folder, and a killed run leaves no half-written
+        entry (at most a stray temp file, which no key names)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = _pixel_digest(render.image)
+        facts = {"finite": render.finite, "layers_run": render.layers_run, "key": key.__dict__, "pixels": pixels}
         info = PngInfo()
-        info.add_text(TEXT_KEY, json.dumps({"finite": render.finite, "layers_run": render.layers_run, "key": key.__dict__}))
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
+        info.add_text(TEXT_KEY, json.dumps(facts))
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
         with os.fdopen(handle, "wb") as out:
             Image.fromarray(render.image).save(out, format="PNG", pnginfo=info)
         os.replace(temporary, path)
         self.written += 1
+
+
+def _pixel_digest(image: np.ndarray) -> str:
+    """Of the pixels and their shape: an entry whose image decodes but is not the one written is caught."""
+    return hashlib.sha256(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
 def scheduler_identity(scheduler) -> str:

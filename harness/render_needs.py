@@ -33,7 +33,9 @@ class RenderNeeds:
     controls: bool  # the reference and its untrained twin render too
 
     @classmethod
-    def of_checks(cls, checks, *, clip: bool, inception: bool, corpus: bool, train_images: bool, reference_steps: int) -> RenderNeeds:
+    def of_checks(
+        cls, checks, *, clip: bool, inception: bool, corpus: bool, train_images: bool, reference_steps: int
+    ) -> RenderNeeds:
         """Only checks that will render count: a CLIP check without a CLIP model (fid and kid: nor Inception),
         or fid/kid/cmmd without a corpus, skip before rendering anything."""
         wanted: set[tuple[str, str]] = set()

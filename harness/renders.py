@@ -55,7 +55,9 @@ class Renderer:
         self.device = device
         # The LoRA scale rides in `cross_attention_kwargs` for U-Net pipelines, `joint_attention_kwargs` for Flux.
         parameters = inspect.signature(type(pipeline).__call__).parameters
-        self.scale_argument = "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
+        self.scale_argument = (
+            "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
+        )
 
     def render(
         self,
@@ -73,7 +75,9 @@ class Renderer:
         try:
             with self._only(adapter_name):
                 batch = self.plan.batch_size
-                output = np.concatenate([self._call(jobs[i : i + batch], adapter_name, scale, on_step) for i in range(0, len(jobs), batch)])
+                output = np.concatenate(
+                    [self._call(jobs[i : i + batch], adapter_name, scale, on_step) for i in range(0, len(jobs), batch)]
+                )
         finally:
             for hook in hooks:
                 hook.remove()

@@ -19,4 +19,9 @@ def records(report) -> list:
 
 def junit_properties(result: dict) -> list[tuple[str, object]]:
     """The few plain values a JUnit reader wants per test."""
-    return [("lora_check", result["check"]), ("lora_status", result["status"]), ("lora_value", result["value"]), ("lora_threshold", result["threshold"])]
+    return [
+        ("lora_check", result["check"]),
+        ("lora_status", result["status"]),
+        ("lora_value", result["value"]),
+        ("lora_threshold", result["threshold"]),
+    ]

@@ -6,23 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from .adapter_file import AdapterLoadError, read_adapter
 from .config import REFERENCE, TINY, AdapterSpec, HarnessConfig
-from .digests import digest_parameters, fingerprint
+from .digests import BaseWatch, Evidence, base_parameters, fingerprint
 from .families import denoiser_of
-from .injection import Application, apply_adapter, file_defects
+from .injection import Application, apply_adapter, file_defects, remove_adapter
 from .pixel_diff import evaluate_pixel_diff
 from .progress import Progress
 from .regression import compare
 from .render_cache import CachedRender, RenderCache, RenderKey, scheduler_identity
-from .render_needs import ADAPTED, AT_ZERO, BASE, HELDOUT, MAIN, RenderNeeds
+from .render_needs import ADAPTED, AT_ZERO, BASE, BASE_AGAIN, CHECK_RENDERS, HELDOUT, MAIN, RenderNeeds
 from .renders import Renderer, RenderPlan, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from .wiring import evaluate_wiring
@@ -39,7 +38,7 @@ class LoadedAdapter:
     problem: str | None = None  # why it could not be applied: every check fails with it
     skipped: str | None = None
     defects: list[str] = field(default_factory=list)  # what is wrong with the file: fails every check
-    stage_digests: dict[str, dict[str, str]] = field(default_factory=dict)
+    stages: dict[str, Evidence] = field(default_factory=dict)  # what frozen_base found at each stage
 
     @property
     def name(self) -> str:
@@ -65,18 +64,20 @@ class HarnessSession:
         self._images: dict[tuple, CachedRender] = {}  # (slot, scale, prompt, seed) -> one render
         self._base_again: RenderSet | None = None
         self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
-        self.after_training_digests: dict[str, str] | None = None
+        self.after_training: Evidence | None = None  # the full digest after the reference's training
 
     # -- base -------------------------------------------------------------------------------------------------
     @cached_property
     def base(self):
         from .base import load_base
 
-        self.progress.line(f"loading base model {self.config.base_model}")
+        self.progress.line(
+            f"loading base model {self.config.base_model}, {self.config.dtype} ({self.config.dtype_choice})"
+        )
         base = load_base(self.config)
         denoiser_of(base.pipeline).register_forward_pre_hook(self._count_forward)
-        self.base_digests = digest_parameters(base.pipeline)
-        self.base_fingerprint = fingerprint(self.base_digests)
+        self.watch = BaseWatch(base.pipeline)  # the session's first digests, every adapter is held to
+        self.base_fingerprint = fingerprint(self.watch.digests)
         return base
 
     def _count_forward(self, *_):
@@ -102,7 +103,12 @@ class HarnessSession:
         seeds = tuple(range(self.config.render_seeds))
         size = self.config.render_size or self.base.native_size
         return RenderPlan(
-            self.config.prompts, seeds, size, self.config.render_steps, self.base.guidance_scale, self.config.render_batch_size
+            self.config.prompts,
+            seeds,
+            size,
+            self.config.render_steps,
+            self.base.guidance_scale,
+            self.config.render_batch_size,
         )
 
     @cached_property
@@ -112,9 +118,12 @@ class HarnessSession:
         checks = self.checks if self.checks is not None else list(CHECK_RENDERS)
         clip = bool(CLIP_CHECKS & set(checks)) and self.clip[0] is not None
         return RenderNeeds.of_checks(
-            checks, clip=clip, inception=self.config.inception_weights is not None,
+            checks,
+            clip=clip,
+            inception=self.config.inception_weights is not None,
             corpus=self.config.reference_images is not None,
-            train_images=self.config.train_images is not None, reference_steps=self.config.reference_steps,
+            train_images=self.config.train_images is not None,
+            reference_steps=self.config.reference_steps,
         )
 
     @cached_property
@@ -133,15 +142,24 @@ class HarnessSession:
         steps = self.config.reference_steps
         self.progress.line(f"training the reference overfit: {steps} steps")
         with self.progress.bar(steps, "reference overfit") as advance:
-            run = train_reference(pipeline, steps, self.plan.size, self.config.device, self.config.report_dir, lambda *_: advance())
+            run = train_reference(
+                pipeline, steps, self.plan.size, self.config.device, self.config.report_dir, lambda *_: advance()
+            )
         self.progress.line(f"reference overfit: loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}")
-        self.after_training_digests = digest_parameters(pipeline)
+        self.after_training = self.watch.full()
+        if self.after_training.changed:
+            self._restore(self.after_training.changed, "the reference's training")
         return run
 
     # -- adapters -------------------------------------------------------------------------------------------------
     def adapter(self, spec: AdapterSpec) -> LoadedAdapter:
         if spec.name not in self._loaded:
-            self._loaded[spec.name] = self._load(spec)
+            try:
+                self._loaded[spec.name] = self._load(spec)
+            except Exception:
+                if "base" in self.__dict__:  # what a crash half-way through injection wrote is put back
+                    self._settle(f"{spec.name}, whose loading raised", self.watch.cheap(set()))
+                raise
         return self._loaded[spec.name]
 
     def _load(self, spec: AdapterSpec) -> LoadedAdapter:
@@ -152,8 +170,10 @@ class HarnessSession:
                 return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=REFERENCE_SKIPPED)
             path = run.reference_dir if spec.name == REFERENCE else run.control_dir
         record = {"name": spec.name, "path": str(path)}
-        if self.needs.controls or any(s.is_reference for s in self.config.adapters):
+        if self.needs.controls or any(s.is_reference for s in self.config.checked_adapters):
             self.reference_run  # noqa: B018 - training must happen before the first adapter touches the base
+        if not spec.is_reference:
+            self._render_baselines()
         self.progress.line(f"loading adapter {spec.name}")
         try:
             adapter_file = read_adapter(path)
@@ -168,22 +188,74 @@ class HarnessSession:
             record["defects"] = defects
         return LoadedAdapter(spec, record, application=application, defects=defects)
 
-    def record_stage(self, adapter: LoadedAdapter, stage: str) -> None:
-        """The base parameters' digests now, for frozen_base to compare with those taken at load."""
-        adapter.stage_digests[stage] = digest_parameters(self.base.pipeline)
+    def _render_baselines(self) -> None:
+        """What every adapter is compared with (the base's renders, the determinism control, the controls) is made
+        before the first adapter loads, on the base as first digested: one that changes the base changes no other's
+        verdict, in memory or in the render cache. The controls only where a check is gated on them (run_check).
+        A render that raises here is left to the checks that need it, which record the error as theirs."""
+        gated = set(CHECK_RENDERS) - {"frozen_base"}
+        try:
+            if self.needs.prompt_sets(BASE):
+                self.renders(None)
+            if self.needs.prompt_sets(BASE_AGAIN):
+                self.base_renders_again()
+            if self.needs.controls and gated & set(self.checks if self.checks is not None else CHECK_RENDERS):
+                self.controls  # noqa: B018
+        except Exception:  # noqa: BLE001 - raised again, in its own check's record, when that check renders
+            pass
+
+    def record_stage(self, adapter: LoadedAdapter, stage: str) -> Evidence:
+        """The base against the session's first digests, for frozen_base: digests of the parameters of the modules
+        the adapter targets and of any parameter whose version counter or storage moved (harness/digests.py)."""
+        modules = set(adapter.application.lora_layers) if adapter.application else set()
+        adapter.stages[stage] = self.watch.cheap(modules)
+        return adapter.stages[stage]
+
+    def _settle(self, who: str, evidence: Evidence) -> None:
+        """Isolation: a base that differs from the first digests is restored before the next adapter loads."""
+        if evidence.changed:
+            self._restore(evidence.changed, who)
+
+    def _restore(self, names: list[str], who: str) -> None:
+        """Reload the base (on the CPU, only while its parameters are copied back) and put back what `who` changed.
+        Cheaper than a kept copy of the base, which would double its memory for a case that should never happen."""
+        from .base import load_base
+
+        self.progress.line(f"{who} changed {len(names)} base parameters: restoring them from {self.config.base_model}")
+        fresh = load_base(replace(self.config, device="cpu")).pipeline
+        left = self.watch.restore(names, base_parameters(fresh))
+        if left:
+            raise RuntimeError(
+                f"{who} changed {len(names)} base parameters and {len(left)} could not be restored from "
+                f"{self.config.base_model}, first {left[0]}: a module was replaced or removed, or the base on disk "
+                "changed during the run; the adapters after it would be checked on another base: run it alone"
+            )
+
+    def close(self) -> None:
+        """The session's last full digest: a change written around the cheap evidence (through `.data` or a shared
+        buffer) still ends the run named. Raises naming what changed."""
+        if "base" not in self.__dict__:
+            return
+        names = self.watch.full().changed
+        if names:
+            raise RuntimeError(
+                f"{len(names)} base parameters differ from the session's first digests at its end, first "
+                f"{', '.join(names[:3])}: written without moving their version counter or storage (through `.data` "
+                "or a shared buffer), so no adapter's frozen_base saw it and the verdicts after it ran on another "
+                "base; run each adapter alone (-k ADAPTER) to find the one that writes them"
+            )
 
     def unload(self, spec: AdapterSpec) -> None:
         loaded = self._loaded.pop(spec.name, None)
-        if loaded is None or loaded.application is None:
+        if loaded is None:
             return
-        pipeline = self.base.pipeline
-        with warnings.catch_warnings():  # peft says which adapter it activates instead: none is meant to be
-            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
-            pipeline.delete_adapters(spec.slot)
-        if not any(pipeline.get_list_adapters().values()):
-            pipeline.unload_lora_weights()  # the last adapter: take the peft wrappers out too
+        if loaded.application is None:  # refused or skipped: nothing to take out, but it may have run on the base
+            if "base" in self.__dict__:
+                self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+            return
+        remove_adapter(self.base.pipeline, spec.slot)
         self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}
-        self.record_stage(loaded, "after unloading")
+        self._settle(spec.name, self.record_stage(loaded, "after unloading"))
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:
@@ -228,7 +300,9 @@ class HarnessSession:
             watch = adapter.application.lora_layers if adapter and scale == 1.0 else None
             rendered = self._render(what, slot, scale, to_render, watch)
             for index, job in enumerate(to_render):
-                render = CachedRender(rendered.images[index], job not in rendered.nonfinite_jobs, sorted(rendered.layers_run))
+                render = CachedRender(
+                    rendered.images[index], job not in rendered.nonfinite_jobs, sorted(rendered.layers_run)
+                )
                 self._images[(slot, scale, *job)] = render
                 if cache:
                     cache.put(keys[job], render)
@@ -253,9 +327,13 @@ class HarnessSession:
         """The cache key's parts every render of the run shares."""
         plan, pipeline = self.plan, self.base.pipeline
         return {
-            "base_fingerprint": self.base_fingerprint, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
-            "size": plan.size, "scheduler": scheduler_identity(pipeline.scheduler),
-            "device": str(pipeline.device), "dtype": str(denoiser_of(pipeline).dtype),
+            "base_fingerprint": self.base_fingerprint,
+            "steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "size": plan.size,
+            "scheduler": scheduler_identity(pipeline.scheduler),
+            "device": str(pipeline.device),
+            "dtype": str(denoiser_of(pipeline).dtype),
         }
 
     @staticmethod
@@ -279,17 +357,21 @@ class HarnessSession:
             return str(save_png(image, path).relative_to(report_dir))
 
         pictures = []
-        for index, ((prompt, seed), base_image, adapted_image) in enumerate(zip(self.plan.jobs, base.images, adapted.images)):
+        for index, ((prompt, seed), base_image, adapted_image) in enumerate(
+            zip(self.plan.jobs, base.images, adapted.images)
+        ):
             heatmap, peak = diff_heatmap(adapted_image, base_image)
             stem = f"{index:02d}-seed{seed}"
-            pictures.append({
-                "prompt": prompt,
-                "seed": seed,
-                "base": saved(base_image, folder / "base" / f"{stem}.png"),
-                "adapted": saved(adapted_image, folder / adapter.spec.slot / f"{stem}.png"),
-                "diff": saved(heatmap, folder / adapter.spec.slot / f"{stem}-diff.png"),
-                "diff_max": peak,
-            })
+            pictures.append(
+                {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "base": saved(base_image, folder / "base" / f"{stem}.png"),
+                    "adapted": saved(adapted_image, folder / adapter.spec.slot / f"{stem}.png"),
+                    "diff": saved(heatmap, folder / adapter.spec.slot / f"{stem}-diff.png"),
+                    "diff_max": peak,
+                }
+            )
         return pictures
 
     @cached_property
@@ -358,7 +440,9 @@ class HarnessSession:
         elif adapter.problem:
             result = CheckResult(adapter.name, check, FAILED, message=adapter.problem)
         elif uses_renders and self.controls.status == FAILED and not adapter.spec.is_reference:
-            result = CheckResult(adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}")
+            result = CheckResult(
+                adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}"
+            )
         else:
             result = evaluate()
             if adapter.defects and result.status in (PASSED, FAILED, SKIPPED):

@@ -166,14 +166,18 @@ def build_tiny_sd3_pipeline():
 
 def _flow_vae():
     """The VAE of the rectified-flow families: no quant convs, latents shifted as well as scaled."""
-    return _vae(latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    return _vae(
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
+    )
 
 
 def _t5_encoder(vocab_size: int):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(SEED + 2)
-    config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8
+    )
     return T5EncoderModel(config)
 
 
@@ -196,7 +200,11 @@ def _vae(**overrides):
 
 def _text_encoder(model_class, seed: int = SEED):
     torch.manual_seed(seed)
-    return model_class(clip_text_config(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32))
+    return model_class(
+        clip_text_config(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32
+        )
+    )
 
 
 def clip_text_config(**widths):
@@ -204,7 +212,12 @@ def clip_text_config(**widths):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **widths
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **widths,
     )
 
 

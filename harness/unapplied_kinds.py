@@ -56,14 +56,19 @@ KINDS = (
     UnappliedKind("LyCORIS norm fine-tune", LYCORIS_APPLIES, _suffix(".w_norm", ".b_norm")),
     UnappliedKind(
         "LyCORIS network saved with LyCORIS's own `lycoris_` prefix (its `create_lycoris` wrapper, SimpleTuner)",
-        "LyCORIS's `create_lycoris_from_weights` on the model it wrapped", _own_prefix,
+        "LyCORIS's `create_lycoris_from_weights` on the model it wrapped",
+        _own_prefix,
     ),
     UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),
     UnappliedKind(
-        "PEFT LoRA with `modules_to_save` (whole modules replaced)", "peft's `PeftModel.from_pretrained`", _modules_to_save
+        "PEFT LoRA with `modules_to_save` (whole modules replaced)",
+        "peft's `PeftModel.from_pretrained`",
+        _modules_to_save,
     ),
     UnappliedKind(
-        "PEFT LoRA with `lora_bias=True` (a bias on lora_B)", "peft's `PeftModel.from_pretrained`", _suffix(".lora_B.bias")
+        "PEFT LoRA with `lora_bias=True` (a bias on lora_B)",
+        "peft's `PeftModel.from_pretrained`",
+        _suffix(".lora_B.bias"),
     ),
 )
 

@@ -38,7 +38,9 @@ class ModuleHealth:
     finite: bool
 
 
-def module_health(module: str, down: torch.Tensor, up: torch.Tensor, scale: float, architecture: str = UNET) -> ModuleHealth:
+def module_health(
+    module: str, down: torch.Tensor, up: torch.Tensor, scale: float, architecture: str = UNET
+) -> ModuleHealth:
     """Norms and effective rank of scale · up · down, from the factors (conv factors flattened as the field does)."""
     down = down.detach().double().reshape(down.shape[0], -1)  # [r, in·kh·kw]
     up = up.detach().double().reshape(up.shape[0], -1)  # [out, r]
@@ -122,7 +124,9 @@ def evaluate_weight_health(
     ranks = [m.effective_rank / m.rank for m in healthy if m.module not in dead and m.rank]
     rank_ratio = _median(ranks) if ranks else 0.0
     if min_effective_rank_ratio and rank_ratio < min_effective_rank_ratio:
-        problems.append(f"median effective rank is {rank_ratio:.0%} of the paid rank (allowed {min_effective_rank_ratio:.0%})")
+        problems.append(
+            f"median effective rank is {rank_ratio:.0%} of the paid rank (allowed {min_effective_rank_ratio:.0%})"
+        )
     per_block: dict[str, dict[str, float]] = {}
     for block in sorted({m.block for m in healthy}):
         members = [m for m in healthy if m.block == block]
@@ -132,7 +136,14 @@ def evaluate_weight_health(
         }
     details = {
         "modules": [
-            {"module": m.module, "block": m.block, "frobenius": m.frobenius, "spectral": m.spectral, "effective_rank": m.effective_rank, "rank": m.rank}
+            {
+                "module": m.module,
+                "block": m.block,
+                "frobenius": m.frobenius,
+                "spectral": m.spectral,
+                "effective_rank": m.effective_rank,
+                "rank": m.rank,
+            }
             for m in modules
         ],
         "per_block": per_block,
@@ -140,7 +151,9 @@ def evaluate_weight_health(
         "dead_share": share,
         "outliers": [{"module": o[0], "robust_z": o[1]} for o in outliers[:50]],
         "median_effective_rank_ratio": rank_ratio,
-        "warning": None if rank_ratio >= 0.5 or not ranks else f"median effective rank is {rank_ratio:.0%} of the paid rank",
+        "warning": None
+        if rank_ratio >= 0.5 or not ranks
+        else f"median effective rank is {rank_ratio:.0%} of the paid rank",
     }
     return verdict(adapter, CHECK, not problems, len(problems), 0, "; ".join(problems), details)
 

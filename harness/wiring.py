@@ -17,14 +17,21 @@ DORA_SCALE_ZERO = (
 
 
 def evaluate_wiring(
-    adapter: str, application: Application, adapted: RenderSet, at_scale_zero: RenderSet, base: RenderSet, tolerance: float
+    adapter: str,
+    application: Application,
+    adapted: RenderSet,
+    at_scale_zero: RenderSet,
+    base: RenderSet,
+    tolerance: float,
 ) -> CheckResult:
     problems = []
     if application.unmatched or application.shape_mismatches:
         problems.append(describe_unmatched(application.unmatched, application.shape_mismatches))
     if application.value_mismatches:
         shown = ", ".join(application.value_mismatches[:SHOWN])
-        problems.append(f"{len(application.value_mismatches)} tensors are not in their module with their values: {shown}")
+        problems.append(
+            f"{len(application.value_mismatches)} tensors are not in their module with their values: {shown}"
+        )
     if application.scale_mismatches:
         module, declared, applied = application.scale_mismatches[0]
         problems.append(
@@ -33,7 +40,9 @@ def evaluate_wiring(
         )
     silent = sorted(set(application.lora_layers) - adapted.layers_run)
     if silent:
-        problems.append(f"{len(silent)} of {len(application.lora_layers)} LoRA layers never ran during a render: {', '.join(silent[:SHOWN])}")
+        problems.append(
+            f"{len(silent)} of {len(application.lora_layers)} LoRA layers never ran during a render: {', '.join(silent[:SHOWN])}"
+        )
     scale_zero_diff = float(np.abs(at_scale_zero.images.astype(np.float64) - base.images).mean())
     scale_zero_control = "compared"
     if application.dora_modules:

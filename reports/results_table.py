@@ -11,10 +11,23 @@ from pathlib import Path
 
 from lora_harness import __version__, report_records
 
+from .terminal import visible
+
 SCHEMA = 1
 ADAPTER_FIELDS = (
-    "name", "path", "format", "kind", "family", "rank", "alpha", "scale",
-    "tensors", "tensors_applied", "lora_params", "sha256", "metadata",
+    "name",
+    "path",
+    "format",
+    "kind",
+    "family",
+    "rank",
+    "alpha",
+    "scale",
+    "tensors",
+    "tensors_applied",
+    "lora_params",
+    "sha256",
+    "metadata",
 )
 
 
@@ -24,11 +37,19 @@ class ResultsTable:
         self.previous = previous
         self.path = Path(config.report_dir) / "results.json"
         self.base = {"model": config.base_model, "family": None, "fingerprint": None, "unet_params": None}
-        self.adapters: dict[str, dict] = {spec.name: {"name": spec.name} for spec in config.adapters}
+        self.adapters: dict[str, dict] = {spec.name: {"name": spec.name} for spec in config.checked_adapters}
         self.results: dict[tuple[str, str], dict] = {}
-        self.controls = {"status": "not run", "message": "no render-based check of a user adapter ran yet", "details": {}}
+        self.controls = {
+            "status": "not run",
+            "message": "no render-based check of a user adapter ran yet",
+            "details": {},
+        }
         self.unet_forward_passes = 0
-        self.render_cache = {"folder": str(config.render_cache) if config.render_cache else None, "hits": 0, "written": 0}
+        self.render_cache = {
+            "folder": str(config.render_cache) if config.render_cache else None,
+            "hits": 0,
+            "written": 0,
+        }
         self.costs: dict[str, dict] = {}  # adapter -> wall seconds, U-Net calls, cached renders used
         self.expected: list[tuple[str, str]] = []  # (adapter, check) pairs collected
         self.run = {"status": "running", "exit_status": None}
@@ -63,7 +84,9 @@ class ResultsTable:
         self.render_cache["hits"] += costs["cache_hits"]
         self.render_cache["written"] += costs["cache_written"]
         if costs["adapter"] is not None:
-            cost = self.costs.setdefault(costs["adapter"], {"wall_s": 0.0, "unet_forward_passes": 0, "cached_renders": 0})
+            cost = self.costs.setdefault(
+                costs["adapter"], {"wall_s": 0.0, "unet_forward_passes": 0, "cached_renders": 0}
+            )
             cost["wall_s"] = round(cost["wall_s"] + seconds, 3)
             cost["unet_forward_passes"] += costs["unet_forward_passes"]
             cost["cached_renders"] += costs["cache_hits"]
@@ -75,7 +98,9 @@ class ResultsTable:
             "base": self.base,
             "settings": self.config.settings(),
             "adapters": [
-                {field: record.get(field) for field in ADAPTER_FIELDS} | {"cost": self.costs.get(record["name"])} | _extra(record)
+                {field: record.get(field) for field in ADAPTER_FIELDS}
+                | {"cost": self.costs.get(record["name"])}
+                | _extra(record)
                 for record in self.adapters.values()
             ],
             "results": list(self.results.values()),
@@ -83,19 +108,28 @@ class ResultsTable:
             "render_cache": self.render_cache,
             "controls": self.controls,
             "environment": self.environment,
-            "previous": {"path": str(self.previous.path), "harness_version": self.previous.harness_version} if self.previous else None,
-            "run": {**self.run, "not_finished": [{"adapter": a, "check": c} for a, c in self.expected if (a, c) not in self.results]},
+            "previous": {"path": str(self.previous.path), "harness_version": self.previous.harness_version}
+            if self.previous
+            else None,
+            "run": {
+                **self.run,
+                "not_finished": [{"adapter": a, "check": c} for a, c in self.expected if (a, c) not in self.results],
+            },
         }
 
     def write(self) -> Path:
         """results.json, results.csv and report.html, each replaced atomically as the run goes."""
+        return self.write_document(self.document(), self.path.parent)
+
+    @staticmethod
+    def write_document(document: dict, folder: Path) -> Path:
+        """`document` as results.json, results.csv, release cards and report.html in `folder`, each replaced
+        atomically: a run's table and `lora_harness merge` write the same files."""
         from .html import render_html
         from .release_card import release_card
 
-        document = self.document()
-        folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, json.dumps(document, indent=2, default=_plain))
+        write_atomically(folder / "results.json", json.dumps(document, indent=2, default=_plain))
         write_atomically(folder / "results.csv", results_frame(document).to_csv(index=False))
         for adapter in document["adapters"]:
             card = folder / "release_cards" / adapter["name"] / "release_card.md"
@@ -107,15 +141,29 @@ class ResultsTable:
             warnings.warn(f"lora-harness could not render report.html: {error!r}", stacklevel=1)
             html = f"<!doctype html><title>report failed</title><p>report.html could not be rendered: {escape(repr(error))}; see results.json"
         write_atomically(folder / "report.html", html)
-        return self.path
+        return folder / "results.json"
 
 
 def results_frame(document: dict):
-    """One row per adapter x check."""
+    """One row per adapter x check, each text cell safe to open in a spreadsheet."""
     import pandas as pd
 
     columns = ["adapter", "check", "status", "value", "threshold", "message", "duration_s"]
-    return pd.DataFrame([{c: r.get(c) for c in columns} for r in document["results"]], columns=columns)
+    rows = [{c: inert_cell(r.get(c)) for c in columns} for r in document["results"]]
+    return pd.DataFrame(rows, columns=columns)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@")  # and tab and CR, which `visible` has already written as escapes
+
+
+def inert_cell(value):
+    """Text cells carry file names and keys from strangers: control characters are written as escapes (a bare CR
+    splits a row), and a cell a spreadsheet would run as a formula gets a leading `'` (OWASP's CSV-injection advice).
+    Numbers stay numbers, negative ones included."""
+    if not isinstance(value, str):
+        return value
+    value = visible(value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def write_atomically(path: Path, text: str) -> None:

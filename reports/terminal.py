@@ -1,24 +1,43 @@
-"""The short adapter x check table printed at the end of a run."""
+"""The short adapter x check table printed at the end of a run, and `visible` for any text a file brought."""
 
 from __future__ import annotations
 
-import pandas as pd
+import unicodedata
 
 from lora_harness.results import CHECK_ORDER
 
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
+# Bidirectional overrides and isolates reorder what a terminal shows ("Trojan Source"), as escapes move the cursor.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text) -> str:
+    """`text` with every control character (ESC, CR, newline, C1, bidi) written as its escape, e.g. `\\x1b`: file names,
+    keys and metadata come from strangers, and a terminal would run them."""
+    return "".join(_escaped(c) for c in str(text))
+
+
+def _escaped(character: str) -> str:
+    if unicodedata.category(character) == "Cc" or character in BIDI_CONTROLS:
+        return repr(character)[1:-1]
+    return character
 
 
 def summary_lines(table) -> list[str]:
+    import pandas as pd
+
     lines = []
     if table.results:
         frame = pd.DataFrame(list(table.results.values()))
+        frame["adapter"] = frame["adapter"].map(visible)
         grid = frame.pivot_table(index="adapter", columns="check", values="status", aggfunc="last")
         grid = grid.reindex(columns=[c for c in CHECK_ORDER if c in grid] + [c for c in grid if c not in CHECK_ORDER])
         lines += grid.fillna("-").map(lambda status: SYMBOLS.get(status, status)).to_string().splitlines()
     else:
         lines.append("no check ran")
     controls = table.controls
-    lines.append(f"controls (reference overfit vs untrained): {controls['status']}" + (f" - {controls['message']}" if controls.get("message") else ""))
-    lines.append(f"results: {table.path}")
+    message = f" - {visible(controls['message'])}" if controls.get("message") else ""
+    lines.append(f"controls (reference overfit vs untrained): {controls['status']}{message}")
+    lines.append(f"results: {visible(table.path)}")
+    lines.append(f"report:  {visible(table.path.parent / 'report.html')}")  # what a reviewer opens next
     return lines

@@ -16,5 +16,10 @@ def _model_libraries_imported_once():
     import peft.tuners.loha  # noqa: F401
     import peft.tuners.lokr  # noqa: F401
 
-    for pipeline in ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline"):
+    for pipeline in (
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "FluxPipeline",
+        "StableDiffusion3Pipeline",
+    ):
         getattr(diffusers, pipeline)  # diffusers imports each family's modules on first use

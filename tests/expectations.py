@@ -2,8 +2,17 @@
 
 # In collection order (the plugin's CHECK_MODULES); frozen_base runs last for its adapter.
 CHECKS = (
-    "wiring", "param_budget", "pixel_diff", "release_metadata", "weight_health",
-    "clip_heldout", "fid", "kid", "cmmd", "mode_collapse", "frozen_base",
+    "wiring",
+    "param_budget",
+    "pixel_diff",
+    "release_metadata",
+    "weight_health",
+    "clip_heldout",
+    "fid",
+    "kid",
+    "cmmd",
+    "mode_collapse",
+    "frozen_base",
 )
 NEEDS_CORPUS = ("fid", "kid", "cmmd")  # skipped, saying why, without --reference-images
 # Without --clip-model the CLIP checks never gate: the embedded base reports the self-test CLIP's figures as skipped,

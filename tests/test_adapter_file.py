@@ -69,3 +69,26 @@ def test_reads_tensors_metadata_and_hash(tmp_path):
     adapter = read_adapter(path)
     assert adapter.file_metadata == {"ss_network_dim": "4"}
     assert len(adapter.sha256) == 64 and list(adapter.tensors) == ["unet.x.lora_A.weight"]
+
+
+def test_tensors_read_from_the_checked_header_equal_safetensors_own(tmp_path):
+    """Each dtype a trainer writes, an empty tensor and a scalar alpha: the same values, dtypes and shapes as
+    safetensors' `load_file`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lora_harness.adapter_file import read_adapter
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        f"m.{dtype}": torch.randn(3, 5, generator=generator).to(dtype)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    }
+    tensors |= {"m.alpha": torch.tensor(4), "m.empty": torch.zeros(0, 4), "m.flags": torch.tensor([True, False])}
+    save_file(tensors, tmp_path / "a.safetensors")
+    read, expected = read_adapter(tmp_path / "a.safetensors").tensors, load_file(tmp_path / "a.safetensors")
+    assert list(read) == sorted(expected)
+    for key, tensor in expected.items():
+        assert read[key].dtype == tensor.dtype and read[key].shape == tensor.shape and torch.equal(read[key], tensor), (
+            key
+        )

@@ -22,7 +22,9 @@ def test_a_kohya_dora_file_lands_whole_with_its_magnitudes(pytester, tmp_path):
     adapter = results(pytester)["adapters"][0]
     assert (adapter["format"], adapter["kind"]) == ("kohya", "DoRA")
     assert adapter["tensors_applied"] == adapter["tensors"] == 3 * (32 + 8)  # down, up, magnitude per module
-    per_input = write_lycoris(pipeline, tmp_path / "dora-per-input.safetensors", "lora", dora_wd=True, wd_on_output=False)
+    per_input = write_lycoris(
+        pipeline, tmp_path / "dora-per-input.safetensors", "lora", dora_wd=True, wd_on_output=False
+    )
     pytester.runpytest_inprocess("--adapter", per_input, *FAST, "-k", "wiring").assert_outcomes(failed=1)
     message = records(pytester)[("dora-per-input.safetensors", "wiring")]["message"]
     assert "a scale per input channel (LyCORIS `wd_on_output=False`)" in message
@@ -39,7 +41,6 @@ def test_a_dora_adapter_passes_the_mechanical_checks_with_its_magnitudes_proven(
     wiring = records(pytester)[("dora", "wiring")]["details"]
     # At scale 0 DoRA still rescales by its magnitudes: the control says so instead of failing or passing silently.
     assert wiring["scale_zero_control"] == DORA_SCALE_ZERO and wiring["scale_zero_mean_abs_diff"] > 0.5
-
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,9 @@ def test_lycoris_loha_and_lokr_files_land_whole_at_lycoris_scale_and_pass(pytest
     assert applied["lokr"]["tensors_applied"] == applied["lokr"]["tensors"] == 2 * modules
     assert applied["lokr-r2"]["tensors_applied"] == applied["lokr-r2"]["tensors"] > 2 * modules  # some w2 split in two
     assert (applied["loha"]["kind"], applied["lokr"]["kind"]) == ("LoHa", "LoKr")
-    assert {a["format"] for a in applied.values()} == {"lycoris"} and {a["family"] for a in applied.values()} == {"tiny"}
+    assert {a["format"] for a in applied.values()} == {"lycoris"} and {a["family"] for a in applied.values()} == {
+        "tiny"
+    }
     # LyCORIS's scales: alpha / rank; 1 where both Kronecker factors are full; alpha / rank for a split w2.
     assert (applied["loha"]["scale"], applied["lokr"]["scale"], applied["lokr-r2"]["scale"]) == (2.0, 1.0, 4.0)
 
@@ -80,7 +83,9 @@ def test_a_lycoris_file_that_does_not_fit_the_base_fails_wiring(pytester, lycori
     misspelled = sorted(k for k in tensors if "attn1_to_q" in k)[:5]
     tensors.update({k.replace("attn1_to_q", "attn1_to_query"): tensors.pop(k) for k in misspelled})
     save_file(tensors, tmp_path / "unfit.safetensors")
-    pytester.runpytest_inprocess("--adapter", tmp_path / "unfit.safetensors", *FAST, "-k", "wiring").assert_outcomes(failed=1)
+    pytester.runpytest_inprocess("--adapter", tmp_path / "unfit.safetensors", *FAST, "-k", "wiring").assert_outcomes(
+        failed=1
+    )
     message = records(pytester)[("unfit.safetensors", "wiring")]["message"]
     assert "keys match no module" in message and "attn1_to_query" in message
     assert f"{first}: base needs (4, 32), file has (4, 31)" in message
@@ -91,7 +96,9 @@ def test_a_lycoris_file_whose_factors_are_zero_fails_weight_health(pytester, lyc
     tensors = load_file(lycoris_files["loha"])
     tensors.update({k: torch.zeros_like(v) for k, v in tensors.items() if k.endswith(".hada_w2_a")})
     save_file(tensors, tmp_path / "untrained-loha.safetensors")
-    pytester.runpytest_inprocess("--adapter", tmp_path / "untrained-loha.safetensors", *FAST, "-k", "weight_health").assert_outcomes(failed=1)
+    pytester.runpytest_inprocess(
+        "--adapter", tmp_path / "untrained-loha.safetensors", *FAST, "-k", "weight_health"
+    ).assert_outcomes(failed=1)
     message = records(pytester)[("untrained-loha.safetensors", "weight_health")]["message"]
     assert "40 of 40 modules (100%) have ΔW ≈ 0" in message
 
@@ -103,7 +110,9 @@ def test_sdxl_lycoris_files_land_on_the_unet_and_both_text_encoders(pytester, tm
     pipeline = build_tiny_sdxl_pipeline()
     adapters = [write_lycoris(pipeline, tmp_path / f"sdxl-{algo}.safetensors", algo) for algo in ("loha", "lokr")]
     given = [a for path in adapters for a in ("--adapter", path)]
-    result = pytester.runpytest_inprocess(*given, "--base-model", "tiny-sdxl", *FAST, *MECHANICAL, "--param-budget", "10%")
+    result = pytester.runpytest_inprocess(
+        *given, "--base-model", "tiny-sdxl", *FAST, *MECHANICAL, "--param-budget", "10%"
+    )
     result.assert_outcomes(passed=2 * 5)
     modules = 64 + 8 + 8  # the SDXL-shaped U-Net's attention projections and each text encoder's
     for adapter in results(pytester)["adapters"]:

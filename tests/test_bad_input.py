@@ -32,7 +32,10 @@ def _match_nothing(lora):
 
 
 def _sd2(lora):
-    return {k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b) for k, (a, b) in lora.items()}
+    return {
+        k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b)
+        for k, (a, b) in lora.items()
+    }
 
 
 def _nan(lora):
@@ -72,8 +75,15 @@ def build_bad_adapters(root, write_lora, marker):
     raw("huge-header.safetensors", raw_file(b"{}", header_size=2**60), "the header promises 1152921504606846976 bytes")
     raw("not-json.safetensors", raw_file(b"\xff\xfe not json"), "the header is not valid JSON")
     raw("json-list.safetensors", raw_file([1, 2, 3]), "the header is not a JSON object")
-    raw("outside.safetensors", raw_file(one_tensor_header(offsets=(0, 512)), b"\0" * 100), "truncated: the header promises 512 bytes")
-    overlapping = {**one_tensor_header("unet.a.lora_A.weight"), **one_tensor_header("unet.a.lora_B.weight", offsets=(256, 768))}
+    raw(
+        "outside.safetensors",
+        raw_file(one_tensor_header(offsets=(0, 512)), b"\0" * 100),
+        "truncated: the header promises 512 bytes",
+    )
+    overlapping = {
+        **one_tensor_header("unet.a.lora_A.weight"),
+        **one_tensor_header("unet.a.lora_B.weight", offsets=(256, 768)),
+    }
     raw("overlapping.safetensors", raw_file(overlapping, b"\0" * 768), "overlaps the tensor before it")
     raw("unknown-dtype.safetensors", raw_file(one_tensor_header(dtype="F42"), b"\0" * 512), "unknown dtype 'F42'")
     for suffix in (".bin", ".pt", ".ckpt", ".pth"):
@@ -89,13 +99,31 @@ def build_bad_adapters(root, write_lora, marker):
     foreign_targets = write_lora("peft", "config-foreign-targets")
     config = json.loads((foreign_targets / "adapter_config.json").read_text())
     (foreign_targets / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["query", "value"]}))
-    cases["config-foreign-targets"] = (foreign_targets, "target_modules names modules the base's unet lacks: query, value")
-    cases["nothing.safetensors"] = (write_lora("peft-file", "nothing.safetensors", edit=_match_nothing), "none of its 64 LoRA tensors matches")
-    cases["half.safetensors"] = (write_lora("kohya", "half.safetensors", edit=_misspell_half), "48 of 64 LoRA tensors applied")
-    cases["sd2"] = (write_lora("diffusers", "sd2", edit=_sd2).parent, "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)")
-    cases["ranks.safetensors"] = (write_lora("kohya", "ranks.safetensors", edit=_ranks_disagree), "down and up ranks disagree")
+    cases["config-foreign-targets"] = (
+        foreign_targets,
+        "target_modules names modules the base's unet lacks: query, value",
+    )
+    cases["nothing.safetensors"] = (
+        write_lora("peft-file", "nothing.safetensors", edit=_match_nothing),
+        "none of its 64 LoRA tensors matches",
+    )
+    cases["half.safetensors"] = (
+        write_lora("kohya", "half.safetensors", edit=_misspell_half),
+        "48 of 64 LoRA tensors applied",
+    )
+    cases["sd2"] = (
+        write_lora("diffusers", "sd2", edit=_sd2).parent,
+        "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)",
+    )
+    cases["ranks.safetensors"] = (
+        write_lora("kohya", "ranks.safetensors", edit=_ranks_disagree),
+        "down and up ranks disagree",
+    )
     cases["nan"] = (write_lora("peft", "nan", edit=_nan), "hold NaN or Inf")
-    cases["zero-b.safetensors"] = (write_lora("peft-file", "zero-b.safetensors", zero_b=True), "every up matrix (lora_B / lora_up) is all zero")
+    cases["zero-b.safetensors"] = (
+        write_lora("peft-file", "zero-b.safetensors", zero_b=True),
+        "every up matrix (lora_B / lora_up) is all zero",
+    )
     # LoKr and LoHa are applied (tests/test_adapter_kinds.py); their Tucker forms have no peft layer to land in.
     lokr = _rename_keys(write_lora("kohya", "lokr-tucker.safetensors"), "lora_down", "lokr_t2")
     cases["lokr-tucker.safetensors"] = (lokr, "a LyCORIS LoKr with Tucker decomposition (`")
@@ -145,7 +173,10 @@ def test_a_multi_gigabyte_header_check_reads_only_the_header(tmp_path):
 @pytest.mark.parametrize(
     "content, expect",
     [
-        (raw_file({**one_tensor_header(), "__metadata__": {"a": 1}}, b"\0" * 512), "`__metadata__` must map names to strings"),
+        (
+            raw_file({**one_tensor_header(), "__metadata__": {"a": 1}}, b"\0" * 512),
+            "`__metadata__` must map names to strings",
+        ),
         (raw_file({"unet.x": {"dtype": "F32"}}), "lacks dtype, shape or data_offsets"),
         (raw_file(one_tensor_header(shape=(4, -1)), b"\0" * 512), "malformed shape"),
         (raw_file(one_tensor_header(offsets=(0, 100)), b"\0" * 100), "does not fill bytes 0-100"),
@@ -184,5 +215,8 @@ def test_ctrl_c_leaves_a_valid_report_of_what_finished(pytester, write_lora):
     assert recorder.ret == pytest.ExitCode.INTERRUPTED
     document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
     assert document["run"]["status"] == "interrupted"
-    assert {(r["check"], r["status"]) for r in document["results"]} == {("wiring", "passed"), ("param_budget", "passed")}
+    assert {(r["check"], r["status"]) for r in document["results"]} == {
+        ("wiring", "passed"),
+        ("param_budget", "passed"),
+    }
     assert document["run"]["not_finished"] == [{"adapter": "good.safetensors", "check": c} for c in CHECKS[2:]]

@@ -41,7 +41,9 @@ def sdxl_adapters(tmp_path_factory):
 def test_sdxl_adapters_in_each_layout_pass_with_their_text_encoders_proven(pytester, sdxl_adapters):
     adapters = [a for path in sdxl_adapters.values() for a in ("--adapter", path)]
     # At tiny widths rank 4 on both text encoders and the U-Net is 1.99% of the U-Net: at the 2% default's edge.
-    result = pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-sdxl", *FAST, *MECHANICAL, "--param-budget", "5%")
+    result = pytester.runpytest_inprocess(
+        *adapters, "--base-model", "tiny-sdxl", *FAST, *MECHANICAL, "--param-budget", "5%"
+    )
     result.assert_outcomes(passed=2 * 5)
     document = results(pytester)
     assert document["base"]["family"] == "tiny (SDXL-shaped)"
@@ -67,7 +69,6 @@ def test_the_reference_overfit_trains_on_sdxl_and_its_controls_hold(pytester):
     assert document["controls"]["status"] == "passed", document["controls"]["message"]
     reference = document["adapters"][0]
     assert reference["tensors_applied"] == reference["tensors"] == 2 * 64
-
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,9 @@ def flux_adapters(tmp_path_factory):
 
 def test_flux_adapters_in_each_layout_pass_with_both_streams_and_the_text_encoder_proven(pytester, flux_adapters):
     adapters = [a for path in flux_adapters.values() for a in ("--adapter", path)]
-    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL).assert_outcomes(passed=3 * 5)
+    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL).assert_outcomes(
+        passed=3 * 5
+    )
     document = results(pytester)
     assert document["base"]["family"] == "tiny (Flux-shaped)" and document["base"]["guidance_scale"] == 3.5
     applied = {a["format"]: a for a in document["adapters"]}
@@ -155,7 +158,9 @@ def test_flux_adapters_in_each_layout_pass_with_both_streams_and_the_text_encode
 
 def test_the_reference_overfit_trains_on_flux_with_rectified_flow_and_its_controls_hold(pytester):
     args = ("--adapter", "reference", "--base-model", "tiny-flux", "--render-seeds", "1", "-p", "no:cacheprovider")
-    pytester.runpytest_inprocess(*args, "-k", "wiring or pixel_diff or frozen_base or param_budget").assert_outcomes(passed=4)
+    pytester.runpytest_inprocess(*args, "-k", "wiring or pixel_diff or frozen_base or param_budget").assert_outcomes(
+        passed=4
+    )
     document = results(pytester)
     assert document["controls"]["status"] == "passed", document["controls"]["message"]
     reference = document["adapters"][0]
@@ -168,7 +173,6 @@ def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_bot
     assert "made for tiny (cross-attention 32), but the base is tiny Flux (transformer width 96)" in message
     message = wiring_failure(pytester, flux_adapters["peft-file"])
     assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
-
 
 
 @pytest.fixture(scope="module")
@@ -205,12 +209,15 @@ def test_sd3_adapters_pass_with_both_text_encoders_proven_and_the_reference_trai
     assert set(budget["details"]["per_block"]) == {"joint/attn", "joint/attn-text"}
 
 
-def test_a_flux_adapter_on_sd3_and_an_sd3_adapter_on_flux_fail_wiring_naming_both(pytester, sd3_adapters, flux_adapters):
+def test_a_flux_adapter_on_sd3_and_an_sd3_adapter_on_flux_fail_wiring_naming_both(
+    pytester, sd3_adapters, flux_adapters
+):
     """Both are MMDiT transformers with the same module names: only the family signature tells them apart."""
     message = wiring_failure(pytester, flux_adapters["peft-file"], "tiny-sd3")
     assert "made for tiny Flux (transformer width 96), but the base is tiny SD3 (transformer width 128)" in message
     message = wiring_failure(pytester, sd3_adapters["peft"], "tiny-flux")
     assert "made for tiny SD3 (transformer width 128), but the base is tiny Flux (transformer width 96)" in message
+
 
 def test_each_family_trains_its_reference_on_its_own_objective():
     """The target a denoiser learns: noise (epsilon), velocity (v-prediction) or noise - x0 (rectified flow)."""
@@ -222,14 +229,18 @@ def test_each_family_trains_its_reference_on_its_own_objective():
     latents, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     for prediction_type in ("epsilon", "v_prediction"):
         scheduler = DDIMScheduler(prediction_type=prediction_type)
-        noisy, timestep, target = DiffusionExample(latents, {}, scheduler).noised(noise, torch.Generator().manual_seed(0))
+        noisy, timestep, target = DiffusionExample(latents, {}, scheduler).noised(
+            noise, torch.Generator().manual_seed(0)
+        )
         expected = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timestep)
         assert torch.equal(target, expected) and torch.equal(noisy, scheduler.add_noise(latents, noise, timestep))
     packed, packed_noise = latents.reshape(1, 16, 16), noise.reshape(1, 16, 16)
     noisy, sigma, target = FlowExample(packed, {}).noised(packed_noise, torch.Generator().manual_seed(0))
     assert torch.equal(target, packed_noise - packed)
     assert torch.allclose(noisy, (1 - sigma) * packed + sigma * packed_noise)
-    noisy, sigma, target = FlowExample(latents, {}, timestep_scale=1000.0).noised(noise, torch.Generator().manual_seed(0))
+    noisy, sigma, target = FlowExample(latents, {}, timestep_scale=1000.0).noised(
+        noise, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(target, noise - latents) and torch.allclose(noisy, (1 - sigma) * latents + sigma * noise)
 
 
@@ -259,8 +270,18 @@ def test_frozen_base_digests_every_model_of_the_pipeline_sd3s_t5_included():
 def test_each_signature_names_the_lineage_trainers_record():
     from lora_harness.families import FLUX, SD3, UNET, Signature
 
-    lineages = {(UNET, 32): "SD1.x", (UNET, 768): "SD1.x", (UNET, 1024): "SD2.x", (UNET, 64): "SDXL", (UNET, 2048): "SDXL",
-                (FLUX, 96): "Flux", (FLUX, 3072): "Flux", (SD3, 128): "SD3", (SD3, 2432): "SD3", (UNET, 320): None}
+    lineages = {
+        (UNET, 32): "SD1.x",
+        (UNET, 768): "SD1.x",
+        (UNET, 1024): "SD2.x",
+        (UNET, 64): "SDXL",
+        (UNET, 2048): "SDXL",
+        (FLUX, 96): "Flux",
+        (FLUX, 3072): "Flux",
+        (SD3, 128): "SD3",
+        (SD3, 2432): "SD3",
+        (UNET, 320): None,
+    }
     assert {key: Signature(*key).lineage for key in lineages} == lineages
 
 

@@ -42,8 +42,11 @@ def unapplied_files(tmp_path_factory):
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     for name, config, kind in (
         ("peft-lora-bias", LoraConfig(r=4, lora_alpha=4, target_modules=targets, lora_bias=True), "`lora_bias=True`"),
-        ("peft-modules-to-save", LoraConfig(r=4, lora_alpha=4, target_modules=targets, modules_to_save=["conv_out"]),
-         "`modules_to_save` (whole modules replaced)"),
+        (
+            "peft-modules-to-save",
+            LoraConfig(r=4, lora_alpha=4, target_modules=targets, modules_to_save=["conv_out"]),
+            "`modules_to_save` (whole modules replaced)",
+        ),
         ("peft-loha", LoHaConfig(r=4, alpha=4, target_modules=targets), "a PEFT adapter of a kind other than LoRA"),
     ):
         get_peft_model(build_tiny_pipeline().unet, config).save_pretrained(folder / name)
@@ -72,7 +75,9 @@ def test_a_dylora_file_with_an_integer_alpha_is_applied_at_its_scale(pytester, t
     tensors = load_file(kohya)
     dylora = {k: (torch.tensor(4) if k.endswith(".alpha") else v) for k, v in tensors.items()}
     save_file(dylora, tmp_path / "dylora.safetensors", metadata={"ss_network_module": "networks.dylora"})
-    pytester.runpytest_inprocess("--adapter", tmp_path / "dylora.safetensors", *FAST, *MECHANICAL).assert_outcomes(passed=5)
+    pytester.runpytest_inprocess("--adapter", tmp_path / "dylora.safetensors", *FAST, *MECHANICAL).assert_outcomes(
+        passed=5
+    )
     (adapter,) = results(pytester)["adapters"]
     assert adapter["tensors_applied"] == adapter["tensors"] == 64 and adapter["scale"] == 1.0  # alpha 4 / rank 4
 

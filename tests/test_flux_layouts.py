@@ -25,8 +25,12 @@ def community(tiny_flux, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("flux-community")
     return {
-        "kohya": write_flux_community(tiny_flux, folder / "kohya.safetensors", "kohya", single=KOHYA_SINGLE, text_encoder=True),
-        "comfyui": write_flux_community(tiny_flux, folder / "comfyui.safetensors", "comfyui", single=KOHYA_SINGLE, text_encoder=True),
+        "kohya": write_flux_community(
+            tiny_flux, folder / "kohya.safetensors", "kohya", single=KOHYA_SINGLE, text_encoder=True
+        ),
+        "comfyui": write_flux_community(
+            tiny_flux, folder / "comfyui.safetensors", "comfyui", single=KOHYA_SINGLE, text_encoder=True
+        ),
         "xlabs": write_flux_community(tiny_flux, folder / "xlabs.safetensors", "xlabs", single=("linear1", "linear2")),
     }
 
@@ -43,7 +47,9 @@ def test_kohya_comfyui_and_xlabs_files_pass_with_every_fused_module_proven(pytes
     adapters = [a for path in community.values() for a in ("--adapter", path)]
     # Every linear of the blocks (MLPs and modulations too) at rank 4 is 4.6% of a transformer this small.
     budget = ("--param-budget", "5%")
-    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL, *budget).assert_outcomes(passed=3 * 5)
+    pytester.runpytest_inprocess(*adapters, "--base-model", "tiny-flux", *FAST, *MECHANICAL, *budget).assert_outcomes(
+        passed=3 * 5
+    )
     applied = {a["format"]: a for a in results(pytester)["adapters"]}
     assert set(applied) == {"kohya-flux", "comfyui-flux", "xlabs-flux"}
     # Kohya and ComfyUI: 10 modules of the double block, 2 of the single one, CLIP's 4 attention projections in 2 layers.
@@ -51,7 +57,9 @@ def test_kohya_comfyui_and_xlabs_files_pass_with_every_fused_module_proven(pytes
     assert applied["comfyui-flux"]["tensors_applied"] == applied["comfyui-flux"]["tensors"] == 2 * (10 + 2 + 8)
     assert applied["xlabs-flux"]["tensors_applied"] == applied["xlabs-flux"]["tensors"] == 2 * (4 + 2)
     # alpha 2 / rank 4, baked into the values by diffusers and measured back; XLabs keeps no alpha.
-    assert applied["kohya-flux"]["scale"] == pytest.approx(0.5, rel=1e-6) and applied["xlabs-flux"]["scale"] == pytest.approx(1.0)
+    assert applied["kohya-flux"]["scale"] == pytest.approx(0.5, rel=1e-6) and applied["xlabs-flux"][
+        "scale"
+    ] == pytest.approx(1.0)
     assert {a["family"] for a in applied.values()} == {"tiny Flux"}
     health = records(pytester)[("kohya.safetensors", "weight_health")]["details"]["modules"]
     fused = {m["module"]: m["block"] for m in health if "+" in m["module"]}
@@ -65,12 +73,16 @@ def test_fused_modules_written_as_stacked_separate_loras_and_bf16_files_are_prov
     """diffusers takes another path for a block-diagonal up (it chunks the down); a bf16 file's baked values round."""
     from lora_harness.fixtures.adapter_writers import write_flux_community
 
-    stacked = write_flux_community(tiny_flux, tmp_path / "stacked.safetensors", rank=2, single=KOHYA_SINGLE, stacked=True)
+    stacked = write_flux_community(
+        tiny_flux, tmp_path / "stacked.safetensors", rank=2, single=KOHYA_SINGLE, stacked=True
+    )
     application = _apply(tiny_flux, stacked)
     assert application.tensors_applied == application.tensors and not application.scale_mismatches
     assert application.scales["transformer.transformer_blocks.0.attn.to_q"] == pytest.approx(2.0 / 6)  # rank 3 × 2
     tiny_flux.delete_adapters("under-test")
-    bf16 = write_flux_community(tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16)
+    bf16 = write_flux_community(
+        tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16
+    )
     application = _apply(tiny_flux, bf16)
     assert application.tensors_applied == application.tensors and not application.scale_mismatches
     assert application.scale == pytest.approx(0.75, rel=1e-3)
@@ -87,13 +99,18 @@ def _edited(path, out, edit):
 
 
 def test_xlabs_keys_under_diffusion_model_and_a_module_with_a_zero_update_are_proven(tiny_flux, community, tmp_path):
-    prefixed = _edited(community["xlabs"], tmp_path / "prefixed.safetensors",
-                       lambda t: t.update({f"diffusion_model.{k}": t.pop(k) for k in list(t)}))
+    prefixed = _edited(
+        community["xlabs"],
+        tmp_path / "prefixed.safetensors",
+        lambda t: t.update({f"diffusion_model.{k}": t.pop(k) for k in list(t)}),
+    )
     application = _apply(tiny_flux, prefixed)
     assert application.format == "xlabs-flux" and application.tensors_applied == application.tensors == 12
     tiny_flux.delete_adapters("under-test")
     qkv = "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"
-    zero = _edited(community["kohya"], tmp_path / "zero.safetensors", lambda t: t.update({qkv: torch.zeros_like(t[qkv])}))
+    zero = _edited(
+        community["kohya"], tmp_path / "zero.safetensors", lambda t: t.update({qkv: torch.zeros_like(t[qkv])})
+    )
     application = _apply(tiny_flux, zero)
     assert application.tensors_applied == application.tensors and not application.scale_mismatches
     tiny_flux.delete_adapters("under-test")
@@ -115,8 +132,14 @@ def test_the_update_inner_product_from_factors_matches_the_dense_one():
     from lora_harness.injection import _inner
 
     generator = torch.Generator().manual_seed(0)
-    up1, down1 = torch.randn(40, 4, generator=generator, dtype=torch.float64), torch.randn(4, 30, generator=generator, dtype=torch.float64)
-    up2, down2 = torch.randn(40, 6, generator=generator, dtype=torch.float64), torch.randn(6, 30, generator=generator, dtype=torch.float64)
+    up1, down1 = (
+        torch.randn(40, 4, generator=generator, dtype=torch.float64),
+        torch.randn(4, 30, generator=generator, dtype=torch.float64),
+    )
+    up2, down2 = (
+        torch.randn(40, 6, generator=generator, dtype=torch.float64),
+        torch.randn(6, 30, generator=generator, dtype=torch.float64),
+    )
     assert _inner(up1, down1, up2, down2) == pytest.approx(float(((up1 @ down1) * (up2 @ down2)).sum()), rel=1e-12)
 
 
@@ -126,16 +149,23 @@ QKV_UP = "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"
 @pytest.mark.parametrize(
     ("rows", "wanted"),
     [
-        (285, "1 shapes disagree, first lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight: base needs (288, 4), file has (285, 4)"),
+        (
+            285,
+            "1 shapes disagree, first lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight: base needs (288, 4), file has (285, 4)",
+        ),
         (287, "diffusers' Flux conversion failed on it (RuntimeError: split_with_sizes"),
     ],
 )
-def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(tiny_flux, community, tmp_path, rows, wanted):
+def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(
+    tiny_flux, community, tmp_path, rows, wanted
+):
     """285 rows split in three (95 each) for diffusers but not into the base's 96-wide q, k, v; 287 do not split at all."""
     from lora_harness.adapter_file import AdapterLoadError
     from lora_harness.injection import file_defects
 
-    path = _edited(community["kohya"], tmp_path / "rows.safetensors", lambda t: t.update({QKV_UP: t[QKV_UP][:rows].contiguous()}))
+    path = _edited(
+        community["kohya"], tmp_path / "rows.safetensors", lambda t: t.update({QKV_UP: t[QKV_UP][:rows].contiguous()})
+    )
     try:
         application = _apply(tiny_flux, path)
     except AdapterLoadError as error:
@@ -151,8 +181,11 @@ def test_t5_keys_diffusers_drops_are_refused_naming_them(tiny_flux, community, t
     from lora_harness.adapter_file import AdapterLoadError
 
     t5 = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
-    path = _edited(community["kohya"], tmp_path / "t5.safetensors",
-                   lambda t: t.update({f"{t5}.lora_down.weight": torch.ones(4, 32), f"{t5}.lora_up.weight": torch.ones(32, 4)}))
+    path = _edited(
+        community["kohya"],
+        tmp_path / "t5.safetensors",
+        lambda t: t.update({f"{t5}.lora_down.weight": torch.ones(4, 32), f"{t5}.lora_up.weight": torch.ones(32, 4)}),
+    )
     with pytest.raises(AdapterLoadError, match=f"2 tensors that diffusers' Flux loader does not apply, first {t5}"):
         _apply(tiny_flux, path)
 
@@ -166,7 +199,9 @@ def test_a_bf16_file_whose_scale_lands_two_percent_off_fails(tiny_flux, tmp_path
         return {k: v * 1.02 if ".lora_B." in k else v for k, v in convert(tensors).items()}
 
     monkeypatch.setattr(adapter_layout, "convert", two_percent_off)
-    path = write_flux_community(tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16)
+    path = write_flux_community(
+        tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16
+    )
     application = _apply(tiny_flux, path)
     assert application.tensors_applied == application.tensors  # proportional: values right, scale wrong
     assert application.scale_mismatches and application.scale_mismatches[0][2] == pytest.approx(0.75 * 1.02, rel=1e-3)
@@ -190,11 +225,16 @@ def _swapping_q_and_k(convert):
 @pytest.mark.parametrize(
     ("conversion", "wanted"),
     [
-        (_dropping_alpha, "24 layers apply another scale than the file declares, first transformer.transformer_blocks.0.norm1.linear: file alpha/rank = 0.5, applied 1"),
+        (
+            _dropping_alpha,
+            "24 layers apply another scale than the file declares, first transformer.transformer_blocks.0.norm1.linear: file alpha/rank = 0.5, applied 1",
+        ),
         (_swapping_q_and_k, "with their values: lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"),
     ],
 )
-def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(pytester, community, monkeypatch, conversion, wanted):
+def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(
+    pytester, community, monkeypatch, conversion, wanted
+):
     from lora_harness import adapter_layout
 
     monkeypatch.setattr(adapter_layout, "convert", conversion(adapter_layout.convert))
@@ -206,7 +246,13 @@ def test_modules_outside_the_blocks_that_diffusers_drops_fail_wiring(pytester, t
     `transformer.` prefix, and `load_lora_weights` then skips them without a word."""
     from lora_harness.fixtures.adapter_writers import write_flux_community
 
-    path = write_flux_community(tiny_flux, tmp_path / "outside.safetensors", double=("img_attn.qkv",), single=(), outside=("img_in", "final_layer.linear"))
+    path = write_flux_community(
+        tiny_flux,
+        tmp_path / "outside.safetensors",
+        double=("img_attn.qkv",),
+        single=(),
+        outside=("img_in", "final_layer.linear"),
+    )
     message = wiring_failure(pytester, path, "tiny-flux")
     assert "2 of 6 LoRA tensors applied" in message and "lora_unet_final_layer_linear.lora_down.weight" in message
 
@@ -228,12 +274,17 @@ def test_a_single_stream_block_at_flux1_widths_is_proven_including_linear1(tmp_p
 
     pipeline = FluxPipeline.from_pretrained(build_flux_width_folder(tmp_path / "flux-width"))
     for layout in ("kohya", "xlabs"):
-        path = write_flux_community(pipeline, tmp_path / f"{layout}.safetensors", layout, text_encoder=layout == "kohya")
+        path = write_flux_community(
+            pipeline, tmp_path / f"{layout}.safetensors", layout, text_encoder=layout == "kohya"
+        )
         application = _apply(pipeline, path)
         assert application.family == "Flux"
         assert application.tensors_applied == application.tensors == (2 * (3 + 8) if layout == "kohya" else 2 * 2)
         assert not application.scale_mismatches
-        assert "transformer.single_transformer_blocks.0.attn.to_q+to_k+to_v" + ("+proj_mlp" if layout == "kohya" else "") in application.factors
+        assert (
+            "transformer.single_transformer_blocks.0.attn.to_q+to_k+to_v" + ("+proj_mlp" if layout == "kohya" else "")
+            in application.factors
+        )
         pipeline.delete_adapters("under-test")
 
 
@@ -245,7 +296,10 @@ def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, 
 @pytest.mark.parametrize(
     ("key", "wanted"),
     [
-        ("diffusion_model.single_blocks.0.linear1.lora_A.weight", "a LoRA named after a transformer's original (not diffusers') modules"),
+        (
+            "diffusion_model.single_blocks.0.linear1.lora_A.weight",
+            "a LoRA named after a transformer's original (not diffusers') modules",
+        ),
         ("lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", "an SD3 LoRA in Kohya's layout"),
         ("diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight", "an SD3 LoRA in ComfyUI's layout"),
         ("lora_unet_double_blocks_0_img_attn_qkv.lokr_w1", "a LyCORIS LoKr for Flux"),
@@ -266,6 +320,19 @@ def test_release_metadata_reads_a_flux_claim_against_the_flux_base(pytester, com
 
     sdxl_claim = pytester.path / "sdxl-claim.safetensors"
     save_file(load_file(community["kohya"]), sdxl_claim, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
-    args = ("--adapter", community["kohya"], "--adapter", sdxl_claim, "--base-model", "tiny-flux", *FAST, "-k", "release_metadata")
+    args = (
+        "--adapter",
+        community["kohya"],
+        "--adapter",
+        sdxl_claim,
+        "--base-model",
+        "tiny-flux",
+        *FAST,
+        "-k",
+        "release_metadata",
+    )
     pytester.runpytest_inprocess(*args).assert_outcomes(passed=1, failed=1)
-    assert "trained on SDXL, the base under test is Flux" in records(pytester)[("sdxl-claim.safetensors", "release_metadata")]["message"]
+    assert (
+        "trained on SDXL, the base under test is Flux"
+        in records(pytester)[("sdxl-claim.safetensors", "release_metadata")]["message"]
+    )

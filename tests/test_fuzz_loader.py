@@ -10,7 +10,7 @@ import pickle
 import shutil
 import signal
 import struct
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def _pipeline():
     return build_tiny_pipeline()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _valid(layout: str) -> Path:
     """A valid adapter of `layout`, written once; examples mutate copies."""
     lora = make_lora(_pipeline().unet, rank=4, seed=1)
@@ -59,7 +59,11 @@ tensor_mutation = st.one_of(
     st.tuples(st.just("reshape"), st.integers(0, 200), st.lists(st.integers(0, 70), min_size=0, max_size=4)),
     st.tuples(st.just("dtype"), st.integers(0, 200), st.sampled_from(range(len(DTYPES)))),
     st.tuples(st.just("drop"), st.integers(0, 200), st.just(None)),
-    st.tuples(st.just("metadata"), st.sampled_from(["lora_adapter_metadata", "ss_network_dim", "format"]), st.text(max_size=40)),
+    st.tuples(
+        st.just("metadata"),
+        st.sampled_from(["lora_adapter_metadata", "ss_network_dim", "format"]),
+        st.text(max_size=40),
+    ),
 )
 
 
@@ -121,7 +125,12 @@ def no_unpickling(monkeypatch):
 
 
 # The short run in CI is derandomized (the same cases every time); long runs explore.
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(layout=st.sampled_from(LAYOUTS), mutation=st.one_of(byte_mutation, tensor_mutation), case=st.integers(0, 2**31))
 def test_mutated_adapters_load_or_fail_clearly(layout, mutation, case):
     source = _valid(layout)

@@ -4,10 +4,10 @@ network of the real names and shapes; bad weight files are refused before any mo
 import numpy as np
 import pytest
 import torch
+
 from lora_harness.fixtures.inception_weights import write_random_inception
 from lora_harness.inception import InceptionFeatures
 from lora_harness.quality import frechet_distance
-
 from tests.test_quality import FAST, _results, write_tinted_corpora
 
 
@@ -35,12 +35,24 @@ def test_fid_and_kid_run_on_inception_features_and_cmmd_on_clip(pytester, write_
     """Which features each distance used is in its record. (Which way a seeded network's distances move says
     nothing; the gating direction is tested with injected features in test_quality.py.)"""
     write_tinted_corpora(pytester.path, count=12)
-    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "--render-seeds", "6", "-k", "fid or kid or cmmd")
-    pytester.runpytest_inprocess(*run, "--inception-weights", inception_file, "--reference-images", pytester.path / "red")
+    run = (
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+        *FAST,
+        "--render-seeds",
+        "6",
+        "-k",
+        "fid or kid or cmmd",
+    )
+    pytester.runpytest_inprocess(
+        *run, "--inception-weights", inception_file, "--reference-images", pytester.path / "red"
+    )
     records = _results(pytester)
     for check in ("fid", "kid"):
         record = records[("good.safetensors", check)]
-        assert record["details"]["model"].startswith("Inception v3 pool features (torch-fidelity), weights inception.safetensors")
+        assert record["details"]["model"].startswith(
+            "Inception v3 pool features (torch-fidelity), weights inception.safetensors"
+        )
         assert record["details"]["generated"] == 12 and record["details"]["reference"] == 12
         assert isinstance(record["value"], float) and record["status"] in ("passed", "failed", "skipped")
     assert "below 50 images per side" in records[("good.safetensors", "fid")]["message"]
@@ -50,7 +62,11 @@ def test_fid_and_kid_run_on_inception_features_and_cmmd_on_clip(pytester, write_
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("inception.pth", b"\x80\x04", "*only .safetensors is read (no pickle is ever unpickled)*convert torch-fidelity's weights once*"),
+        (
+            "inception.pth",
+            b"\x80\x04",
+            "*only .safetensors is read (no pickle is ever unpickled)*convert torch-fidelity's weights once*",
+        ),
         ("absent.safetensors", None, "*absent.safetensors: no such file*"),
         ("garbage.safetensors", b"not a safetensors file", "*garbage.safetensors: not a readable safetensors file*"),
     ],
@@ -58,7 +74,9 @@ def test_fid_and_kid_run_on_inception_features_and_cmmd_on_clip(pytester, write_
 def test_unusable_weight_files_are_usage_errors(pytester, name, content, message):
     if content is not None:
         (pytester.path / name).write_bytes(content)
-    result = pytester.runpytest_inprocess("--adapter", "x.safetensors", "--inception-weights", name, "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        "--adapter", "x.safetensors", "--inception-weights", name, "-p", "no:cacheprovider"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -68,7 +86,9 @@ def test_weights_of_another_network_are_an_error_for_fid_and_kid(pytester, write
     other = write_lora("diffusers", "lora.safetensors")
     write_tinted_corpora(pytester.path, count=4)
     run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "fid or kid or cmmd")
-    result = pytester.runpytest_inprocess(*run, "--inception-weights", other, "--reference-images", pytester.path / "red")
+    result = pytester.runpytest_inprocess(
+        *run, "--inception-weights", other, "--reference-images", pytester.path / "red"
+    )
     records = _results(pytester)
     for check in ("fid", "kid"):
         assert records[("good.safetensors", check)]["status"] == "error"

@@ -39,7 +39,9 @@ def test_half_misspelled_file_is_caught_by_values_not_counts(pipeline, write_lor
     def misspell(lora):
         return {(k.replace("attn1", "attn_1") if i % 2 else k): v for i, (k, v) in enumerate(sorted(lora.items()))}
 
-    application = apply_adapter(pipeline, TINY, read_adapter(write_lora("kohya", "half.safetensors", edit=misspell)), "a")
+    application = apply_adapter(
+        pipeline, TINY, read_adapter(write_lora("kohya", "half.safetensors", edit=misspell)), "a"
+    )
     assert application.tensors == TENSORS
     assert application.tensors_applied < TENSORS
     assert application.unmatched and any("attn1" in n for n in application.unmatched[0][2])
@@ -57,7 +59,10 @@ def test_keys_matching_nothing_name_the_file_and_nearest_modules(pipeline, write
 
 def test_another_family_is_named(pipeline, write_lora):
     def sd2_width(lora):
-        return {k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b) for k, (a, b) in lora.items()}
+        return {
+            k: (torch.randn(a.shape[0], 1024), b) if k.endswith(("attn2.to_k", "attn2.to_v")) else (a, b)
+            for k, (a, b) in lora.items()
+        }
 
     path = write_lora("diffusers", "sd2", edit=sd2_width)
     with pytest.raises(FamilyMismatch, match=r"SD2.x \(cross-attention 1024\).*tiny \(cross-attention 32\)"):
@@ -101,10 +106,17 @@ def test_text_encoder_keys_land_too(pipeline, tiny_unet, tmp_path):
 
     tensors = {}
     text_lora = make_lora(pipeline.text_encoder, seed=2, targets=("q_proj", "k_proj", "v_proj", "out_proj"))
-    for prefix, lora, alpha in (("lora_unet_", make_lora(tiny_unet, seed=1), 4.0), ("lora_te_text_model_", text_lora, 8.0)):
+    for prefix, lora, alpha in (
+        ("lora_unet_", make_lora(tiny_unet, seed=1), 4.0),
+        ("lora_te_text_model_", text_lora, 8.0),
+    ):
         for module, (down, up) in lora.items():
             name = prefix + module.replace(".", "_")
-            tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(alpha)}
+            tensors |= {
+                f"{name}.lora_down.weight": down,
+                f"{name}.lora_up.weight": up,
+                f"{name}.alpha": torch.tensor(alpha),
+            }
     save_file(tensors, tmp_path / "with_te.safetensors")
     application = apply_adapter(pipeline, TINY, read_adapter(tmp_path / "with_te.safetensors"), "a")
     assert application.tensors == application.tensors_applied == TENSORS + 16

@@ -33,9 +33,21 @@ def test_the_main_job_runs_without_any_test_only_package(tmp_path, where):
     empty.mkdir()
     env = {**os.environ, "PYTHONPATH": str(blocked), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     report = tmp_path / "report"
-    command = [sys.executable, "-m", "pytest", "-p", "lora_harness.plugin", "--adapter", "reference",
-               "--report-dir", str(report), "--no-render-cache"]
-    run = subprocess.run(command, cwd=REPO if where == "repository root" else empty, env=env, capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "lora_harness.plugin",
+        "--adapter",
+        "reference",
+        "--report-dir",
+        str(report),
+        "--no-render-cache",
+    ]
+    run = subprocess.run(
+        command, cwd=REPO if where == "repository root" else empty, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     document = json.loads((report / "results.json").read_text())
     statuses = {r["check"]: r["status"] for r in document["results"] if r["adapter"] == "reference"}
@@ -48,8 +60,21 @@ def test_the_main_job_runs_without_any_test_only_package(tmp_path, where):
 def test_the_wheel_holds_the_plugin_and_nothing_of_the_tests(tmp_path):
     """What `pip install .` installs: every check module and template, no test file, no repo conftest."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("lora_harness-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -65,9 +90,16 @@ def test_the_wheel_holds_the_plugin_and_nothing_of_the_tests(tmp_path):
 def test_a_good_adapter_on_the_default_base_exits_0(pytester, write_lora):
     """`pytest --adapter my_lora.safetensors --reference-steps 0`, nothing else: every check that has a meaning
     passes, the CLIP checks report the self-test CLIP's figures without gating, and the paths to open are printed."""
-    result = pytester.runpytest_inprocess("--adapter", write_lora("kohya", "my_lora.safetensors"), "--reference-steps", "0")
+    result = pytester.runpytest_inprocess(
+        "--adapter", write_lora("kohya", "my_lora.safetensors"), "--reference-steps", "0"
+    )
     assert result.ret == pytest.ExitCode.OK
-    records = {r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+    records = {
+        r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
+    }
     assert {check: records[check]["status"] for check in CHECKS} == {check: expected_status(check) for check in CHECKS}
-    assert all("no verdict: pass --clip-model ARCH:PATH" in records[check]["message"] for check in ("clip_heldout", "mode_collapse"))
+    assert all(
+        "no verdict: pass --clip-model ARCH:PATH" in records[check]["message"]
+        for check in ("clip_heldout", "mode_collapse")
+    )
     result.stdout.fnmatch_lines(["results: */lora-report/results.json", "report:  */lora-report/report.html"])

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from tests.expectations import CHECKS, CLIP_CHECKS, NEEDS_CORPUS, PASSING, SKIPPING, WITHOUT_CLIP_CHECKS, expected_status
+from tests.expectations import (
+    CHECKS,
+    CLIP_CHECKS,
+    NEEDS_CORPUS,
+    PASSING,
+    SKIPPING,
+    WITHOUT_CLIP_CHECKS,
+    expected_status,
+)
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2")
 
@@ -23,7 +31,9 @@ def statuses(document):
 
 def test_help_shows_the_option_group(pytester):
     result = run(pytester, "--help")
-    result.stdout.fnmatch_lines(["*LoRA adapter validation (lora-harness)*", "*--adapter=PATH*", "*--param-budget=BUDGET*"])
+    result.stdout.fnmatch_lines(
+        ["*LoRA adapter validation (lora-harness)*", "*--adapter=PATH*", "*--param-budget=BUDGET*"]
+    )
     result.stdout.fnmatch_lines(["*lora_diff_floor*"])
 
 
@@ -52,12 +62,28 @@ def _files(**contents):
         (("--render-steps", "-1"), None, "*--render-steps must be at least 1*"),
         (("--param-budget", "lots"), None, "*parameter budget must be a count*"),
         (("--base-model", "./no-such-folder"), None, "*--base-model ./no-such-folder: no such folder*"),
-        (("--base-model", "nobody/not-cached"), None, "*not in the local Hugging Face cache*works offline*hf download nobody/not-cached*"),
-        (("--base-model", "weights"), _files(**{"weights/unet/x.bin": "x"}), "*has no model_index.json, so it is not a diffusers pipeline*"),
-        (("--base-model", "pixart"), _files(**{"pixart/model_index.json": '{"_class_name": "PixArtAlphaPipeline"}'}), "*a PixArtAlphaPipeline is not supported yet*"),
+        (
+            ("--base-model", "nobody/not-cached"),
+            None,
+            "*not in the local Hugging Face cache*works offline*hf download nobody/not-cached*",
+        ),
+        (
+            ("--base-model", "weights"),
+            _files(**{"weights/unet/x.bin": "x"}),
+            "*has no model_index.json, so it is not a diffusers pipeline*",
+        ),
+        (
+            ("--base-model", "pixart"),
+            _files(**{"pixart/model_index.json": '{"_class_name": "PixArtAlphaPipeline"}'}),
+            "*a PixArtAlphaPipeline is not supported yet*",
+        ),
         (("--prompts", "none.txt"), None, "*--prompts none.txt: no such file*"),
         (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file is empty*"),
-        (("--prompts", "binary.txt"), _files(**{"binary.txt": b"\xff\xfe\x00bad"}), "*--prompts binary.txt: cannot be read*UTF-8*"),
+        (
+            ("--prompts", "binary.txt"),
+            _files(**{"binary.txt": b"\xff\xfe\x00bad"}),
+            "*--prompts binary.txt: cannot be read*UTF-8*",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors_before_any_model_loads(pytester, args, setup, message):
@@ -72,7 +98,10 @@ def test_bad_options_are_usage_errors_before_any_model_loads(pytester, args, set
 def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_lora):
     from lora_harness.fixtures.adapter_writers import LAYOUTS
 
-    paths = [write_lora(layout, layout if layout in ("peft", "diffusers") else f"{layout}.safetensors", alpha=8) for layout in LAYOUTS]
+    paths = [
+        write_lora(layout, layout if layout in ("peft", "diffusers") else f"{layout}.safetensors", alpha=8)
+        for layout in LAYOUTS
+    ]
     result = run(pytester, *[a for p in paths for a in ("--adapter", p)], *FAST, *WITHOUT_CLIP_CHECKS)
     result.assert_outcomes(passed=PASSING * len(LAYOUTS), skipped=len(NEEDS_CORPUS) * len(LAYOUTS))
     result.stdout.fnmatch_lines(["*lora-harness*", "check*wiring*frozen_base*param_budget*pixel_diff*"])
@@ -93,7 +122,16 @@ def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_l
     assert by_name["kohya.safetensors"]["scale"] == 2.0
     assert by_name["attn-procs.safetensors"]["scale"] == 1.0
     for result_record in document["results"]:
-        assert set(result_record) >= {"adapter", "check", "status", "value", "threshold", "message", "details", "duration_s"}
+        assert set(result_record) >= {
+            "adapter",
+            "check",
+            "status",
+            "value",
+            "threshold",
+            "message",
+            "details",
+            "duration_s",
+        }
 
 
 def test_each_check_catches_the_defect_it_exists_for(pytester, write_lora):
@@ -125,10 +163,21 @@ def test_each_check_catches_the_defect_it_exists_for(pytester, write_lora):
     rank16 = {check: records[("rank16.safetensors", check)] for check in checks}
     assert rank16["param_budget"]["status"] == "failed" and rank16["param_budget"]["value"] == 4 * 9984
     # rank 16 x (in + out) per projection; the mid block is 64 wide, cross-attention keys read 32-wide text
-    per_block = {"down/attn1": 4096, "down/attn2": 4096, "mid/attn1": 8192, "mid/attn2": 7168, "up/attn1": 8192, "up/attn2": 8192}
+    per_block = {
+        "down/attn1": 4096,
+        "down/attn2": 4096,
+        "mid/attn1": 8192,
+        "mid/attn2": 7168,
+        "up/attn1": 8192,
+        "up/attn2": 8192,
+    }
     assert rank16["param_budget"]["details"]["per_block"] == per_block
-    assert {c: r["status"] for c, r in rank16.items() if c != "param_budget"} == {c: expected_status(c) for c in checks if c != "param_budget"}
-    result.stdout.fnmatch_lines(["*_ test_wiring?half.safetensors? _*", "half.safetensors wiring: *48 of 64 LoRA tensors applied*"])
+    assert {c: r["status"] for c, r in rank16.items() if c != "param_budget"} == {
+        c: expected_status(c) for c in checks if c != "param_budget"
+    }
+    result.stdout.fnmatch_lines(
+        ["*_ test_wiring?half.safetensors? _*", "half.safetensors wiring: *48 of 64 LoRA tensors applied*"]
+    )
 
 
 def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
@@ -158,9 +207,24 @@ def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
 
 
 def test_reference_and_controls(pytester, write_lora):
-    result = run(pytester, "--adapter", "reference", "--adapter", write_lora("kohya", "good.safetensors"), "--render-seeds", "1", *WITHOUT_CLIP_CHECKS)
+    result = run(
+        pytester,
+        "--adapter",
+        "reference",
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+        "--render-seeds",
+        "1",
+        *WITHOUT_CLIP_CHECKS,
+    )
     result.assert_outcomes(passed=2 * PASSING, skipped=2 * len(NEEDS_CORPUS))
-    result.stdout.fnmatch_lines(["*training the reference overfit: 30 steps*", "*reference overfit: loss *", "*controls (reference overfit vs untrained): passed*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*training the reference overfit: 30 steps*",
+            "*reference overfit: loss *",
+            "*controls (reference overfit vs untrained): passed*",
+        ]
+    )
     document = results(pytester)
     assert document["controls"]["status"] == "passed"
     assert len(document["controls"]["details"]["reference_losses"]) == 30
@@ -184,7 +248,16 @@ def test_failing_controls_turn_verdicts_into_errors(pytester, write_lora):
 
 
 def test_select_with_k_and_write_junit(pytester, write_lora):
-    result = run(pytester, "--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "pixel_diff", "--junitxml", "out.xml")
+    result = run(
+        pytester,
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+        *FAST,
+        "-k",
+        "pixel_diff",
+        "--junitxml",
+        "out.xml",
+    )
     result.assert_outcomes(passed=1)
     assert [r["check"] for r in results(pytester)["results"]] == ["pixel_diff"]
     assert 'name="test_pixel_diff[good.safetensors]"' in (pytester.path / "out.xml").read_text()
@@ -219,7 +292,9 @@ def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, w
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     document = results(pytester)
     assert statuses(document)[("good.safetensors", "pixel_diff")] == "error"
-    assert "out of memory while rendering" in next(r["message"] for r in document["results"] if r["check"] == "pixel_diff")
+    assert "out of memory while rendering" in next(
+        r["message"] for r in document["results"] if r["check"] == "pixel_diff"
+    )
     assert statuses(document)[("good.safetensors", "param_budget")] == "passed"
 
 
@@ -232,7 +307,12 @@ def test_runs_under_xdist(pytester, write_lora):
     document = results(pytester)
     assert len(document["results"]) == 2 * len(CHECKS) and document["unet_forward_passes"] > 0
     assert document["base"]["fingerprint"]
-    workers = {adapter: {line.split("]")[0] for line in result.stdout.lines if line.startswith("[gw") and f"[{adapter}" in line} for adapter in ("a.safetensors", "b")}
+    workers = {
+        adapter: {
+            line.split("]")[0] for line in result.stdout.lines if line.startswith("[gw") and f"[{adapter}" in line
+        }
+        for adapter in ("a.safetensors", "b")
+    }
     assert all(len(seen) == 1 for seen in workers.values()), workers
 
 

@@ -49,7 +49,9 @@ def test_cmmd_matches_its_direct_formula():
         return float(torch.exp(-((a - b) ** 2).sum() / (2 * 10.0**2)))
 
     direct = (
-        sum(k(a, b) for a in x for b in x) / 25 + sum(k(a, b) for a in y for b in y) / 49 - 2 * sum(k(a, b) for a in x for b in y) / 35
+        sum(k(a, b) for a in x for b in x) / 25
+        + sum(k(a, b) for a in y for b in y) / 49
+        - 2 * sum(k(a, b) for a in x for b in y) / 35
     )
     assert cmmd(x, y) == pytest.approx(1000 * direct, rel=1e-9)
     assert cmmd(x, x) == pytest.approx(0.0, abs=1e-9)
@@ -59,7 +61,10 @@ def test_kid_matches_the_unbiased_polynomial_mmd():
     from lora_harness.distribution import _torchmetrics_kid
 
     generator = torch.Generator().manual_seed(3)
-    x, y = torch.randn(6, 4, generator=generator, dtype=torch.float64), torch.randn(6, 4, generator=generator, dtype=torch.float64) + 0.7
+    x, y = (
+        torch.randn(6, 4, generator=generator, dtype=torch.float64),
+        torch.randn(6, 4, generator=generator, dtype=torch.float64) + 0.7,
+    )
 
     def k(a, b):
         return (float(a @ b) / 4 + 1) ** 3
@@ -95,7 +100,10 @@ def test_scores_diversity_and_leaks():
 
 
 def _results(pytester):
-    return {(r["adapter"], r["check"]): r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+    return {
+        (r["adapter"], r["check"]): r
+        for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
+    }
 
 
 def test_the_embedded_base_reports_the_self_test_clips_figures_without_gating(pytester, write_lora):
@@ -175,7 +183,12 @@ def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytes
 def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
     """Renders of `collapse.safetensors` are all one picture whatever the prompt or seed."""
     pytester.makeconftest(injected("images[:] = images[0]"))
-    adapters = ("--adapter", write_lora("kohya", "collapse.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
+    adapters = (
+        "--adapter",
+        write_lora("kohya", "collapse.safetensors"),
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+    )
     result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "mode_collapse")
     result.assert_outcomes(passed=1, failed=1)
     message = _results(pytester)[("collapse.safetensors", "mode_collapse")]["message"]
@@ -221,7 +234,9 @@ def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester,
     (tmp_path / "captions.txt").write_text("red sun, blue hills\n")
     adapter = write_lora("kohya", "good.safetensors")
     run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
-    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(skipped=1)  # self-test CLIP
+    pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(
+        skipped=1
+    )  # self-test CLIP
     record = _results(pytester)[("good.safetensors", "clip_heldout")]
     assert record["details"]["leaked_prompts"] == ["a red sun at noon"]
     assert {r["prompt"] for r in record["details"]["per_render"]} == {"a bowl of fruit on a table"}
@@ -231,13 +246,18 @@ def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester,
     assert record["status"] == "error" and "every held-out prompt overlaps the training captions" in record["message"]
 
 
-@pytest.mark.parametrize("files, message", [({}, "*0 images found*"), ({"a.png": b"not an image", "b.png": b"nor this"}, "*a.png is not a readable image*")])
+@pytest.mark.parametrize(
+    "files, message",
+    [({}, "*0 images found*"), ({"a.png": b"not an image", "b.png": b"nor this"}, "*a.png is not a readable image*")],
+)
 def test_bad_image_folders_are_usage_errors(pytester, files, message):
     folder = pytester.path / "corpus"
     folder.mkdir()
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    result = pytester.runpytest_inprocess("--adapter", "x.safetensors", "--reference-images", folder, "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        "--adapter", "x.safetensors", "--reference-images", folder, "-p", "no:cacheprovider"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -245,7 +265,12 @@ def test_bad_image_folders_are_usage_errors(pytester, files, message):
 def test_an_adapter_that_wrecks_prompt_following_fails_clip_heldout(pytester, write_lora):
     """Its renders turn red whatever the prompt asks; injected features make "the prompt asks for grey" certain."""
     pytester.makeconftest(injected("images[:] = (0.2 * images + 0.8 * np.array([230, 20, 20])).astype(np.uint8)"))
-    adapters = ("--adapter", write_lora("kohya", "red.safetensors"), "--adapter", write_lora("kohya", "good.safetensors"))
+    adapters = (
+        "--adapter",
+        write_lora("kohya", "red.safetensors"),
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+    )
     result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "clip_heldout")
     result.assert_outcomes(passed=1, failed=1)
     record = _results(pytester)[("red.safetensors", "clip_heldout")]

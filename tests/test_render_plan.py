@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from lora_harness.render_cache import CachedRender, RenderCache, RenderKey
 
+from lora_harness.render_cache import CachedRender, RenderCache, RenderKey
 from tests.test_plugin import results, run
 
 STEPS = 2
@@ -124,8 +124,17 @@ def test_no_render_cache_writes_nothing(pytester, write_lora):
 def test_every_key_part_changes_the_cache_entry(tmp_path):
     key = RenderKey("f" * 16, "a" * 64, 1.0, "a cat", 0, 4, 7.5, 64, "DDIM:{}", "cpu", "torch.float32")
     changed = {
-        "base_fingerprint": "0" * 16, "adapter_sha256": None, "scale": 0.0, "prompt": "a dog", "seed": 1, "steps": 5,
-        "guidance_scale": 5.0, "size": 32, "scheduler": "Euler:{}", "device": "cuda:0", "dtype": "torch.float16",
+        "base_fingerprint": "0" * 16,
+        "adapter_sha256": None,
+        "scale": 0.0,
+        "prompt": "a dog",
+        "seed": 1,
+        "steps": 5,
+        "guidance_scale": 5.0,
+        "size": 32,
+        "scheduler": "Euler:{}",
+        "device": "cuda:0",
+        "dtype": "torch.float16",
         "harness_version": "0.0.0",
     }
     assert set(changed) == set(key.__dict__)
@@ -159,8 +168,20 @@ def test_xdist_workers_give_the_serial_runs_records(pytester, write_lora):
     adapters = ("--adapter", write_lora("kohya", "a.safetensors"), "--adapter", write_lora("peft", "b"))
     run(pytester, *adapters, *ARGS, "--no-render-cache")
     serial = results(pytester)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", *adapters, *ARGS,
-               "--no-render-cache"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        *adapters,
+        *ARGS,
+        "--no-render-cache",
+    ]
     completed = subprocess.run(list(map(str, command)), cwd=pytester.path, capture_output=True, text=True)
     parallel = results(pytester)
     assert outcome(parallel) == outcome(serial)

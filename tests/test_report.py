@@ -48,7 +48,9 @@ def decode(uri: str) -> Image.Image:
 
 def test_a_passing_run_writes_every_report(pytester, write_lora):
     adapter = write_lora("kohya", "good.safetensors")
-    result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--junitxml", "junit.xml", "--html", "ph.html", "--self-contained-html")
+    result = pytester.runpytest_inprocess(
+        "--adapter", adapter, *FAST, "--junitxml", "junit.xml", "--html", "ph.html", "--self-contained-html"
+    )
     result.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
     folder = pytester.path / "lora-report"
     page = parse_report(folder)
@@ -123,21 +125,35 @@ def test_release_metadata_catches_contradictions_and_missing_fields(pytester, wr
         return path
 
     complete = dict(
-        ss_network_dim=4, ss_network_alpha=4, ss_base_model_version="sd_v1", ss_sd_model_name="v1-5.safetensors",
-        ss_new_sd_model_hash="cc6cb27103", ss_learning_rate=1e-4, ss_steps=1000,
+        ss_network_dim=4,
+        ss_network_alpha=4,
+        ss_base_model_version="sd_v1",
+        ss_sd_model_name="v1-5.safetensors",
+        ss_new_sd_model_hash="cc6cb27103",
+        ss_learning_rate=1e-4,
+        ss_steps=1000,
         ss_tag_frequency=json.dumps({"img": {"red sun": 3, "hills": 2}}),
     )
     adapters = {
         "complete.safetensors": with_metadata("complete.safetensors", **complete),
-        "sdxl-claim.safetensors": with_metadata("sdxl-claim.safetensors", **{**complete, "ss_base_model_version": "sdxl_base_v1-0"}),
+        "sdxl-claim.safetensors": with_metadata(
+            "sdxl-claim.safetensors", **{**complete, "ss_base_model_version": "sdxl_base_v1-0"}
+        ),
         "bare.safetensors": with_metadata("bare.safetensors", ss_network_dim=4),
     }
-    result = pytester.runpytest_inprocess(*[a for p in adapters.values() for a in ("--adapter", p)], *FAST, "--require-metadata", "-k", "release_metadata")
+    result = pytester.runpytest_inprocess(
+        *[a for p in adapters.values() for a in ("--adapter", p)], *FAST, "--require-metadata", "-k", "release_metadata"
+    )
     result.assert_outcomes(passed=1, failed=2)
-    records = {r["adapter"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+    records = {
+        r["adapter"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
+    }
     assert records["complete.safetensors"]["status"] == "passed"
     assert "trained on SDXL, the base under test is SD1.x" in records["sdxl-claim.safetensors"]["message"]
-    assert "--require-metadata: the file lacks base model, base model hash, alpha, learning rate, training steps, dataset" in records["bare.safetensors"]["message"]
+    assert (
+        "--require-metadata: the file lacks base model, base model hash, alpha, learning rate, training steps, dataset"
+        in records["bare.safetensors"]["message"]
+    )
     card = (pytester.path / "lora-report" / "release_cards" / "complete.safetensors" / "release_card.md").read_text()
     assert "red sun (3)" in card and "`ss_new_sd_model_hash`: `cc6cb27103`" in card and "learning rate: 0.0001" in card
 
@@ -153,22 +169,34 @@ def test_compare_to_fails_a_regression_and_shows_the_delta(pytester, write_lora,
     (tmp_path / "previous.json").write_text(json.dumps(previous))
     result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json")
     result.assert_outcomes(passed=PASSING - 1, failed=1, skipped=len(SKIPPING))
-    records = {r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
-    assert "pixel_diff dropped from" in records["pixel_diff"]["message"] and "tolerance 25%" in records["pixel_diff"]["message"]
+    records = {
+        r["check"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
+    }
+    assert (
+        "pixel_diff dropped from" in records["pixel_diff"]["message"]
+        and "tolerance 25%" in records["pixel_diff"]["message"]
+    )
     assert records["pixel_diff"]["details"]["previous_value"] == pytest.approx(now * 2)
     assert records["wiring"]["details"]["delta"] == 0
     assert "previous" in (pytester.path / "lora-report" / "report.html").read_text()
-    loose = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json", "--compare-tolerance", "pixel_diff=0.6")
+    loose = pytester.runpytest_inprocess(
+        "--adapter", adapter, *FAST, "--compare-to", tmp_path / "previous.json", "--compare-tolerance", "pixel_diff=0.6"
+    )
     loose.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
 
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{not json", "*not a readable JSON file*"), (json.dumps({"schema": 7, "results": []}), "*not a lora-harness results.json of schema 1*")],
+    [
+        ("{not json", "*not a readable JSON file*"),
+        (json.dumps({"schema": 7, "results": []}), "*not a lora-harness results.json of schema 1*"),
+    ],
 )
 def test_compare_to_a_bad_file_is_a_usage_error(pytester, tmp_path, content, message):
     (tmp_path / "previous.json").write_text(content)
-    result = pytester.runpytest_inprocess("--adapter", "x.safetensors", "--compare-to", tmp_path / "previous.json", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        "--adapter", "x.safetensors", "--compare-to", tmp_path / "previous.json", "-p", "no:cacheprovider"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -177,13 +205,28 @@ def test_compare_to_a_bad_file_is_a_usage_error(pytester, tmp_path, content, mes
 def test_the_report_in_a_browser_loads_nothing_from_outside(pytester, write_lora):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
     adapters = [write_lora("kohya", "good.safetensors"), write_lora("peft-file", "zero-b.safetensors", zero_b=True)]
-    pytester.runpytest_inprocess(*[a for p in adapters for a in ("--adapter", p)], "--reference-steps", "5", "--render-seeds", "1", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess(
+        *[a for p in adapters for a in ("--adapter", p)],
+        "--reference-steps",
+        "5",
+        "--render-seeds",
+        "1",
+        "-p",
+        "no:cacheprovider",
+    )
     report = pytester.path / "lora-report" / "report.html"
     requests, console_errors = [], []
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)

@@ -11,14 +11,21 @@ from lora_harness.weight_health import entropy_effective_rank, lycoris_health, m
 FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
 
-@pytest.mark.parametrize("out_features, rank, in_shape", [(64, 4, (32,)), (320, 8, (768,)), (16, 4, (8, 3, 3)), (5, 8, (7,))])
+@pytest.mark.parametrize(
+    "out_features, rank, in_shape", [(64, 4, (32,)), (320, 8, (768,)), (16, 4, (8, 3, 3)), (5, 8, (7,))]
+)
 def test_spectrum_from_the_factors_matches_a_dense_svd(out_features, rank, in_shape):
     generator = torch.Generator().manual_seed(0)
     down = torch.randn(rank, *in_shape, generator=generator, dtype=torch.float64)
     up = torch.randn(out_features, rank, generator=generator, dtype=torch.float64)
     dense = up @ down.reshape(rank, -1)
     expected = torch.linalg.svdvals(dense)[: min(rank, out_features)]
-    assert torch.allclose(singular_values(down.reshape(rank, -1), up).sort(descending=True).values[: len(expected)], expected, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(
+        singular_values(down.reshape(rank, -1), up).sort(descending=True).values[: len(expected)],
+        expected,
+        rtol=1e-9,
+        atol=1e-9,
+    )
     health = module_health("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", down, up, scale=2.0)
     assert health.frobenius == pytest.approx(2.0 * float(torch.linalg.matrix_norm(dense)), rel=1e-9)
     assert health.spectral == pytest.approx(2.0 * float(expected[0]), rel=1e-9)
@@ -53,13 +60,25 @@ def test_dead_exploding_and_nan_adapters_fail_and_the_reference_passes(pytester,
     args = [a for p in adapters.values() for a in ("--adapter", p)]
     result = pytester.runpytest_inprocess("--adapter", "reference", *args, *FAST, "-k", "weight_health")
     result.assert_outcomes(passed=2, failed=3)
-    records = {r["adapter"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]}
+    records = {
+        r["adapter"]: r for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
+    }
     assert records["reference"]["status"] == records["good.safetensors"]["status"] == "passed"
     assert "16 of 32 modules (50%) have ΔW ≈ 0 (allowed 10%)" in records["dead.safetensors"]["message"]
-    assert "far outside their block, first unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k" in records["exploding.safetensors"]["message"]
+    assert (
+        "far outside their block, first unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
+        in records["exploding.safetensors"]["message"]
+    )
     assert "hold NaN or Inf" in records["nan"]["message"]
     good = records["good.safetensors"]["details"]
-    assert len(good["modules"]) == 32 and set(good["per_block"]) == {"down/attn1", "down/attn2", "mid/attn1", "mid/attn2", "up/attn1", "up/attn2"}
+    assert len(good["modules"]) == 32 and set(good["per_block"]) == {
+        "down/attn1",
+        "down/attn2",
+        "mid/attn1",
+        "mid/attn2",
+        "up/attn1",
+        "up/attn2",
+    }
     assert 0 < good["median_effective_rank_ratio"] <= 1
     html = (pytester.path / "lora-report" / "report.html").read_text()
     assert "Median effective rank per block" in html
@@ -88,7 +107,12 @@ def test_lycoris_spectra_from_factors_match_the_whole_delta(kind):
         return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
     if kind == "loha":
-        roles = {"hada_w1_a": randn(12, 3), "hada_w1_b": randn(3, 10), "hada_w2_a": randn(12, 3), "hada_w2_b": randn(3, 10)}
+        roles = {
+            "hada_w1_a": randn(12, 3),
+            "hada_w1_b": randn(3, 10),
+            "hada_w2_a": randn(12, 3),
+            "hada_w2_b": randn(3, 10),
+        }
         delta = (roles["hada_w1_a"] @ roles["hada_w1_b"]) * (roles["hada_w2_a"] @ roles["hada_w2_b"])
     elif kind == "lokr":
         roles = {"lokr_w1": randn(3, 2), "lokr_w2": randn(4, 5)}

@@ -1,0 +1,90 @@
+"""frozen_base between the session's full digests: the parameters an adapter targets are digested, every other
+one is watched by its version counter and storage, and any change is still caught and named (issue 19)."""
+
+import json
+
+import pytest
+
+FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-k", "frozen_base")
+OUTSIDE = "unet.conv_in.weight"  # no adapter of the tests targets it: only the cheap evidence can see it
+
+# A conftest whose adapter load also changes a base parameter the adapter does not target; `change` says how.
+CHANGES_OUTSIDE = """
+import torch
+import lora_harness.session as session
+
+real_apply = session.apply_adapter
+
+def changing_apply(pipeline, signature, adapter_file, name):
+    application = real_apply(pipeline, signature, adapter_file, name)
+    weight = pipeline.unet.conv_in.weight
+    {change}
+    return application
+
+def pytest_configure(config):
+    session.apply_adapter = changing_apply
+
+def pytest_unconfigure(config):
+    session.apply_adapter = real_apply
+"""
+
+
+def _frozen(pytester):
+    document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
+    return next(r for r in document["results"] if r["check"] == "frozen_base")
+
+
+def _targeted_parameters(write_lora) -> int:
+    """The base parameters of the modules the test adapter targets: what a stage digests."""
+    from lora_harness.adapter_file import read_adapter
+    from lora_harness.digests import base_parameters
+    from lora_harness.families import pipeline_signature
+    from lora_harness.injection import apply_adapter
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline()
+    adapter = read_adapter(write_lora("kohya", "probe.safetensors"))
+    application = apply_adapter(pipeline, pipeline_signature(pipeline), adapter, "a")
+    return sum(name.rsplit(".", 1)[0] in application.lora_layers for name in base_parameters(pipeline))
+
+
+def _run(pytester, adapter):
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--adapter", adapter, *FAST)
+
+
+def test_a_good_adapter_passes_digesting_only_what_it_targets(pytester, write_lora):
+    result = _run(pytester, write_lora("kohya", "good.safetensors"))
+    result.assert_outcomes(passed=1)
+    record = _frozen(pytester)
+    targeted = _targeted_parameters(write_lora)
+    assert record["details"]["digested"] == {"after rendering": targeted, "after unloading": targeted}
+    assert 0 < targeted < record["details"]["parameters"] / 5  # 40 of the tiny base's 424 tensors: what it targets
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "with torch.no_grad():\n        weight.add_(0.01)",  # in place: its version counter moves
+        "weight.data = weight.data + 0.01",  # a new storage: its data pointer moves
+    ],
+    ids=["in-place", "new-storage"],
+)
+def test_a_change_outside_the_targeted_modules_fails_frozen_base_by_name(pytester, write_lora, change):
+    pytester.makeconftest(CHANGES_OUTSIDE.format(change=change))
+    result = _run(pytester, write_lora("kohya", "changer.safetensors"))
+    result.assert_outcomes(failed=1)
+    record = _frozen(pytester)
+    assert record["status"] == "failed"
+    assert record["details"]["changed"] == {"after rendering": [OUTSIDE], "after unloading": [OUTSIDE]}
+    assert f"1 base parameters changed after rendering: {OUTSIDE}" in record["message"]
+    assert record["details"]["digested"]["after rendering"] == _targeted_parameters(write_lora) + 1
+
+
+def test_a_write_through_data_that_no_counter_sees_fails_the_run_at_its_closing_digest(pytester, write_lora):
+    """`.data.add_` moves neither the version counter nor the storage: the session's last full digest names it."""
+    pytester.makeconftest(CHANGES_OUTSIDE.format(change="weight.data.add_(0.01)"))
+    result = _run(pytester, write_lora("kohya", "sly.safetensors"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1, errors=1)  # frozen_base's evidence was blind to it; the session's end is not
+    closing = f"*1 base parameters differ from the session's first digests at its end, first {OUTSIDE}:*"
+    result.stdout.fnmatch_lines([closing])
