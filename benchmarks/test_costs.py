@@ -12,8 +12,11 @@ Each figure is a ratio measured in the same process (or, for memory, in twin pro
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,4 +170,67 @@ def test_peak_memory(benchmark, kohya_adapter):
     benchmark.extra_info.update(peaks=peaks, peak_ratio=round(ratio, 3), growth_ratio=round(growth, 3))
     print(
         f"\npeak memory while rendering, harness / plain: {ratio:.3f}; growth over the loaded state: {growth:.3f} ({peaks})"
+    )
+
+
+PLAIN_SCRIPT = Path(__file__).with_name("plain_mechanical.py")
+MECHANICAL = "wiring or frozen_base or param_budget or pixel_diff"
+
+
+def whole_process(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of one child process, from its own rusage."""
+    started = time.perf_counter()
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, log.read_text()[-3000:]
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def test_mechanical_checks_against_the_plain_script(benchmark, kohya_adapter, tmp_path):
+    """The harness's four mechanical checks on one adapter, as a user runs them (`pytest --adapter …`, no render
+    cache), against the plain script making the same renders, as whole processes, alternating in one sitting.
+    LORA_BENCH_SIZE (0: native) and LORA_BENCH_STEPS set the renders, LORA_BENCH_PAIRS the number of pairs."""
+    size, steps = os.environ.get("LORA_BENCH_SIZE", "0"), os.environ.get("LORA_BENCH_STEPS", "4")
+    pairs = int(os.environ.get("LORA_BENCH_PAIRS", "3"))
+    render = ["--render-steps", steps, "--render-seeds", "2", *(["--render-size", size] if size != "0" else [])]
+    harness = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--adapter",
+        str(kohya_adapter),
+        "--base-model",
+        BASE,
+        "--reference-steps",
+        "0",
+        "--no-render-cache",
+        *render,
+        "-k",
+        MECHANICAL,
+    ]
+    plain = [sys.executable, str(PLAIN_SCRIPT), BASE, str(kohya_adapter), size, steps, "2"]
+
+    def alternate() -> dict:
+        figures = {"harness": [], "plain": []}
+        for pair in range(pairs):
+            for name, command in (("plain", plain), ("harness", harness)):
+                figures[name].append(whole_process(command, tmp_path, tmp_path / f"{name}-{pair}.log"))
+        return figures
+
+    figures = benchmark.pedantic(alternate, rounds=1, iterations=1)
+    median = {name: [statistics.median(run[i] for run in runs) for i in (0, 1)] for name, runs in figures.items()}
+    ratios = {
+        "wall": median["harness"][0] / median["plain"][0],
+        "peak_memory": median["harness"][1] / median["plain"][1],
+    }
+    benchmark.extra_info.update(figures=figures, ratios=ratios)
+    print(
+        f"\nharness / plain over {pairs} pairs (median): wall {ratios['wall']:.2f}x "
+        f"({median['harness'][0]:.1f} s vs {median['plain'][0]:.1f} s), peak memory {ratios['peak_memory']:.2f}x "
+        f"({median['harness'][1]:.0f} vs {median['plain'][1]:.0f} MiB)"
     )

@@ -39,3 +39,13 @@ class CheckResult:
 def verdict(adapter: str, check: str, ok: bool, value, threshold, message: str, details: dict) -> CheckResult:
     """passed when ok, else failed with `message`."""
     return CheckResult(adapter, check, PASSED if ok else FAILED, value, threshold, "" if ok else message, details)
+
+
+NOT_RUN = "not run"
+
+
+def adapter_verdict(statuses) -> str:
+    """One adapter's verdict from its checks' statuses, for every report: error, then failed, then passed (every
+    gating check passed; some may have been skipped, saying why), then skipped (all of them were), else not run."""
+    present = set(statuses)
+    return next((status for status in (ERROR, FAILED, PASSED, SKIPPED) if status in present), NOT_RUN)

@@ -9,11 +9,9 @@ from pathlib import Path
 from markupsafe import Markup
 
 from lora_harness.pictures import heat_legend
-from lora_harness.results import CHECK_ORDER
+from lora_harness.results import CHECK_ORDER, NOT_RUN, adapter_verdict
 
 from .charts import bar_chart, line_chart
-
-SEVERITY = {"error": 3, "failed": 2, "passed": 1, "skipped": 0}  # a skipped check does not make a pass a skip
 
 
 def render_html(document: dict, report_dir: Path) -> str:
@@ -35,8 +33,8 @@ def render_html(document: dict, report_dir: Path) -> str:
 def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     results = [r for r in document["results"] if r["adapter"] == adapter["name"]]
     results.sort(key=lambda r: CHECK_ORDER.index(r["check"]) if r["check"] in CHECK_ORDER else len(CHECK_ORDER))
-    worst = max(results, key=lambda r: SEVERITY.get(r["status"], 0), default=None)
-    status = worst["status"] if worst else "not run"
+    status = adapter_verdict(r["status"] for r in results)
+    worst = next((r for r in results if r["status"] == status), None)
     skipped = [r["check"] for r in results if r["status"] == "skipped"]
     if worst and worst["status"] not in ("passed", "skipped"):
         why = worst["message"]
@@ -78,11 +76,10 @@ def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
 
 
 def _overall(adapters: list[dict]) -> str:
-    statuses = {a["status"] for a in adapters}
-    for status in ("error", "failed", "not run"):
-        if status in statuses:
-            return status
-    return "passed" if "passed" in statuses else "skipped"
+    """The run's verdict from its adapters': one that never ran outweighs any pass."""
+    statuses = [a["status"] for a in adapters]
+    worst = adapter_verdict(statuses)
+    return NOT_RUN if NOT_RUN in statuses and worst in ("passed", "skipped") else worst
 
 
 def _data_uri(path: Path) -> str:

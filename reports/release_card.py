@@ -10,6 +10,7 @@ import re
 from html import escape
 
 from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
+from lora_harness.results import adapter_verdict
 
 from .terminal import visible
 
@@ -32,9 +33,7 @@ def release_card(adapter: dict, document: dict) -> str:
     details = adapter.get("details") or {}
     settings = document["settings"]
     lines = [f"# Release card: {text(adapter['name'])}", ""]
-    verdicts = {r["status"] for r in results}
-    worst = next((status for status in ("error", "failed") if status in verdicts), None)
-    overall = worst or ("passed" if results else "not checked")
+    overall = adapter_verdict(r["status"] for r in results)
     lines += [f"Verdict of this run: **{overall}** (lora-harness {document['harness_version']}).", ""]
 
     lines += ["## L: Label & clean dataset", ""]

@@ -116,6 +116,22 @@ def test_failing_error_and_interrupted_runs_say_so_in_the_report(pytester, write
     assert all(uri.startswith("data:") for uri in parse_report(folder).urls)
 
 
+def test_every_report_gives_an_adapter_the_same_verdict(pytester, write_lora):
+    """One function reads an adapter's checks: all skipped is skipped (the reference without training), some
+    skipped beside passes is passed, in report.html and on the release card alike."""
+    good = write_lora("kohya", "good.safetensors")
+    pytester.runpytest_inprocess(
+        "--adapter", "reference", "--adapter", good, "--reference-steps", "0", "-p", "no:cacheprovider"
+    )
+    folder = pytester.path / "lora-report"
+    html = (folder / "report.html").read_text()
+    for adapter, verdict in (("reference", "skipped"), ("good.safetensors", "passed")):
+        card = (folder / "release_cards" / adapter / "release_card.md").read_text()
+        assert f"Verdict of this run: **{verdict}**" in card, card[:300]
+        assert f'<span class="badge {verdict}">{verdict}</span>' in html
+    assert "<title>lora-harness report: passed</title>" in html
+
+
 def test_release_metadata_catches_contradictions_and_missing_fields(pytester, write_lora):
     from safetensors.torch import load_file, save_file
 
