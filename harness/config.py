@@ -59,8 +59,8 @@ class HarnessConfig:
     device: str
     param_budget: ParamBudget
     diff_floor: float
-    dead_share: float = 0.10
-    norm_outlier_k: float = 6.0
+    dead_share: float = 0.10  # trainers reach every targeted module; more than a tenth dead means they did not
+    norm_outlier_k: float = 6.0  # robust z of log10 norm within a block; 6 MADs is far outside any healthy spread
     min_effective_rank_ratio: float = 0.0
     heldout_prompts: tuple[str, ...] = ()
     clip_margin: float = 2.0

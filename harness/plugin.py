@@ -12,7 +12,6 @@ import pytest
 from . import report_records
 
 session_key = pytest.StashKey["HarnessSession"]()
-results_key = pytest.StashKey["ResultsTable"]()
 
 CHECK_MODULES = (
     "test_wiring.py",
@@ -251,7 +250,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # under xdist only the controller writes reports
         table = ResultsTable(harness_config, previous)
         table.write()  # a valid results.json exists from the start, whatever happens later
-        config.stash[results_key] = table
         config.pluginmanager.register(ReportHooks(table), "lora_harness.report")
     check_files = [str(path) for path in _check_files()]
     if config.args_source != pytest.Config.ArgsSource.ARGS:

@@ -21,9 +21,6 @@ from .results import verdict
 CHECK = "weight_health"
 # A module whose ΔW norm is below this share of the adapter's median module norm did not train.
 DEAD_RELATIVE = 1e-4
-# Defaults, with their reasons (README, "weight_health"):
-DEFAULT_DEAD_SHARE = 0.10  # trainers reach every targeted module; more than a tenth dead means they did not
-DEFAULT_OUTLIER_K = 6.0  # robust z of log10 norm within a block; 6 MADs is far outside any healthy spread
 MAD_FLOOR = 0.05  # log10 units (x1.12): identical modules would otherwise make any tiny difference infinite
 
 
