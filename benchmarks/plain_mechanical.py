@@ -24,17 +24,24 @@ def main(base: str, adapter: str, size: int, steps: int, seeds: int) -> None:
         pipeline = DiffusionPipeline.from_pretrained(base, local_files_only=True, dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.load_lora_weights(adapter, adapter_name="a")
-    jobs = [(prompt, seed) for prompt in DEFAULT_PROMPTS for seed in range(seeds)]
+    render_states(pipeline, DEFAULT_PROMPTS, seeds, steps, size or None)
+
+
+def render_states(pipeline, prompts, seeds: int, steps: int, size: int | None, **call) -> None:
+    """The four render states the mechanical checks need, each one batched call over every prompt x seed; `call`
+    adds pipeline arguments (a guidance scale), else the pipeline's own defaults hold."""
+    jobs = [(prompt, seed) for prompt in prompts for seed in range(seeds)]
 
     def render(scale: float):
         return pipeline(
             prompt=[p for p, _ in jobs],
             generator=[torch.Generator().manual_seed(s) for _, s in jobs],
-            height=size or None,
-            width=size or None,
+            height=size,
+            width=size,
             num_inference_steps=steps,
             cross_attention_kwargs={"scale": scale},
             output_type="np",
+            **call,
         ).images
 
     pipeline.disable_lora()

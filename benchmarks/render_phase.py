@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
+from plain_mechanical import render_states
 
 from lora_harness.base import load_base
 from lora_harness.config import AdapterSpec, HarnessConfig, resolve_base
@@ -57,23 +57,4 @@ def plain_setup(config: HarnessConfig):
 
 
 def plain_renders(pipeline) -> None:
-    jobs = [(prompt, seed) for prompt in PROMPTS for seed in range(SEEDS)]
-
-    def render(scale: float):
-        return pipeline(
-            prompt=[p for p, _ in jobs],
-            generator=[torch.Generator().manual_seed(s) for _, s in jobs],
-            height=SIZE,
-            width=SIZE,
-            num_inference_steps=STEPS,
-            guidance_scale=GUIDANCE_SCALE,
-            cross_attention_kwargs={"scale": scale},
-            output_type="np",
-        ).images
-
-    pipeline.disable_lora()
-    render(1.0)
-    pipeline.enable_lora()
-    render(1.0), render(0.0)
-    pipeline.disable_lora()
-    render(1.0)
+    render_states(pipeline, PROMPTS, SEEDS, STEPS, SIZE, guidance_scale=GUIDANCE_SCALE)
