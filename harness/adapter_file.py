@@ -28,10 +28,11 @@ class LazyTensors(Mapping):
     safetensors' `safe_open` parses the whole header on every open (a 2,238-key SDXL file, opened per tensor, took
     50 s), and one kept open keeps every page it mapped resident. Keys in the order safetensors lists them (sorted)."""
 
-    def __init__(self, path: Path, header: dict, data_start: int):
+    def __init__(self, path: Path, header: dict):
         self.path = path
         self._entries = {key: header[key] for key in sorted(header) if key != "__metadata__"}
-        self._data_start = data_start
+        # The checked header's tensors fill the file's end exactly (`_check_entries`): their data starts this far in.
+        self._data_start = path.stat().st_size - max((e["data_offsets"][1] for e in self._entries.values()), default=0)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         entry = self._entries[key]
@@ -80,7 +81,7 @@ def read_adapter(path: Path) -> AdapterFile:
     return AdapterFile(
         path=path,
         weights_path=weights_path,
-        tensors=LazyTensors(weights_path, header, data_start=8 + header_bytes(weights_path)),
+        tensors=LazyTensors(weights_path, header),
         file_metadata=header.get("__metadata__") or {},
         adapter_config=adapter_config,
         sha256=_sha256(weights_path),
@@ -139,11 +140,6 @@ TORCH_DTYPES = {
     "BOOL": torch.bool,
 }
 DTYPE_SIZES = {name: dtype.itemsize for name, dtype in TORCH_DTYPES.items()}
-
-
-def header_bytes(path: Path) -> int:
-    with path.open("rb") as handle:
-        return struct.unpack("<Q", handle.read(8))[0]
 
 
 def read_header(path: Path) -> dict:
