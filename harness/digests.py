@@ -20,10 +20,8 @@ def base_parameters(pipeline) -> dict[str, torch.Tensor]:
     own parameters are left out.
     """
     parameters = {}
-    for (
-        component_name,
-        component,
-    ) in pipeline.components.items():  # every model the pipeline holds (SD3: three text encoders)
+    # Every model the pipeline holds (SD3: three text encoders).
+    for component_name, component in pipeline.components.items():
         if not isinstance(component, torch.nn.Module):
             continue
         for name, parameter in component.named_parameters():
@@ -56,11 +54,6 @@ def fingerprint(digests: dict[str, str]) -> str:
     """One short hash for the whole set of parameters."""
     combined = hashlib.sha256("".join(f"{name}={value};" for name, value in sorted(digests.items())).encode())
     return combined.hexdigest()[:16]
-
-
-def changed_parameters(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """Names whose bytes differ, or that appeared or vanished."""
-    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
 
 
 def _identity(tensor: torch.Tensor) -> tuple:

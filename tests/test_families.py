@@ -256,14 +256,14 @@ def test_the_readme_reference_run_on_each_family_base_is_green(pytester, base):
 def test_frozen_base_digests_every_model_of_the_pipeline_sd3s_t5_included():
     import torch
 
-    from lora_harness.digests import changed_parameters, digest_parameters
+    from lora_harness.digests import BaseWatch
     from lora_harness.tiny_base import build_tiny_sd3_pipeline
 
     pipeline = build_tiny_sd3_pipeline()
-    before = digest_parameters(pipeline)
+    watch = BaseWatch(pipeline)
     with torch.no_grad():
         pipeline.text_encoder_3.shared.weight.add_(1.0)
-    changed = changed_parameters(before, digest_parameters(pipeline))
+    changed = watch.full().changed
     assert changed and all(name.startswith("text_encoder_3.") for name in changed)
 
 
