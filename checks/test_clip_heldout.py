@@ -9,11 +9,11 @@ def test_clip_heldout(adapter, harness, record_check):
             return CheckResult(adapter.name, CHECK, SKIPPED, message=why_not)
 
         def renders(prompts):
-            return harness.heldout_renders(None, prompts), harness.heldout_renders(adapter, prompts)
+            return harness.renders(None, prompts=prompts), harness.renders(adapter, prompts=prompts)
 
         captions = harness.training_captions(adapter)
         return evaluate_clip_heldout(
             adapter.name, clip, list(harness.config.heldout_prompts), captions, renders, harness.config.clip_margin
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

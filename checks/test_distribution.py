@@ -13,4 +13,4 @@ def test_distance_to_reference_corpus(check, adapter, harness, record_check):
         renders = lambda: (harness.renders(None), harness.renders(adapter))  # noqa: E731
         return evaluate_distance(check, adapter.name, features, renders, harness.reference_images)
 
-    record_check(adapter, harness.run_check(adapter, check, evaluate, uses_renders=True))
+    record_check(adapter, harness.run_check(adapter, check, evaluate))

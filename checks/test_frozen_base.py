@@ -16,4 +16,4 @@ def test_frozen_base(adapter, harness, record_check):
         trainable = harness.reference_run.trainable if adapter.spec.is_reference else None
         return evaluate_frozen_base(adapter.name, len(harness.watch.digests), stages, trainable)
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

@@ -8,7 +8,7 @@ def test_mode_collapse(adapter, harness, record_check):
         if clip is None:
             return CheckResult(adapter.name, CHECK, SKIPPED, message=why_not)
         config = harness.config
-        heldout = harness.heldout_renders(adapter, list(config.heldout_prompts)) if config.train_images else None
+        heldout = harness.renders(adapter, prompts=config.heldout_prompts) if config.train_images else None
         return evaluate_mode_collapse(
             adapter.name,
             clip,
@@ -20,4 +20,4 @@ def test_mode_collapse(adapter, harness, record_check):
             heldout,
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

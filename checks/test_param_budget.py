@@ -7,4 +7,4 @@ def test_param_budget(adapter, harness, record_check):
             adapter.name, adapter.application, harness.config.param_budget, harness.base.unet_params
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

@@ -15,4 +15,4 @@ def test_pixel_diff(adapter, harness, record_check):
         result.details["pictures"] = harness.save_pictures(adapter)
         return result
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

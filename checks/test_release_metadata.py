@@ -12,4 +12,4 @@ def test_release_metadata(adapter, harness, record_check):
             require=harness.config.require_metadata,
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

@@ -18,4 +18,4 @@ def test_weight_health(adapter, harness, record_check):
             adapter.name, modules, config.dead_share, config.norm_outlier_k, config.min_effective_rank_ratio
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=False))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

@@ -12,4 +12,4 @@ def test_wiring(adapter, harness, record_check):
             tolerance=harness.config.scale_zero_tolerance,
         )
 
-    record_check(adapter, harness.run_check(adapter, CHECK, evaluate, uses_renders=True))
+    record_check(adapter, harness.run_check(adapter, CHECK, evaluate))

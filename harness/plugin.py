@@ -10,21 +10,17 @@ from pathlib import Path
 import pytest
 
 from . import report_records
+from .check_registry import BUILTIN, CheckRegistry
 
 session_key = pytest.StashKey["HarnessSession"]()
-
-CHECK_MODULES = (
-    "test_wiring.py",
-    "test_param_budget.py",
-    "test_pixel_diff.py",
-    "test_release_metadata.py",
-    "test_weight_health.py",
-    "test_clip_heldout.py",
-    "test_distribution.py",
-    "test_mode_collapse.py",
-    "test_frozen_base.py",  # last for its adapter: it unloads it
-)
+registry_key = pytest.StashKey[CheckRegistry]()  # the built-in checks and the plugins' (pytest_lora_checks)
 NODE_PREFIX = "lora_harness/checks"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -210,7 +206,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="A previous release's results.json: a check whose value regressed past its tolerance fails.",
     )
     parser.addini("lora_compare_to", "ini twin of --compare-to", default="")
-    tolerance_help = "CHECK=FRACTION: allowed relative regression. Defaults: pixel_diff=0.25, param_budget=0.1, wiring=0, frozen_base=0."
+    defaults = ", ".join(f"{check}={tolerance:g}" for check, tolerance in BUILTIN.default_tolerances().items())
+    tolerance_help = f"CHECK=FRACTION: allowed relative regression. Defaults: {defaults}."
     group.addoption("--compare-tolerance", action="append", default=[], metavar="CHECK=FRACTION", help=tolerance_help)
     parser.addini("lora_compare_tolerances", f"{tolerance_help} One per line.", type="linelist", default=[])
     no_cache_help = "Render everything afresh and write no render cache."
@@ -236,7 +233,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from .progress import progress_for
     from .session import HarnessSession
 
-    harness_config = _harness_config(config)  # raises pytest.UsageError before any model loads
+    try:
+        registry = BUILTIN.with_checks(
+            spec for specs in config.hook.pytest_lora_checks(config=config) for spec in specs
+        )
+    except ValueError as error:
+        raise pytest.UsageError(f"lora-harness: {error}") from None
+    config.stash[registry_key] = registry
+    harness_config = _harness_config(config, registry)  # raises pytest.UsageError before any model loads
     previous = None
     if harness_config.compare_to is not None:
         from .regression import Previous
@@ -245,13 +249,15 @@ def pytest_configure(config: pytest.Config) -> None:
             previous = Previous.load(harness_config.compare_to)
         except ValueError as error:
             raise pytest.UsageError(f"lora-harness: {error}") from None
-    config.stash[session_key] = HarnessSession(harness_config, progress=progress_for(config), previous=previous)
+    config.stash[session_key] = HarnessSession(
+        harness_config, progress=progress_for(config), previous=previous, registry=registry, hook=config.hook
+    )
     config.pluginmanager.register(harness_fixtures, "lora_harness.fixtures")
     if not hasattr(config, "workerinput"):  # under xdist only the controller writes reports
         table = ResultsTable(harness_config, previous)
         table.write()  # a valid results.json exists from the start, whatever happens later
         config.pluginmanager.register(ReportHooks(table), "lora_harness.report")
-    check_files = [str(path) for path in _check_files()]
+    check_files = [str(path) for path in registry.module_paths()]
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = check_files
         config.args_source = pytest.Config.ArgsSource.ARGS
@@ -259,17 +265,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [*config.args, *check_files]
 
 
-def _check_files() -> list[Path]:
-    from importlib import resources
-
-    folder = Path(str(resources.files("lora_harness.checks")))
-    return [folder / name for name in CHECK_MODULES]
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makemodule(module_path: Path, parent):
     """Give the check modules a namespaced node id: they live in site-packages, outside the rootdir."""
-    if session_key not in parent.config.stash or module_path not in _check_files():
+    if session_key not in parent.config.stash or module_path not in parent.config.stash[registry_key].module_paths():
         return None
     return pytest.Module.from_parent(parent, path=module_path, nodeid=f"{NODE_PREFIX}/{module_path.name}")
 
@@ -399,7 +398,7 @@ class ReportHooks:
             terminalreporter.write_line(line)
 
 
-def _harness_config(config: pytest.Config):
+def _harness_config(config: pytest.Config, registry: CheckRegistry):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from . import options
     from .base import resolve_dtype
@@ -469,7 +468,7 @@ def _harness_config(config: pytest.Config):
             shard=parse_shard(value("shard"), len(config.getoption("adapter"))) if value("shard") else None,
             compare_to=Path(value("compare_to")).expanduser().resolve() if value("compare_to") else None,
             compare_tolerances=parse_tolerances(
-                [*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")]
+                [*config.getini("lora_compare_tolerances"), *config.getoption("compare_tolerance")], registry
             ),
         )
     except ValueError as error:  # ConfigError and the parsers' errors

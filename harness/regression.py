@@ -6,11 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .check_registry import CheckRegistry, CheckSpec
 from .results import FAILED, PASSED, CheckResult
-
-# Relative change allowed in the bad direction; documented in the README, pinned with `lora_compare_tolerances`.
-DEFAULT_TOLERANCES = {"wiring": 0.0, "frozen_base": 0.0, "param_budget": 0.10, "pixel_diff": 0.25}
-HIGHER_IS_BETTER = {"wiring": True, "frozen_base": False, "param_budget": False, "pixel_diff": True}
 
 
 @dataclass(frozen=True)
@@ -47,15 +44,16 @@ class Previous:
         return cls(path, str(document.get("harness_version")), values)
 
 
-def parse_tolerances(lines: list[str]) -> dict[str, float]:
-    """'pixel_diff=0.3' lines over the defaults; raises ValueError quoting a bad line."""
-    tolerances = dict(DEFAULT_TOLERANCES)
+def parse_tolerances(lines: list[str], registry: CheckRegistry) -> dict[str, float]:
+    """'pixel_diff=0.3' lines over the registry's defaults (relative change allowed in the bad direction, pinned with
+    `lora_compare_tolerances`); raises ValueError quoting a bad line."""
+    tolerances = registry.default_tolerances()
     for line in lines:
         check, _, value = line.partition("=")
         check = check.strip()
-        if check not in DEFAULT_TOLERANCES or not value:
+        if check not in tolerances or not value:
             raise ValueError(
-                f"compare tolerance must be CHECK=FRACTION with CHECK in {', '.join(DEFAULT_TOLERANCES)}, got {line!r}"
+                f"compare tolerance must be CHECK=FRACTION with CHECK in {', '.join(tolerances)}, got {line!r}"
             )
         try:
             tolerances[check] = float(value)
@@ -66,15 +64,16 @@ def parse_tolerances(lines: list[str]) -> dict[str, float]:
     return tolerances
 
 
-def compare(result: CheckResult, previous: Previous, tolerances: dict[str, float]) -> CheckResult:
-    """Record the previous value and the delta; a regression past the tolerance fails a passing check."""
+def compare(result: CheckResult, previous: Previous, tolerances: dict[str, float], spec: CheckSpec) -> CheckResult:
+    """Record the previous value and the delta; a regression past the tolerance fails a passing check. A check whose
+    spec has no direction of better is not compared."""
     before = previous.values.get((result.adapter, result.check))
-    if before is None or result.check not in HIGHER_IS_BETTER or not isinstance(result.value, (int, float)):
+    if before is None or spec.higher_is_better is None or not isinstance(result.value, (int, float)):
         return result
     now = float(result.value)
     tolerance = tolerances[result.check]
     result.details.update(previous_value=before, delta=now - before, compare_tolerance=tolerance)
-    if HIGHER_IS_BETTER[result.check]:
+    if spec.higher_is_better:
         regressed, bound, word = now < before * (1 - tolerance), before * (1 - tolerance), "dropped"
     else:
         regressed, bound, word = now > before * (1 + tolerance), before * (1 + tolerance), "grew"

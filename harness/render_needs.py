@@ -6,25 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BASE, ADAPTED, AT_ZERO, BASE_AGAIN = "base", "adapted", "adapted at scale 0", "base again"
-MAIN, HELDOUT = "main", "held-out"  # --prompts and --heldout-prompts
+from .check_registry import BASE, BASE_AGAIN, BUILTIN, CONTROL_CHECKS, HELDOUT, MAIN
 
-_SHARED = {(BASE, MAIN), (ADAPTED, MAIN)}
-CHECK_RENDERS = {
-    "wiring": _SHARED | {(AT_ZERO, MAIN)},
-    "pixel_diff": _SHARED | {(BASE_AGAIN, MAIN)},
-    "frozen_base": {(ADAPTED, MAIN)},  # its "after rendering" stage
-    "clip_heldout": {(BASE, HELDOUT), (ADAPTED, HELDOUT)},
-    "fid": _SHARED,
-    "kid": _SHARED,
-    "cmmd": _SHARED,
-    "mode_collapse": _SHARED,
-}
-CLIP_CHECKS = {"clip_heldout", "fid", "kid", "cmmd", "mode_collapse"}
-CORPUS_CHECKS = {"fid", "kid", "cmmd"}
-INCEPTION_CHECKS = {"fid", "kid"}  # Inception features when given, else the CLIP's
-# The reference must pass wiring and pixel_diff, its untrained twin must fail pixel_diff.
-CONTROL_RENDERS = CHECK_RENDERS["wiring"] | CHECK_RENDERS["pixel_diff"]
+# The reference must pass the control checks and its untrained twin must fail pixel_diff: they render what those do.
+CONTROL_RENDERS = frozenset().union(*(BUILTIN[name].renders for name in CONTROL_CHECKS))
 
 
 @dataclass(frozen=True)
@@ -34,18 +19,15 @@ class RenderNeeds:
 
     @classmethod
     def of_checks(
-        cls, checks, *, clip: bool, inception: bool, corpus: bool, train_images: bool, reference_steps: int
+        cls, specs, *, features: set[str], corpus: bool, train_images: bool, reference_steps: int
     ) -> RenderNeeds:
-        """Only checks that will render count: a CLIP check without a CLIP model (fid and kid: nor Inception),
-        or fid/kid/cmmd without a corpus, skip before rendering anything."""
+        """What the CheckSpecs `specs` render, counting only checks that will: one whose feature models are all
+        missing (`features`: those the run has), or that needs a corpus the run lacks, skips before rendering."""
         wanted: set[tuple[str, str]] = set()
-        for check in checks:
-            has_features = clip or inception and check in INCEPTION_CHECKS
-            if check in CLIP_CHECKS and not has_features or check in CORPUS_CHECKS and not corpus:
+        for spec in specs:
+            if spec.features and not spec.features & features or spec.needs_corpus and not corpus:
                 continue
-            wanted |= CHECK_RENDERS.get(check, set())
-            if check == "mode_collapse" and train_images:
-                wanted.add((ADAPTED, HELDOUT))  # copies of training images are looked for on held-out prompts
+            wanted |= spec.renders | (spec.train_image_renders if train_images else frozenset())
         return cls(frozenset(wanted), controls=bool(wanted) and reference_steps > 0)
 
     def prompt_sets(self, state: str, role: str = "adapter") -> list[str]:

@@ -5,20 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
-# How reports list the checks: the mechanical ones first, then the weights, then image quality.
-CHECK_ORDER = (
-    "wiring",
-    "frozen_base",
-    "param_budget",
-    "pixel_diff",
-    "release_metadata",
-    "weight_health",
-    "clip_heldout",
-    "fid",
-    "kid",
-    "cmmd",
-    "mode_collapse",
-)
 
 
 @dataclass

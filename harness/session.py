@@ -13,15 +13,17 @@ from functools import cached_property
 import numpy as np
 
 from .adapter_file import AdapterLoadError, read_adapter
+from .check_registry import ADAPTED, AT_ZERO, BASE, BASE_AGAIN, BUILTIN, CLIP, HELDOUT, INCEPTION, MAIN, CheckRegistry
 from .config import REFERENCE, TINY, AdapterSpec, HarnessConfig
 from .digests import BaseWatch, Evidence, base_parameters, fingerprint
 from .families import denoiser_of
+from .hookspecs import standalone_hooks
 from .injection import Application, apply_adapter, file_defects, remove_adapter
 from .pixel_diff import evaluate_pixel_diff
 from .progress import Progress
 from .regression import compare
 from .render_cache import CachedRender, RenderCache, RenderKey, scheduler_identity
-from .render_needs import ADAPTED, AT_ZERO, BASE, BASE_AGAIN, CHECK_RENDERS, HELDOUT, MAIN, RenderNeeds
+from .render_needs import RenderNeeds
 from .renders import Renderer, RenderPlan, RenderSet
 from .results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from .wiring import evaluate_wiring
@@ -53,8 +55,17 @@ class Controls:
 
 
 class HarnessSession:
-    def __init__(self, config: HarnessConfig, progress: Progress | None = None, previous=None):
+    def __init__(
+        self,
+        config: HarnessConfig,
+        progress: Progress | None = None,
+        previous=None,
+        registry: CheckRegistry = BUILTIN,
+        hook=None,
+    ):
         self.config = config
+        self.registry = registry  # what each check needs and how it is judged
+        self.hook = hook if hook is not None else standalone_hooks()  # config.hook: the plugins' pytest_lora_* hooks
         self.previous = previous  # regression.Previous, with --compare-to
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
@@ -113,14 +124,13 @@ class HarnessSession:
 
     @cached_property
     def needs(self) -> RenderNeeds:
-        from .render_needs import CHECK_RENDERS, CLIP_CHECKS
-
-        checks = self.checks if self.checks is not None else list(CHECK_RENDERS)
-        clip = bool(CLIP_CHECKS & set(checks)) and self.clip[0] is not None
+        specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
+        features = {INCEPTION} if self.config.inception_weights is not None else set()
+        if any(CLIP in spec.features for spec in specs) and self.clip[0] is not None:  # CLIP loads only if a check asks
+            features.add(CLIP)
         return RenderNeeds.of_checks(
-            checks,
-            clip=clip,
-            inception=self.config.inception_weights is not None,
+            specs,
+            features=features,
             corpus=self.config.reference_images is not None,
             train_images=self.config.train_images is not None,
             reference_steps=self.config.reference_steps,
@@ -193,13 +203,13 @@ class HarnessSession:
         before the first adapter loads, on the base as first digested: one that changes the base changes no other's
         verdict, in memory or in the render cache. The controls only where a check is gated on them (run_check).
         A render that raises here is left to the checks that need it, which record the error as theirs."""
-        gated = set(CHECK_RENDERS) - {"frozen_base"}
+        gated = {spec.name for spec in self.registry if spec.gated_by_controls}
         try:
             if self.needs.prompt_sets(BASE):
                 self.renders(None)
             if self.needs.prompt_sets(BASE_AGAIN):
                 self.base_renders_again()
-            if self.needs.controls and gated & set(self.checks if self.checks is not None else CHECK_RENDERS):
+            if self.needs.controls and gated & set(self.checks if self.checks is not None else self.registry.names):
                 self.controls  # noqa: B018
         except Exception:  # noqa: BLE001 - raised again, in its own check's record, when that check renders
             pass
@@ -269,9 +279,6 @@ class HarnessSession:
             self._fill(adapter, scale, self.plan.jobs_for(dict.fromkeys([*planned, *prompts])))
         return self._render_set([self._images[(slot, scale, *job)] for job in jobs], jobs)
 
-    def heldout_renders(self, adapter: LoadedAdapter | None, prompts: list[str]) -> RenderSet:
-        return self.renders(adapter, 1.0, prompts)
-
     def _prompt_set(self, name: str) -> tuple[str, ...]:
         return {MAIN: self.plan.prompts, HELDOUT: self.config.heldout_prompts}[name]
 
@@ -312,7 +319,10 @@ class HarnessSession:
         self.progress.line(f"rendering {what}: {len(jobs)} images, {plan.steps} steps, {plan.size}px")
         calls = -(-len(jobs) // plan.batch_size)
         with self.progress.bar(calls * plan.steps, f"rendering {what}") as advance:
-            return self.renderer.render(slot, scale, jobs, watch, advance)
+            supplied = self.hook.pytest_lora_render(
+                harness=self, slot=slot, scale=scale, jobs=jobs, watch=watch, on_step=advance
+            )
+            return supplied if supplied is not None else self.renderer.render(slot, scale, jobs, watch, advance)
 
     def _cache_key(self, adapter: LoadedAdapter | None, scale: float, prompt: str, seed: int) -> RenderKey:
         identity = None
@@ -379,6 +389,9 @@ class HarnessSession:
         """(ClipModel, "") or (None, why there is none); loaded once, only when a quality check asks."""
         from .clip_model import load_clip
 
+        supplied = self.hook.pytest_lora_feature_model(harness=self, kind=CLIP)
+        if supplied is not None:
+            return supplied, ""
         return load_clip(self.config.clip_model, embedded_default=self.config.base_model == TINY)
 
     @cached_property
@@ -387,6 +400,9 @@ class HarnessSession:
         from .config import ConfigError
         from .inception import InceptionFeatures
 
+        supplied = self.hook.pytest_lora_feature_model(harness=self, kind=INCEPTION)
+        if supplied is not None:
+            return supplied, ""
         try:
             return InceptionFeatures(self.config.inception_weights), ""
         except ConfigError as error:
@@ -432,14 +448,17 @@ class HarnessSession:
         return self._base_again
 
     # -- checks --------------------------------------------------------------------------------------------------------
-    def run_check(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult], uses_renders: bool):
-        """The shared policy around every check: skipped, unloadable and uncontrolled adapters, timing."""
+    def run_check(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult]):
+        """The shared policy around every check: skipped, unloadable and uncontrolled adapters, timing. Whether failed
+        controls stop a verdict is the registry's `gated_by_controls`."""
         started = time.perf_counter()
         if adapter.skipped:
             result = CheckResult(adapter.name, check, SKIPPED, message=adapter.skipped)
         elif adapter.problem:
             result = CheckResult(adapter.name, check, FAILED, message=adapter.problem)
-        elif uses_renders and self.controls.status == FAILED and not adapter.spec.is_reference:
+        elif (
+            self.registry[check].gated_by_controls and self.controls.status == FAILED and not adapter.spec.is_reference
+        ):
             result = CheckResult(
                 adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}"
             )
@@ -450,7 +469,7 @@ class HarnessSession:
                 own = f"; {check} measured: {result.message}" if result.message else ""
                 result.status, result.message = FAILED, "; ".join(adapter.defects) + own
             if self.previous is not None:
-                result = compare(result, self.previous, self.config.compare_tolerances)
+                result = compare(result, self.previous, self.config.compare_tolerances, self.registry[check])
         result.duration_s = round(time.perf_counter() - started, 4)
         return result
 

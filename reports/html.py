@@ -8,8 +8,9 @@ from pathlib import Path
 
 from markupsafe import Markup
 
+from lora_harness.check_registry import report_order
 from lora_harness.pictures import heat_legend
-from lora_harness.results import CHECK_ORDER, NOT_RUN, adapter_verdict
+from lora_harness.results import NOT_RUN, adapter_verdict
 
 from .charts import bar_chart, line_chart
 
@@ -23,7 +24,7 @@ def render_html(document: dict, report_dir: Path) -> str:
         document=document,
         adapters=adapters,
         verdict=_overall(adapters),
-        checks=[c for c in CHECK_ORDER if any(r["check"] == c for r in document["results"])],
+        checks=report_order(r["check"] for r in document["results"]),
         controls=controls,
         loss_chart=Markup(line_chart(losses, label="reference overfit loss per step")),
         legend=_data_uri_from_array(heat_legend()),
@@ -32,7 +33,8 @@ def render_html(document: dict, report_dir: Path) -> str:
 
 def _adapter_view(adapter: dict, document: dict, report_dir: Path) -> dict:
     results = [r for r in document["results"] if r["adapter"] == adapter["name"]]
-    results.sort(key=lambda r: CHECK_ORDER.index(r["check"]) if r["check"] in CHECK_ORDER else len(CHECK_ORDER))
+    order = report_order(r["check"] for r in results)
+    results.sort(key=lambda r: order.index(r["check"]))
     status = adapter_verdict(r["status"] for r in results)
     worst = next((r for r in results if r["status"] == status), None)
     skipped = [r["check"] for r in results if r["status"] == "skipped"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from lora_harness.results import CHECK_ORDER
+from lora_harness.check_registry import report_order
+from lora_harness.results import adapter_verdict
 
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 # Bidirectional overrides and isolates reorder what a terminal shows ("Trojan Source"), as escapes move the cursor.
@@ -31,7 +32,8 @@ def summary_lines(table) -> list[str]:
         frame = pd.DataFrame(list(table.results.values()))
         frame["adapter"] = frame["adapter"].map(visible)
         grid = frame.pivot_table(index="adapter", columns="check", values="status", aggfunc="last")
-        grid = grid.reindex(columns=[c for c in CHECK_ORDER if c in grid] + [c for c in grid if c not in CHECK_ORDER])
+        grid = grid.reindex(columns=report_order(frame["check"]))
+        grid["verdict"] = frame.groupby("adapter")["status"].agg(adapter_verdict)  # as report.html and the cards say
         lines += grid.fillna("-").map(lambda status: SYMBOLS.get(status, status)).to_string().splitlines()
     else:
         lines.append("no check ran")

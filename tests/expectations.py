@@ -1,23 +1,13 @@
 """What a run of every check looks like, shared by the plugin-level tests."""
 
-# In collection order (the plugin's CHECK_MODULES); frozen_base runs last for its adapter.
-CHECKS = (
-    "wiring",
-    "param_budget",
-    "pixel_diff",
-    "release_metadata",
-    "weight_health",
-    "clip_heldout",
-    "fid",
-    "kid",
-    "cmmd",
-    "mode_collapse",
-    "frozen_base",
-)
-NEEDS_CORPUS = ("fid", "kid", "cmmd")  # skipped, saying why, without --reference-images
+from lora_harness.check_registry import BUILTIN
+
+# In collection order: frozen_base runs last for its adapter (tests/test_check_registry.py pins the order).
+CHECKS = tuple(spec.name for spec in BUILTIN.in_collection_order())
+NEEDS_CORPUS = tuple(spec.name for spec in BUILTIN if spec.needs_corpus)  # skipped, saying why, without a corpus
 # Without --clip-model the CLIP checks never gate: the embedded base reports the self-test CLIP's figures as skipped,
 # other bases skip saying what to pass.
-CLIP_CHECKS = ("clip_heldout", "mode_collapse")
+CLIP_CHECKS = tuple(spec.name for spec in BUILTIN if spec.features and not spec.needs_corpus)
 SKIPPING = (*NEEDS_CORPUS, *CLIP_CHECKS)
 PASSING = len(CHECKS) - len(SKIPPING)  # what a good adapter passes on a base without a CLIP model or corpus
 

@@ -274,18 +274,8 @@ def test_reference_steps_zero_skips_the_reference_and_says_why(pytester):
 def test_a_crash_inside_a_check_is_an_error_record_in_a_valid_report(pytester, write_lora):
     pytester.makeconftest(
         """
-        import lora_harness.renders as renders
-
-        real_render = renders.Renderer.render
-
-        def broken(self, *args, **kwargs):
+        def pytest_lora_render(harness, slot, scale, jobs, watch, on_step):
             raise RuntimeError("out of memory while rendering")
-
-        def pytest_configure(config):
-            renders.Renderer.render = broken
-
-        def pytest_unconfigure(config):
-            renders.Renderer.render = real_render
         """
     )
     result = run(pytester, "--adapter", write_lora("kohya", "good.safetensors"), *FAST)

@@ -124,15 +124,14 @@ def test_the_embedded_base_reports_the_self_test_clips_figures_without_gating(py
 
 
 def injected(edit: str = "") -> str:
-    """conftest source: `edit` (statements on `images`, uint8 [N, H, W, 3]) rewrites the first adapter's renders,
-    and the CLIP checks embed each image as its mean colour and every prompt as "colourful grey". A real CLIP's
-    direction is certain there, unlike the self-test CLIP's, so these checks gate."""
-    body = textwrap.indent(edit or "pass", " " * 8)
+    """conftest source: `edit` (statements on `images`, uint8 [N, H, W, 3]) rewrites the first adapter's renders
+    (pytest_lora_render), and the CLIP checks embed each image as its mean colour and every prompt as "colourful
+    grey" (pytest_lora_feature_model). A real CLIP's direction is certain there, unlike the self-test CLIP's, so these
+    checks gate."""
+    body = textwrap.indent(edit or "pass", " " * 4)
     return f"""
 import numpy as np
 import torch
-import lora_harness.renders as renders
-from lora_harness.session import HarnessSession
 
 
 class ColourClip:
@@ -146,24 +145,17 @@ class ColourClip:
         return torch.nn.functional.normalize(torch.tensor([[1.0, 1.0, 1.0, 0.0]] * len(prompts)), dim=-1)
 
 
-real_render, real_clip = renders.Renderer.render, HarnessSession.clip
-
-
-def edited(self, adapter_name, *args, **kwargs):
-    result = real_render(self, adapter_name, *args, **kwargs)
-    if adapter_name == "adapter_0":
-        images = result.images
+def pytest_lora_render(harness, slot, scale, jobs, watch, on_step):
+    if slot != "adapter_0":
+        return None
+    rendered = harness.renderer.render(slot, scale, jobs, watch, on_step)
+    images = rendered.images
 {body}
-    return result
+    return rendered
 
 
-def pytest_configure(config):
-    renders.Renderer.render = edited
-    HarnessSession.clip = property(lambda self: (ColourClip(), ""))
-
-
-def pytest_unconfigure(config):
-    renders.Renderer.render, HarnessSession.clip = real_render, real_clip
+def pytest_lora_feature_model(harness, kind):
+    return ColourClip() if kind == "clip" else None
 """
 
 
@@ -285,23 +277,15 @@ def test_renders_that_copy_a_training_image_fail_mode_collapse(pytester, write_l
     train.mkdir()
     pytester.makeconftest(
         f"""
-        import lora_harness.session as session
         from PIL import Image
 
-        real = session.HarnessSession.heldout_renders
-
-        def saving(self, adapter, prompts):
-            renders = real(self, adapter, prompts)
-            if adapter is not None:
-                for i, image in enumerate(renders.images):
-                    Image.fromarray(image).save(r"{train}" + f"/{{i}}.png")
-            return renders
-
-        def pytest_configure(config):
-            session.HarnessSession.heldout_renders = saving
-
-        def pytest_unconfigure(config):
-            session.HarnessSession.heldout_renders = real
+        def pytest_lora_render(harness, slot, scale, jobs, watch, on_step):
+            if slot is None or scale != 1.0:
+                return None
+            rendered = harness.renderer.render(slot, scale, jobs, watch, on_step)
+            for i, image in enumerate(rendered.images):
+                Image.fromarray(image).save(r"{train}" + f"/{{i}}.png")
+            return rendered
         """
     )
     pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "clip_heldout")  # saves them
