@@ -1,4 +1,5 @@
-"""The base pipeline: an embedded tiny one, a local diffusers folder, or a hub id from the local cache."""
+"""The base pipeline: an embedded tiny one, a local diffusers folder, a single-file checkpoint, or a hub id from the
+local cache."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class BaseModel:
     native_size: int
     guidance_scale: float  # the pipeline's own default, used for every render
     dtype: str  # what the denoiser computes in, as loaded
+    single_file: dict | None = None  # a checkpoint file's path, detected family and hashes; None for other bases
 
     def summary(self, fingerprint: str) -> dict:
         return {
@@ -37,6 +39,7 @@ class BaseModel:
             "unet_params": self.unet_params,
             "guidance_scale": self.guidance_scale,
             "dtype": self.dtype,
+            "single_file": self.single_file,
         }
 
 
@@ -58,6 +61,10 @@ def stored_dtype(base_model: str, folder: Path) -> str:
     """The dtype most of the denoiser's stored tensors hold, read from the safetensors headers (no weights read)."""
     from safetensors import safe_open
 
+    if folder.is_file():
+        from .single_file import inspect_single_file
+
+        return inspect_single_file(base_model, folder).dtype
     index = json.loads((folder / "model_index.json").read_text())
     component = "unet" if "unet" in index else "transformer"
     files = sorted((folder / component).glob("*.safetensors"), key=lambda path: (path.name.count(".") > 1, path.name))
@@ -85,6 +92,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
     from .renders import default_guidance
 
     dtype = getattr(torch, config.dtype)
+    single_file = None
     if config.base_path is None:
         from . import tiny_base
 
@@ -97,6 +105,11 @@ def load_base(config: HarnessConfig) -> BaseModel:
         pipeline = builders[config.base_model]()  # built in float32; diffusers warns on every cast, even to it
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
+    elif config.base_single_file is not None:
+        from .single_file import checkpoint_hashes, load_single_file
+
+        pipeline = load_single_file(config.base_single_file, dtype)
+        single_file = {**config.base_single_file.record(), **checkpoint_hashes(config.base_path)}
     else:
         # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
         # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.
@@ -119,6 +132,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
         native_size=latent_size * pipeline.vae_scale_factor,
         guidance_scale=default_guidance(pipeline),
         dtype=str(denoiser.dtype).removeprefix("torch."),
+        single_file=single_file,
     )
 
 

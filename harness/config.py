@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .options import ParamBudget
@@ -47,8 +48,8 @@ class AdapterSpec:
 @dataclass(frozen=True)
 class HarnessConfig:
     adapters: tuple[AdapterSpec, ...]
-    base_model: str  # as given: an embedded base, a folder or a hub id
-    base_path: Path | None  # the local folder it resolved to; None for an embedded base
+    base_model: str  # as given: an embedded base, a folder, a single-file checkpoint or a hub id
+    base_path: Path | None  # the local folder (or checkpoint file) it resolved to; None for an embedded base
     render_size: int | None  # None: the base's native size
     render_steps: int
     render_seeds: int
@@ -86,7 +87,17 @@ class HarnessConfig:
 
     @property
     def base_is_hub_id(self) -> bool:
-        return self.base_path is not None and not Path(self.base_model).expanduser().is_dir()
+        given = Path(self.base_model).expanduser()
+        return self.base_path is not None and not given.is_dir() and not given.is_file()
+
+    @cached_property
+    def base_single_file(self):
+        """The `SingleFileBase` a checkpoint file was detected as (its header only); None for other bases."""
+        if self.base_path is None or not self.base_path.is_file():
+            return None
+        from .single_file import inspect_single_file
+
+        return inspect_single_file(self.base_model, self.base_path)
 
     @property
     def determinism_tolerance(self) -> float:
@@ -104,6 +115,7 @@ class HarnessConfig:
         settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
+        settings["base_single_file"] = self.base_single_file.record() if self.base_single_file else None
         settings["report_dir"] = str(self.report_dir)
         settings["inception_weights"] = str(self.inception_weights) if self.inception_weights else None
         settings["render_cache"] = str(self.render_cache) if self.render_cache else None
@@ -147,15 +159,25 @@ EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
 
 
 def resolve_base(base_model: str) -> Path | None:
-    """The local folder holding `base_model`; never downloads."""
+    """The local folder holding `base_model`, or the single-file checkpoint it names (its family told from its
+    header now, so a file that cannot serve is a usage error before any model loads); never downloads."""
     if base_model in EMBEDDED_BASES:
         return None
     path = Path(base_model).expanduser()
-    looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/", "~"))
+    if path.is_file():
+        from .single_file import inspect_single_file
+
+        inspect_single_file(base_model, path)
+        return path
+    looks_like_hub_id = (
+        base_model.count("/") == 1
+        and not base_model.startswith((".", "/", "~"))
+        and path.suffix.lower() not in (".safetensors", ".ckpt")  # a checkpoint file's name, not a repository
+    )
     if not path.is_dir():
         if not looks_like_hub_id:
             raise ConfigError(
-                f"--base-model {base_model}: no such folder; pass a diffusers pipeline folder, a hub id or an embedded base ({EMBEDDED_NAMES})"
+                f"--base-model {base_model}: no such folder or file; pass a diffusers pipeline folder, a single-file checkpoint (.safetensors), a hub id or an embedded base ({EMBEDDED_NAMES})"
             )
         path = _cached_snapshot(base_model)
     _check_pipeline(base_model, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from .results import verdict
 
@@ -18,6 +19,15 @@ RELEASE_FIELDS = {
     "training steps": ("ss_steps", "ss_max_train_steps", "max_train_steps"),
     "dataset": ("ss_dataset_dirs", "ss_tag_frequency", "ss_datasets"),
 }
+# Kohya's base hashes (sd-scripts `train_network.py`, when the base is a file): `ss_new_sd_model_hash` is
+# `train_util.calculate_sha256`, the whole file's SHA-256 (AUTOMATIC1111 shows its first 10 digits);
+# `ss_sd_model_hash` is `train_util.model_hash`, A1111's legacy hash. Each with the single-file base's hashes it
+# may equal (`single_file.checkpoint_hashes`).
+BASE_HASHES = {
+    "ss_new_sd_model_hash": ("sha256", "a1111_short_hash"),
+    "ss_sd_model_hash": ("legacy_model_hash",),
+}
+HEX = re.compile(r"[0-9a-f]+")  # sd-scripts writes "NOFILE" or "IsADirectory" where it could not hash the base
 FAMILY_PREFIXES = (  # how trainers name the base they trained on
     ("sdxl", "SDXL"),
     ("stable-diffusion-xl", "SDXL"),
@@ -62,6 +72,23 @@ def missing_fields(flat: dict) -> list[str]:
     return [field for field, keys in RELEASE_FIELDS.items() if recorded(flat, keys) is None]
 
 
+def base_hash_comparison(flat: dict, single_file: dict | None) -> dict:
+    """Each base hash the file records, against the single-file base's: {key: {recorded, base, matches}}; {} when
+    the base is not a single file (a folder has no checkpoint hash) or the file records none."""
+    if not single_file:
+        return {}
+    compared = {}
+    for key, forms in BASE_HASHES.items():
+        value = str(recorded(flat, (key,)) or "").strip().lower()
+        if HEX.fullmatch(value):
+            compared[key] = {
+                "recorded": value,
+                "base": single_file[forms[0]],
+                "matches": any(value == single_file[form] for form in forms),
+            }
+    return compared
+
+
 def evaluate_release_metadata(
     adapter: str, metadata: dict, base: dict, base_family: str | None, base_is_hub_id: bool, require: bool
 ):
@@ -74,6 +101,13 @@ def evaluate_release_metadata(
     recorded_base = flat.get("base_model_name_or_path")
     if base_is_hub_id and recorded_base and recorded_base != base["model"]:
         contradictions.append(f"the metadata names base {recorded_base!r}, the base under test is {base['model']!r}")
+    hashes = base_hash_comparison(flat, base.get("single_file"))
+    for key, compared in hashes.items():
+        if not compared["matches"]:
+            contradictions.append(
+                f"the metadata records {key} {compared['recorded']!r}, the base under test "
+                f"({base['single_file']['path']}) has {compared['base']!r}: it was trained on another checkpoint"
+            )
     missing = missing_fields(flat)
     problems = list(contradictions)
     if require and missing:
@@ -83,6 +117,8 @@ def evaluate_release_metadata(
         "recorded_base": recorded_base or flat.get("ss_sd_model_name"),
         "recorded_base_hashes": {k: flat[k] for k in RELEASE_FIELDS["base model hash"] if k in flat},
         "base_fingerprint": base.get("fingerprint"),
+        "base_hashes": hashes,  # the release card's base checksum: what the file records against the base file's
+        "base_hash_matched": bool(hashes) and all(compared["matches"] for compared in hashes.values()),
         "missing_release_fields": missing,
         "required": require,
     }

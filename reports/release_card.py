@@ -45,9 +45,20 @@ def release_card(adapter: dict, document: dict) -> str:
     base = document["base"]
     fingerprint = base["fingerprint"]
     lines.append(f"- base under test: {code(base['model'])} ({base['family']}), parameter fingerprint `{fingerprint}`")
+    single_file = base.get("single_file")
+    if single_file:
+        lines.append(
+            f"- base checkpoint SHA-256 `{single_file['sha256']}`, legacy hash `{single_file['legacy_model_hash']}`"
+        )
+    compared = _base_hash_comparison(results)
     for key in RELEASE_FIELDS["base model hash"]:
         if key in flat:
-            hashed = "a hash of the single-file checkpoint it was trained on"
+            if key in compared:
+                hashed = (
+                    "matches the base under test" if compared[key]["matches"] else "does NOT match the base under test"
+                )
+            else:
+                hashed = "a hash of the single-file checkpoint it was trained on"
             lines.append(f"- recorded `{key}`: {code(flat[key])} ({hashed})")
     recorded_base = flat.get("base_model_name_or_path") or flat.get("ss_sd_model_name")
     lines.append(f"- recorded base: {text(recorded_base or 'not recorded')}")
@@ -104,3 +115,9 @@ def code(value) -> str:
 def _top_tags(raw, count: int = 10) -> list[str]:
     totals = tag_counts(raw)
     return [f"{text(tag)} ({n})" for tag, n in sorted(totals.items(), key=lambda item: -item[1])[:count]]
+
+
+def _base_hash_comparison(results: list[dict]) -> dict:
+    """release_metadata's comparison of the recorded base hashes with the single-file base's, where it ran."""
+    check = next((r for r in results if r["check"] == "release_metadata"), None)
+    return (check or {}).get("details", {}).get("base_hashes") or {}

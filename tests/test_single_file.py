@@ -1,0 +1,441 @@
+"""`--base-model FILE.safetensors`: single-file checkpoints in the original key layout, as AUTOMATIC1111 and ComfyUI
+hold them, detected from their header, loaded through diffusers' `from_single_file` offline, and their hashes
+compared with the ones Kohya's sd-scripts records in an adapter."""
+
+import hashlib
+import json
+import pickle
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.test_families import FAST, MECHANICAL
+from tests.test_plugin import results
+
+# Header-only checkpoints: the keys and shapes diffusers' detection reads, at the published models' sizes. The
+# files are sparse (the header, then a hole as long as the tensors), so they cost no disk and no time.
+UNET = "model.diffusion_model."
+VAE = {"first_stage_model.encoder.conv_in.weight": [128, 3, 3, 3]}
+FAMILY_HEADERS = {
+    "SD1.x": {
+        UNET + "output_blocks.11.0.skip_connection.weight": [320, 640, 1, 1],
+        UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": [320, 768],
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+        **VAE,
+    },
+    "SD2.x": {
+        UNET + "output_blocks.11.0.skip_connection.weight": [320, 640, 1, 1],
+        UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": [320, 1024],
+        "cond_stage_model.model.token_embedding.weight": [49408, 1024],
+        **VAE,
+    },
+    "SDXL": {
+        UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": [640, 2048],
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+        "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": [1280],
+        **VAE,
+    },
+    # sd3_medium_incl_clips.safetensors: the MMDiT, both CLIPs and the VAE, no T5.
+    "SD3": {
+        UNET + "joint_blocks.0.context_block.adaLN_modulation.1.bias": [9216],
+        UNET + "pos_embed": [1, 36864, 1536],
+        "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+        "text_encoders.clip_g.transformer.text_model.embeddings.token_embedding.weight": [49408, 1280],
+        **VAE,
+    },
+    # flux1-dev.safetensors as Black Forest Labs publish it: the transformer alone, without a prefix.
+    "Flux": {
+        "double_blocks.0.img_attn.norm.key_norm.scale": [128],
+        "guidance_in.in_layer.bias": [3072],
+        "img_in.weight": [3072, 64],
+    },
+}
+DTYPE_SIZES = {"F16": 2, "F32": 4}
+
+
+def write_header_only(path: Path, shapes: dict, dtype: str = "F16") -> Path:
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = DTYPE_SIZES[dtype] * int(torch.tensor(shape).prod())
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + offset)
+    return path
+
+
+def collect(pytester, base: Path, *args):
+    """Configure a run on `base` without running a check: the family is known then, no weights are read."""
+    return pytester.runpytest_inprocess("--adapter", "reference", "--base-model", str(base), "--collect-only", *args)
+
+
+@pytest.mark.parametrize("family", ["SD1.x", "SD2.x", "SDXL"])
+def test_each_carried_familys_layout_is_detected_from_the_header_alone(pytester, family):
+    base = write_header_only(pytester.path / f"{family}.safetensors", FAMILY_HEADERS[family])
+    result = collect(pytester, base)
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    recorded = results(pytester)["settings"]["base_single_file"]
+    assert recorded["path"] == str(base) and recorded["family"] == family
+    assert recorded["stored_dtype"] == "float16"
+    assert "float16" in results(pytester)["settings"]["dtype_choice"]
+
+
+@pytest.mark.parametrize(
+    "family, held",
+    [("SD3", "holding the transformer and CLIP-G, CLIP-L, VAE"), ("Flux", "holding the transformer only")],
+)
+def test_mmdit_files_are_detected_and_refused_saying_what_they_hold_and_what_to_pass(pytester, family, held):
+    base = write_header_only(pytester.path / f"{family}.safetensors", FAMILY_HEADERS[family])
+    result = collect(pytester, base)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    message = result.stderr.str()
+    assert f"--base-model {base}: a {family} checkpoint" in message and held in message
+    assert "T5-XXL" in message and "Pass a diffusers folder of the base" in message
+
+
+@pytest.mark.parametrize(
+    "keys, seen",
+    [
+        # A diffusers U-Net file (unet/diffusion_pytorch_model.safetensors) passed for the checkpoint.
+        (
+            {"down_blocks.0.resnets.0.conv1.weight": [320, 320, 3, 3], "conv_in.weight": [320, 4, 3, 3]},
+            "`down_blocks.0.…` (1)",
+        ),
+        # A Kohya LoRA passed for the base.
+        (
+            {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": [4, 1280]},
+            "`lora_unet_mid_block_attentions_0_proj_in.lora_down.…` (1)",
+        ),
+        # SD1.5 inpainting: 9 input channels, which diffusers names; not a text-to-image base.
+        (
+            {UNET + "input_blocks.0.0.weight": [320, 9, 3, 3], **FAMILY_HEADERS["SD1.x"]},
+            "diffusers reads it as `inpainting`",
+        ),
+    ],
+    ids=["diffusers-unet", "kohya-lora", "sd15-inpainting"],
+)
+def test_a_file_of_no_known_layout_is_a_usage_error_naming_what_it_holds(pytester, keys, seen):
+    base = write_header_only(pytester.path / "model.safetensors", keys)
+    result = collect(pytester, base)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    message = result.stderr.str()
+    assert f"--base-model {base}: not a checkpoint of a family lora-harness checks" in message
+    assert seen in message and "a diffusers pipeline folder" in message
+
+
+def test_a_checkpoint_without_its_text_encoder_is_a_usage_error_naming_the_part(pytester):
+    keys = {k: v for k, v in FAMILY_HEADERS["SDXL"].items() if not k.startswith("conditioner.embedders.0.")}
+    result = collect(pytester, write_header_only(pytester.path / "unet-only.safetensors", keys))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*an SDXL checkpoint*without its CLIP ViT-L text encoder*conditioner.embedders.0.*"])
+
+
+class WritesWhenUnpickled:
+    """Unpickling this writes a file: its absence proves the checkpoint was never unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["v1-5-pruned-emaonly.ckpt", "renamed.safetensors"])
+def test_a_pickled_checkpoint_is_refused_without_being_unpickled(pytester, name):
+    marker = pytester.path / "unpickled"
+    base = pytester.path / name
+    base.write_bytes(pickle.dumps({"state_dict": WritesWhenUnpickled(marker)}, protocol=4))
+    result = collect(pytester, base)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--base-model {base}: a pickle-based checkpoint*never unpickles*.safetensors*"])
+    assert not marker.exists()
+
+
+# --- Whole single files: an SD1.x checkpoint of SD1's real layout (four U-Net and VAE blocks, two layers each) at
+# narrow widths, written under the original LDM key names.
+
+# The carried SD1.x configs with narrow widths: everything else (block types, layers, scheduler, model_index) is the
+# carried one.
+NARROW = {
+    "unet/config.json": {"block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 32, "sample_size": 8},
+    "vae/config.json": {"block_out_channels": [32, 32, 64, 64], "sample_size": 64},
+    "text_encoder/config.json": {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+    },
+}
+RESNET_NAMES = {  # diffusers -> LDM, inside a U-Net resnet
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def ldm_unet_name(name: str, layers: int, attention_blocks: set) -> str:
+    """A diffusers U-Net parameter's name in the original (LDM) layout: the sequential `input_blocks`,
+    `middle_block` and `output_blocks`, each entry a resnet, then its attention, then a resampler."""
+    parts = name.split(".")
+    module, leaf = ".".join(parts[:-1]), parts[-1]
+    if module in UNET_TOP:
+        return f"{UNET_TOP[module]}.{leaf}"
+    where, kind = parts[0], parts[2] if parts[0] != "mid_block" else parts[1]
+    if where == "down_blocks":
+        i = int(parts[1])
+        if kind == "downsamplers":
+            return f"input_blocks.{(layers + 1) * (i + 1)}.0.op.{leaf}"
+        block, rest = f"input_blocks.{(layers + 1) * i + int(parts[3]) + 1}", parts[4:]
+    elif where == "up_blocks":
+        i = int(parts[1])
+        if kind == "upsamplers":
+            return f"output_blocks.{(layers + 1) * i + layers}.{2 if i in attention_blocks else 1}.conv.{leaf}"
+        block, rest = f"output_blocks.{(layers + 1) * i + int(parts[3])}", parts[4:]
+    else:  # mid_block: resnet, attention, resnet
+        index = 2 * int(parts[2]) if kind == "resnets" else 1
+        return ".".join([f"middle_block.{index}", *parts[3:]])
+    if kind == "resnets":
+        return ".".join([f"{block}.0", RESNET_NAMES.get(rest[0], rest[0]), *rest[1:]])
+    return ".".join([f"{block}.1", *rest])
+
+
+def ldm_vae_name(name: str, blocks: int) -> str:
+    """A diffusers VAE parameter's name in the original layout (decoder blocks numbered from the bottom)."""
+    name = name.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+    parts = name.split(".")
+    coder = parts[0]
+    if parts[1] in ("down_blocks", "up_blocks"):
+        i = int(parts[2]) if coder == "encoder" else blocks - 1 - int(parts[2])
+        stage = "down" if coder == "encoder" else "up"
+        if parts[3] == "resnets":
+            return ".".join([coder, stage, str(i), "block", *parts[4:]])
+        return ".".join([coder, stage, str(i), "downsample" if stage == "down" else "upsample", *parts[5:]])
+    if parts[1] == "mid_block" and parts[2] == "resnets":
+        return ".".join([coder, "mid", f"block_{int(parts[3]) + 1}", *parts[4:]])
+    if parts[1] == "mid_block":
+        inner = ".".join(parts[4:-1])
+        return ".".join([coder, "mid", "attn_1", VAE_ATTENTION[inner], parts[-1]])
+    return name
+
+
+def ldm_checkpoint(pipeline) -> dict:
+    """The pipeline's weights in the original SD1.x layout, as AUTOMATIC1111's and ComfyUI's checkpoint savers write
+    them (`model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.`); the VAE's attention
+    projections as the 1x1 convolutions they are there."""
+    unet, vae = pipeline.unet, pipeline.vae
+    attention_blocks = {i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions")}
+    layers = unet.config.layers_per_block
+    tensors = {UNET + ldm_unet_name(k, layers, attention_blocks): v for k, v in unet.state_dict().items()}
+    blocks = len(vae.config.block_out_channels)
+    for key, value in vae.state_dict().items():
+        name = ldm_vae_name(key, blocks)
+        if ".mid.attn_1." in name and name.endswith("weight") and value.dim() == 2:
+            value = value[:, :, None, None]
+        tensors["first_stage_model." + name] = value
+    for key, value in pipeline.text_encoder.state_dict().items():  # named as transformers 4 named CLIP's modules
+        tensors[f"cond_stage_model.transformer.{key if key.startswith('text_model.') else f'text_model.{key}'}"] = value
+    return {key: value.detach().to(torch.float16).contiguous() for key, value in tensors.items()}
+
+
+def narrow_configs(folder: Path) -> Path:
+    from lora_harness.single_file import CONFIG_FOLDERS
+
+    carried = Path(CONFIG_FOLDERS["SD1.x"])
+    for source in carried.rglob("*.json"):
+        relative = source.relative_to(carried).as_posix()
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({**json.loads(source.read_text()), **NARROW.get(relative, {})}))
+    return folder
+
+
+def seeded_models(configs: Path) -> SimpleNamespace:
+    """U-Net, VAE and text encoder built from `configs` with seeded weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    models = SimpleNamespace(
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder")),
+    )
+    with torch.no_grad():
+        for model in vars(models).values():  # norms start all ones or zeros: nudged, so a misplaced one shows
+            for parameter in model.parameters():
+                if parameter.numel() > 1 and bool((parameter == parameter.flatten()[0]).all()):
+                    parameter.add_(torch.randn_like(parameter) * 0.01)
+    return models
+
+
+@pytest.fixture(scope="module")
+def sd1_file(tmp_path_factory):
+    """(checkpoint, its narrow configs, the pipeline it was written from): an SD1.x single file of SD1's layout."""
+    folder = tmp_path_factory.mktemp("sd1-single-file")
+    configs = narrow_configs(folder / "configs")
+    pipeline = seeded_models(configs)
+    checkpoint = folder / "sd1-layout.safetensors"
+    save_file(ldm_checkpoint(pipeline), checkpoint)
+    return checkpoint, configs, pipeline
+
+
+@pytest.fixture
+def narrow_sd1(sd1_file, monkeypatch):
+    from lora_harness import single_file
+
+    checkpoint, configs, pipeline = sd1_file
+    monkeypatch.setitem(single_file.CONFIG_FOLDERS, "SD1.x", configs)
+    return checkpoint, pipeline
+
+
+def test_the_file_loads_through_from_single_file_with_every_weight_where_it_was(narrow_sd1):
+    """The layout written here and diffusers' conversion agree: every parameter of U-Net, VAE and text encoder comes
+    back bitwise (float16, as stored), none missing, none extra."""
+    from lora_harness.single_file import inspect_single_file, load_single_file
+
+    checkpoint, original = narrow_sd1
+    base = inspect_single_file(str(checkpoint), checkpoint)
+    assert (base.family, base.model_type, base.dtype) == ("SD1.x", "v1", "float16")
+    loaded = load_single_file(base, torch.float16)
+    assert type(loaded.scheduler).__name__ == "PNDMScheduler"  # the carried scheduler config
+    for component in ("unet", "vae", "text_encoder"):
+        want = {k: v.to(torch.float16) for k, v in getattr(original, component).state_dict().items()}
+        got = getattr(loaded, component).state_dict()
+        assert got.keys() == want.keys(), component
+        moved = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not moved, f"{component}: {moved[:3]}"
+
+
+def kohya_adapter(pipeline, path: Path, **metadata) -> Path:
+    from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_kohya_components
+
+    written = write_kohya_components(make_pipeline_lora(pipeline, seed=1), path, rank=4, alpha=4.0)
+    with written.open("rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        recorded = json.loads(handle.read(size))["__metadata__"]
+    tensors = load_file(written)
+    written.unlink()  # the tensors may map the file: write a new one in its place
+    save_file(tensors, written, metadata={**recorded, **metadata})
+    return written
+
+
+def kohya_hashes(path: Path) -> dict:
+    """What sd-scripts' train_network.py records for a base file: `train_util.model_hash` (the SHA-256 of the 64 KiB
+    at 1 MiB, 8 digits) and `train_util.calculate_sha256` (the whole file's)."""
+    data = path.read_bytes()
+    return {
+        "ss_sd_model_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8],
+        "ss_new_sd_model_hash": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def test_a_good_adapter_passes_the_mechanical_checks_on_a_single_file_base(pytester, narrow_sd1):
+    checkpoint, pipeline = narrow_sd1
+    adapter = kohya_adapter(pipeline, pytester.path / "style.safetensors", **kohya_hashes(checkpoint))
+    result = pytester.runpytest_inprocess(
+        "--adapter", adapter, "--base-model", checkpoint, *FAST, *MECHANICAL, "--param-budget", "10%"
+    )
+    result.assert_outcomes(passed=5)
+    document = results(pytester)
+    (record,) = document["adapters"]
+    assert record["tensors_applied"] == record["tensors"] > 0
+    single = document["base"]["single_file"]
+    assert single["family"] == "SD1.x" and single["path"] == str(checkpoint)
+    assert single["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert document["settings"]["base_single_file"]["family"] == "SD1.x"
+    assert document["settings"]["dtype_choice"] == "--dtype auto on cpu: float32; the base is stored in float16"
+
+
+def release_metadata_run(pytester, checkpoint, adapter):
+    result = pytester.runpytest_inprocess(
+        "--adapter", adapter, "--base-model", checkpoint, *FAST, "-k", "release_metadata"
+    )
+    (record,) = [r for r in results(pytester)["results"] if r["check"] == "release_metadata"]
+    return result, record
+
+
+@pytest.mark.parametrize("recorded", ["full", "a1111-short"])
+def test_release_metadata_reports_a_base_hash_that_matches_the_single_file(pytester, narrow_sd1, recorded):
+    checkpoint, pipeline = narrow_sd1
+    hashes = kohya_hashes(checkpoint)
+    if recorded == "a1111-short":  # AUTOMATIC1111 shows the SHA-256's first 10 digits
+        hashes["ss_new_sd_model_hash"] = hashes["ss_new_sd_model_hash"][:10]
+    adapter = kohya_adapter(pipeline, pytester.path / "style.safetensors", **hashes)
+    result, record = release_metadata_run(pytester, checkpoint, adapter)
+    result.assert_outcomes(passed=1)
+    assert record["details"]["base_hash_matched"] is True
+    compared = record["details"]["base_hashes"]
+    assert (
+        compared["ss_sd_model_hash"]["recorded"] == compared["ss_sd_model_hash"]["base"] == hashes["ss_sd_model_hash"]
+    )
+    assert compared["ss_new_sd_model_hash"]["matches"]
+    card = (pytester.path / "lora-report" / "release_cards" / "style.safetensors" / "release_card.md").read_text()
+    assert f"base checkpoint SHA-256 `{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}`" in card
+    assert card.count("(matches the base under test)") == 2
+
+
+@pytest.mark.parametrize("key", ["ss_new_sd_model_hash", "ss_sd_model_hash"])
+def test_release_metadata_fails_on_a_base_hash_of_another_checkpoint_with_both_values(pytester, narrow_sd1, key):
+    checkpoint, pipeline = narrow_sd1
+    other = pytester.path / "other.safetensors"
+    other.write_bytes(checkpoint.read_bytes()[:-2] + b"\x01\x02")  # same size, different last tensor bytes
+    hashes = kohya_hashes(checkpoint)
+    wrong = kohya_hashes(other)[key] if key == "ss_new_sd_model_hash" else "0badc0de"
+    adapter = kohya_adapter(pipeline, pytester.path / "style.safetensors", **{**hashes, key: wrong})
+    result, record = release_metadata_run(pytester, checkpoint, adapter)
+    result.assert_outcomes(failed=1)
+    base = record["details"]["base_hashes"][key]["base"]
+    assert base == (hashes[key] if key == "ss_sd_model_hash" else hashlib.sha256(checkpoint.read_bytes()).hexdigest())
+    assert f"the metadata records {key} {wrong!r}" in record["message"] and repr(base) in record["message"]
+    assert str(checkpoint) in record["message"] and record["details"]["base_hash_matched"] is False
+
+
+def test_the_carried_configs_build_the_published_architectures():
+    """Parameter counts of the models the carried configs describe (built on the meta device: no memory), against the
+    published ones: SD1.5's U-Net 859,520,964, SD2.1's 865,910,724, SDXL's 2,567,463,684, SD's VAE 83,653,863,
+    CLIP ViT-L's text encoder 123,060,480, SD2's OpenCLIP-H (23 layers) 340,387,840, SDXL's OpenCLIP-bigG 694,659,840."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_harness.single_file import CONFIG_FOLDERS
+
+    def count(model) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    published = {
+        ("SD1.x", "unet"): 859_520_964,
+        ("SD2.x", "unet"): 865_910_724,
+        ("SDXL", "unet"): 2_567_463_684,
+        ("SD1.x", "text_encoder"): 123_060_480,
+        ("SD2.x", "text_encoder"): 340_387_840,
+        ("SDXL", "text_encoder"): 123_060_480,
+        ("SDXL", "text_encoder_2"): 694_659_840,
+        **{(family, "vae"): 83_653_863 for family in ("SD1.x", "SD2.x", "SDXL")},
+    }
+    builders = {
+        "unet": lambda folder: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder)),
+        "vae": lambda folder: AutoencoderKL.from_config(AutoencoderKL.load_config(folder)),
+        "text_encoder": lambda folder: CLIPTextModel(CLIPTextConfig.from_pretrained(folder)),
+        "text_encoder_2": lambda folder: CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder)),
+    }
+    with torch.device("meta"):
+        built = {(f, c): count(builders[c](Path(CONFIG_FOLDERS[f]) / c)) for f, c in published}
+    assert built == published
