@@ -10,8 +10,7 @@ def test_weight_health(adapter, harness, record_check):
             for name, (down, up, scale) in application.factors.items()
         ]
         modules += [
-            lycoris_health(name, roles, scale, architecture)
-            for name, (roles, scale) in application.lycoris_factors.items()
+            lycoris_health(name, factors, architecture) for name, factors in application.lycoris_factors.items()
         ]
         config = harness.config
         return evaluate_weight_health(

@@ -20,11 +20,11 @@ from .adapter_file import AdapterFile, AdapterLoadError
 from .families import is_denoiser
 from .flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from .flux_layouts import FluxModule, convert, flux_layout, flux_modules
-from .lycoris import KOHYA_COMPONENTS, LOKR, lokr_options, lycoris_kind, module_names, rank_and_alpha, split_file
+from .lycoris import is_lycoris_file, lycoris_kind
 from .unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
-TUNER_PARAMETERS = ("lora_", "hada_", "lokr_")  # how peft's LoRA (DoRA), LoHa and LoKr layers name their parameters
+TUNER_PARAMETERS = ("lora_",)  # how peft's LoRA (and DoRA) layers name their parameters
 
 
 def is_tuner_parameter(name: str) -> bool:
@@ -37,7 +37,6 @@ def unwrapped_name(name: str) -> str:
 
 
 KOHYA = "kohya"
-LYCORIS = "lycoris"  # LyCORIS LoHa / LoKr in Kohya's naming
 PEFT_FOLDER = "peft"
 PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata
 DIFFUSERS = "diffusers"
@@ -64,7 +63,7 @@ class Target:
 @dataclass
 class NormalizedAdapter:
     format: str
-    kind: str  # LoRA | DoRA | LoHa | LoKr
+    kind: str  # LoRA | DoRA
     # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
     state_dicts: dict[str, dict[str, torch.Tensor]]
     file_keys: dict[tuple[str, str], str]  # (component, peft key) -> the file key its tensor came from
@@ -78,9 +77,6 @@ class NormalizedAdapter:
     untraced: list[str] = field(
         default_factory=list
     )  # file keys that are neither LoRA weights that landed in a state dict nor alphas
-    # LyCORIS only: per "component.module", the (r, alpha) peft must build it with, and the kind's file-wide options
-    lycoris_modules: dict[str, tuple[int, float]] = field(default_factory=dict)
-    lycoris_options: dict = field(default_factory=dict)
     # Flux's community layouts, whose tensors diffusers rewrites: per "component.module" of each file module's first
     # layer, what the file's module means (the proof compares updates there, not tensors)
     flux_modules: dict[str, FluxModule] = field(default_factory=dict)
@@ -110,6 +106,11 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: a {kind.name} (`{example}`), a valid file of a kind lora-harness does not apply "
             f"yet (it is applied by {kind.applied_by}); nothing of it is applied, as a partial load would validate something else"
         )
+    if flux_layout(keys) is not None and is_lycoris_file(keys):  # a valid file, whatever its tensors' shapes
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a LyCORIS {lycoris_kind(keys)} for Flux (Flux's original module names); "
+            "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
+        )
     bad_alpha = next((k for k, t in adapter.tensors.items() if k.endswith(".alpha") and t.numel() != 1), None)
     if bad_alpha is not None:
         raise AdapterLoadError(
@@ -135,12 +136,6 @@ def detect_format(adapter: AdapterFile) -> str:
         )
     flux = flux_layout(keys)
     if flux is not None:
-        kind = lycoris_kind(keys)
-        if kind:
-            raise AdapterLoadError(
-                f"{adapter.weights_path}: a LyCORIS {kind} for Flux (Flux's original module names); "
-                "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
-            )
         return flux
     for marker, what in UNCONVERTED_LAYOUTS.items():
         example = next((k for k in keys if k.startswith(marker)), None)
@@ -152,7 +147,7 @@ def detect_format(adapter: AdapterFile) -> str:
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
-        return LYCORIS if lycoris_kind(keys) else KOHYA
+        return KOHYA
     if any(".processor." in k and "_lora." in k for k in keys):
         return ATTN_PROCS
     if all(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in keys):
@@ -162,48 +157,6 @@ def detect_format(adapter: AdapterFile) -> str:
     raise AdapterLoadError(
         f"{adapter.weights_path}: no known LoRA layout (first keys: {', '.join(keys[:3])}); expected PEFT "
         "(`…lora_A.weight`), diffusers (`unet.…lora.down.weight`) or Kohya (`lora_unet_…lora_down.weight`) keys"
-    )
-
-
-def _normalize_lycoris(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
-    """Kohya-named LoHa / LoKr: each module found by its Kohya name among the base's layers, for peft to build."""
-    kind = lycoris_kind(adapter.tensors)
-    modules, alphas_in_file = split_file(adapter, kind)
-    paths: dict[str, tuple[str, str]] = {}  # Kohya module -> (component, module path)
-    layers: dict[str, torch.nn.Module] = {}
-    for prefix, component_name in KOHYA_COMPONENTS.items():
-        component = getattr(pipeline, component_name, None)
-        if component is None or not any(m.startswith(prefix) for m in modules):
-            continue
-        found = layer_modules(component)
-        for kohya, path in module_names(component_name, prefix, found).items():
-            if kohya in modules:
-                paths[kohya] = (component_name, path)
-                layers[kohya] = found[path]
-    targets, state_dicts, file_keys, lycoris_modules, expected, ranks, alphas = {}, {}, {}, {}, {}, {}, {}
-    for kohya, roles in modules.items():
-        component, path = paths.get(kohya, (_kohya_component(kohya), kohya.split("_", 2)[-1]))
-        rank, alpha = rank_and_alpha(kind, roles, alphas_in_file.get(kohya))
-        name = f"{component}.{path}"
-        for role, tensor in roles.items():
-            targets[f"{kohya}.{role}"] = Target(component, path, role)
-            state_dicts.setdefault(component, {})[f"{path}.{role}"] = tensor
-            file_keys[(component, f"{path}.{role}")] = f"{kohya}.{role}"
-        lycoris_modules[name], expected[name], ranks[name], alphas[name] = (rank, alpha), alpha / rank, rank, alpha
-    found_modules = {k: v for k, v in modules.items() if k in layers}
-    options = lokr_options(adapter, found_modules, layers) if kind == LOKR and found_modules else {}
-    return NormalizedAdapter(
-        format=LYCORIS,
-        kind=kind,
-        state_dicts=state_dicts,
-        file_keys=file_keys,
-        targets=targets,
-        expected_scales=expected,
-        ranks=ranks,
-        alphas=alphas,
-        tensors=dict(adapter.tensors),
-        lycoris_modules=lycoris_modules,
-        lycoris_options=options,
     )
 
 
@@ -263,10 +216,6 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
     )
 
 
-def _kohya_component(kohya: str) -> str:
-    return next(c for prefix, c in KOHYA_COMPONENTS.items() if kohya.startswith(prefix))
-
-
 def layer_modules(component) -> dict[str, torch.nn.Module]:
     """The layers an adapter can target, by their names before any adapter wrapped them."""
     return {unwrapped_name(n): m for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)}
@@ -283,8 +232,6 @@ def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
 
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     layout = detect_format(adapter)
-    if layout == LYCORIS:
-        return _normalize_lycoris(adapter, pipeline)
     if layout in FLUX_LAYOUTS:
         return _normalize_flux(adapter, pipeline, layout)
     tensors = dict(adapter.tensors)

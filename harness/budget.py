@@ -17,13 +17,20 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
     limit = budget.limit(denoiser_params)
     breakdown = Counter()
     for name, layer in application.lora_layers.items():
-        breakdown[block_of(name, application.architecture)] += sum(
-            p.numel()
-            for n, p in layer.named_parameters()
-            if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
-        )
+        breakdown[block_of(name, application.architecture)] += _own_parameters(layer, application)
     count = application.lora_params
     percent = 100 * count / denoiser_params if denoiser_params else 0.0
     details = {"percent_of_denoiser": percent, "budget": str(budget), "per_block": dict(sorted(breakdown.items()))}
     message = f"{count:,} LoRA parameters ({percent:.3f}% of the denoiser) exceed the budget of {limit:,} ({budget})"
     return verdict(adapter, CHECK, count <= limit, count, limit, message, details)
+
+
+def _own_parameters(layer, application: Application) -> int:
+    """The adapter's parameters in one layer: a LyCORIS module holds only its own; a peft layer every adapter's."""
+    if application.network is not None:
+        return sum(p.numel() for p in layer.parameters())
+    return sum(
+        p.numel()
+        for n, p in layer.named_parameters()
+        if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
+    )

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .adapter_file import AdapterFile, AdapterLoadError
 from .adapter_layout import (
     LAYER_TYPES,
-    LYCORIS,
     MAGNITUDE,
     NormalizedAdapter,
     Target,
@@ -23,6 +22,11 @@ from .adapter_layout import (
     unwrapped_name,
 )
 from .families import UNET, Signature, is_denoiser, transformer_architecture
+from .flux_layouts import flux_layout
+from .lycoris import LycorisNetwork, is_lycoris_file
+
+if TYPE_CHECKING:
+    from .lycoris_application import LycorisFactors
 
 
 @dataclass
@@ -41,22 +45,23 @@ class Application:
     scales: dict[str, float] = field(default_factory=dict)  # per module, as applied
     unmatched: list[tuple[str, str, list[str]]] = field(default_factory=list)  # file key, module, nearest modules
     shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # file key, expected, found
+    refused: list[tuple[str, str]] = field(default_factory=list)  # file key, why its module could not be built
     value_mismatches: list[str] = field(default_factory=list)  # file keys whose values did not land
     scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
     nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
     zero_up: list[str] = field(default_factory=list)  # up (B) matrices that are all zero
     up_tensors: int = 0
-    lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft layer
+    lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft / LyCORIS layer
     shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
     dtypes: list[str] = field(default_factory=list)
     factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
-    # LoHa / LoKr: "component.module" -> ({role: the file's tensor}, declared scale)
-    lycoris_factors: dict[str, tuple[dict, float]] = field(default_factory=dict)
+    lycoris_factors: dict[str, LycorisFactors] = field(default_factory=dict)  # LyCORIS algos but LoCon
     ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
     alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
     dora_modules: int = 0  # modules with a DoRA magnitude vector
-    kind: str = "LoRA"  # LoRA | DoRA | LoHa | LoKr
+    kind: str = "LoRA"  # LoRA | DoRA | LyCORIS algos as the field names them, "+"-joined (LoKr, LoCon+LoHa, ...)
     architecture: str = UNET  # the base's denoiser architecture, which names its blocks
+    network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
@@ -89,6 +94,10 @@ class FamilyMismatch(AdapterLoadError):
 
 
 def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
+    if is_lycoris_file(adapter.tensors) and flux_layout(list(adapter.tensors)) is None:
+        from .lycoris_application import apply_lycoris
+
+        return apply_lycoris(pipeline, base_signature, adapter, adapter_name)
     normalized = normalize(adapter, pipeline)
     _check_rank_pairs(adapter, normalized)
     _check_config_targets(pipeline, adapter, normalized)
@@ -187,8 +196,8 @@ def file_defects(path, application: Application) -> list[str]:
     """What is wrong with the file itself: each fails every check of the adapter, whatever they measure."""
     defects = []
     if application.tensors_applied != application.tensors:
-        why = describe_unmatched(application.unmatched, application.shape_mismatches)
-        if not (application.unmatched or application.shape_mismatches):
+        why = describe_unmatched(application.unmatched, application.shape_mismatches, application.refused)
+        if not (application.unmatched or application.shape_mismatches or application.refused):
             shown = ", ".join(application.value_mismatches[:3])
             why = f"{len(application.value_mismatches)} did not land with their values, first {shown}; the loader dropped or changed them"
         defects.append(f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; {why}")
@@ -270,13 +279,8 @@ def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> No
 def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
     conv = isinstance(module, torch.nn.Conv2d)
     out_dim = module.out_channels if conv else module.out_features
-    in_dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1] if conv else module.in_features
     if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight (Kohya: as a column)
         return (out_dim,) if tensor.ndim == 1 else (out_dim, 1)
-    if role.startswith("hada_"):  # LoHa: (w1_a w1_b) ⊙ (w2_a w2_b), each pair [out, r] @ [r, in·kh·kw]
-        return (out_dim, tensor.shape[1]) if role.endswith("_a") else (tensor.shape[0], in_dim)
-    if role.startswith("lokr_"):  # LoKr: its factors split the dimensions; peft checks them when it loads
-        return tuple(tensor.shape)
     if isinstance(module, torch.nn.Conv2d):
         if role == "lora_A":
             return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
@@ -306,29 +310,14 @@ def _signature(normalized: NormalizedAdapter) -> Signature | None:
 
 
 def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
-    """The input width a module's adapter tensors read, counted once per module (at its first factor)."""
-    if target.role in ("lora_A", "hada_w1_b"):
-        return int(roles[target].shape[1])
-    if target.role in ("lokr_w1", "lokr_w1_b"):  # LoKr: in = w1's input factor × w2's
-        w2 = roles.get(
-            dataclasses.replace(target, role="lokr_w2"), roles.get(dataclasses.replace(target, role="lokr_w2_b"))
-        )
-        return None if w2 is None else int(roles[target].shape[1]) * int(w2.shape[1])
-    return None
+    """The input width a module's adapter tensors read, counted once per module (at its down matrix)."""
+    return int(roles[target].shape[1]) if target.role == "lora_A" else None
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
     for component, state_dict in normalized.state_dicts.items():
         kept = {k: v for k, v in state_dict.items() if normalized.file_keys.get((component, k)) in accepted}
         if not kept:
-            continue
-        if normalized.format == LYCORIS:  # diffusers has no loader for these: peft's own tuners
-            from .lycoris import inject, peft_config
-
-            modules = {key.rsplit(".", 1)[0] for key in kept}
-            targets = {m: normalized.lycoris_modules[f"{component}.{m}"] for m in sorted(modules)}
-            config = peft_config(normalized.kind, targets, normalized.lycoris_options)
-            inject(getattr(pipeline, component), config, kept, adapter_name)
             continue
         prefixed = {f"{component}.{k}": v for k, v in kept.items()}
         config = normalized.lora_configs.get(component)
@@ -389,9 +378,9 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         tensors=len(normalized.tensor_keys),
         tensors_applied=applied,
         lora_params=lora_params,
-        rank=_most_common(normalized.ranks.values()),
-        alpha=_most_common(normalized.alphas.values()),
-        scale=_most_common(scales.values()),
+        rank=most_common(normalized.ranks.values()),
+        alpha=most_common(normalized.alphas.values()),
+        scale=most_common(scales.values()),
         scales=scales,
         unmatched=unmatched,
         shape_mismatches=shape_mismatches,
@@ -403,7 +392,6 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         lora_layers=layers,
         shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
         factors=_factors(normalized),
-        lycoris_factors=_lycoris_factors(normalized) if normalized.format == LYCORIS else {},
         dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
@@ -422,7 +410,7 @@ def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter
             continue
         landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
         # LoRA keeps its weights in modules, LyCORIS in bare parameters
-        if adapter_name in landed and _same_values(
+        if adapter_name in landed and same_values(
             getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]
         ):
             applied += 1
@@ -518,15 +506,7 @@ def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
     return module if flux_module is None else flux_module.name
 
 
-def _lycoris_factors(normalized: NormalizedAdapter) -> dict[str, tuple[dict, float]]:
-    """The file's LoHa / LoKr factors per module, with the scale the file declares for it."""
-    return {
-        module: (roles, normalized.expected_scales.get(module, 1.0))
-        for module, roles in _roles_by_module(normalized).items()
-    }
-
-
-def _same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
+def same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
     """The file's values as the layer's dtype holds them (injected layers follow the base's, `--dtype`: a float32
     file on a float16 base lands rounded, once), up to a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
     if landed.numel() != in_file.numel():
@@ -552,17 +532,23 @@ def _layer_names(component) -> list[str]:
     return [] if component is None else list(layer_modules(component))
 
 
-def describe_unmatched(unmatched, shape_mismatches, shown: int = 3) -> str:
+def describe_unmatched(unmatched, shape_mismatches, refused=(), shown: int = 3) -> str:
     parts = []
     if unmatched:
+        first_per_module: dict[str, tuple[str, list[str]]] = {}  # a module's other tensors would say the same
+        for key, module, nearest in unmatched:
+            first_per_module.setdefault(module, (key, nearest))
         listed = "; ".join(
             f"{key} -> {module}" + (f" (nearest: {', '.join(nearest)})" if nearest else "")
-            for key, module, nearest in unmatched[:shown]
+            for module, (key, nearest) in list(first_per_module.items())[:shown]
         )
         parts.append(f"{len(unmatched)} keys match no module, first {listed}")
     if shape_mismatches:
         listed = "; ".join(f"{key}: base needs {want}, file has {got}" for key, want, got in shape_mismatches[:shown])
         parts.append(f"{len(shape_mismatches)} shapes disagree, first {listed}")
+    if refused:
+        key, why = refused[0]
+        parts.append(f"{len(refused)} tensors whose module LyCORIS could not build, first {key}: {why}")
     return "; ".join(parts) + "; check that the adapter was trained for this base"
 
 
@@ -572,6 +558,6 @@ def _module_kind(name: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
-def _most_common(values):
+def most_common(values):
     counted = Counter(values).most_common(1)
     return counted[0][0] if counted else None

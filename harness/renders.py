@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .lycoris import LycorisNetwork
+
 GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
 
 
@@ -58,6 +60,7 @@ class Renderer:
         self.scale_argument = (
             "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
         )
+        self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
 
     def render(
         self,
@@ -71,9 +74,15 @@ class Renderer:
         calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
         jobs = self.plan.jobs if jobs is None else jobs
         ran: set[str] = set()
-        hooks = [_watch(layer, adapter_name, lambda name=name: ran.add(name)) for name, layer in (watch or {}).items()]
+        network = self.lycoris.get(adapter_name)
+        hooks = [
+            network.watch(name, lambda name=name: ran.add(name))
+            if network is not None
+            else _watch(layer, adapter_name, lambda name=name: ran.add(name))
+            for name, layer in (watch or {}).items()
+        ]
         try:
-            with self._only(adapter_name):
+            with self._only(adapter_name, scale):
                 batch = self.plan.batch_size
                 output = np.concatenate(
                     [self._call(jobs[i : i + batch], adapter_name, scale, on_step) for i in range(0, len(jobs), batch)]
@@ -102,12 +111,18 @@ class Renderer:
             guidance_scale=plan.guidance_scale,
             callback_on_step_end=step_end,
             output_type="np",
-            **{self.scale_argument: None if adapter_name is None else {"scale": scale}},
+            **{self.scale_argument: None if adapter_name in (None, *self.lycoris) else {"scale": scale}},
         ).images
 
     @contextlib.contextmanager
-    def _only(self, adapter_name: str | None):
+    def _only(self, adapter_name: str | None, scale: float):
+        """Only `adapter_name`'s layers active, at `scale`. LyCORIS networks are off the base but while they render."""
         loaded = _loaded_adapters(self.pipeline)
+        network = self.lycoris.get(adapter_name)
+        if network is not None:
+            with self._only(None, scale), network.active(scale):
+                yield
+            return
         if not loaded:
             yield
             return
@@ -123,17 +138,8 @@ class Renderer:
 
 
 def _watch(layer, adapter_name: str, mark: Callable[[], None]):
-    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection; for LyCORIS layers,
-    which keep bare parameters, the layer's forward while the adapter is active in it."""
-    lora_a = getattr(layer, "lora_A", {})
-    if adapter_name in lora_a:
-        return lora_a[adapter_name].register_forward_hook(lambda *_: mark())
-
-    def active(module, *_):
-        if not module.disable_adapters and adapter_name in module.active_adapters:
-            mark()
-
-    return layer.register_forward_hook(active)
+    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection."""
+    return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
 
 
 def _loaded_adapters(pipeline) -> set[str]:

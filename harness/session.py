@@ -193,6 +193,8 @@ class HarnessSession:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
         record.update(application.record())
+        if application.network is not None:  # LyCORIS applies it, only while it renders
+            self.renderer.lycoris[spec.slot] = application.network
         defects = file_defects(adapter_file.weights_path, application)
         if defects:
             record["defects"] = defects
@@ -263,7 +265,8 @@ class HarnessSession:
             if "base" in self.__dict__:
                 self._settle(spec.name, self.record_stage(loaded, "after unloading"))
             return
-        remove_adapter(self.base.pipeline, spec.slot)
+        if self.renderer.lycoris.pop(spec.slot, None) is None:
+            remove_adapter(self.base.pipeline, spec.slot)
         self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}
         self._settle(spec.name, self.record_stage(loaded, "after unloading"))
 

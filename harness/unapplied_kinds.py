@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-LYCORIS_APPLIES = "LyCORIS (`lycoris.kohya`, `create_lycoris_from_weights`), AUTOMATIC1111's built-in Lora extension"
-
 
 @dataclass(frozen=True)
 class UnappliedKind:
@@ -19,15 +17,11 @@ class UnappliedKind:
     example: Callable[[dict[str, torch.Tensor], dict | None], str | None]  # (tensors, adapter_config) -> a key of it
 
 
-def _suffix(*suffixes: str, ndim: int | None = None):
+def _suffix(*suffixes: str):
     def example(tensors, _config):
-        return next((k for k in tensors if k.endswith(suffixes) and (ndim is None or tensors[k].ndim == ndim)), None)
+        return next((k for k in tensors if k.endswith(suffixes)), None)
 
     return example
-
-
-def _infix(marker: str):
-    return lambda tensors, _config: next((k for k in tensors if marker in k), None)
 
 
 def _peft_type(tensors, config):
@@ -40,25 +34,7 @@ def _modules_to_save(tensors, config):
     return next((k for k in tensors for m in modules if f".{m}." in f".{k}" and ".lora_" not in k), None)
 
 
-def _own_prefix(tensors, _config):
-    return next(iter(tensors)) if all(k.startswith("lycoris_") for k in tensors) else None
-
-
 KINDS = (
-    UnappliedKind("LyCORIS LoKr with Tucker decomposition", LYCORIS_APPLIES, _infix("lokr_t2")),
-    UnappliedKind("LyCORIS LoHa with Tucker decomposition", LYCORIS_APPLIES, _infix("hada_t1")),
-    UnappliedKind("LyCORIS LoCon with Tucker decomposition", LYCORIS_APPLIES, _infix("lora_mid")),
-    UnappliedKind("LyCORIS (IA)³ adapter", LYCORIS_APPLIES, _suffix(".on_input")),
-    UnappliedKind("LyCORIS GLoRA adapter", LYCORIS_APPLIES + ", ComfyUI", _suffix(".a1.weight", ".b1.weight")),
-    UnappliedKind("LyCORIS Diag-OFT adapter", LYCORIS_APPLIES + ", ComfyUI", _suffix(".oft_blocks", ndim=3)),
-    UnappliedKind("LyCORIS BOFT adapter", LYCORIS_APPLIES + ", ComfyUI", _suffix(".oft_blocks", ndim=4)),
-    UnappliedKind("LyCORIS full fine-tune (whole weight differences)", LYCORIS_APPLIES, _suffix(".diff", ".diff_b")),
-    UnappliedKind("LyCORIS norm fine-tune", LYCORIS_APPLIES, _suffix(".w_norm", ".b_norm")),
-    UnappliedKind(
-        "LyCORIS network saved with LyCORIS's own `lycoris_` prefix (its `create_lycoris` wrapper, SimpleTuner)",
-        "LyCORIS's `create_lycoris_from_weights` on the model it wrapped",
-        _own_prefix,
-    ),
     UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),
     UnappliedKind(
         "PEFT LoRA with `modules_to_save` (whole modules replaced)",

@@ -48,24 +48,70 @@ def module_health(
     return _from_spectrum(module, block_of(module, architecture), singular_values(down, up) * abs(scale), rank)
 
 
-def lycoris_health(module: str, roles: dict[str, torch.Tensor], scale: float, architecture: str = UNET) -> ModuleHealth:
-    """Norms and effective rank of a LoHa or LoKr module's ΔW, from its factors without forming ΔW:
-    LoHa (w1a w1b) ⊙ (w2a w2b) is the rank-r1·r2 product of their column- and row-wise Khatri-Rao products;
-    LoKr w1 ⊗ w2 has the products σᵢ(w1)·σⱼ(w2) as its singular values. Its rank is left 0: neither has one paid
-    rank to compare the effective rank with."""
-    flat = {role: tensor.detach().double().reshape(tensor.shape[0], -1) for role, tensor in roles.items()}
-    if not all(torch.isfinite(t).all() for t in flat.values()) or not math.isfinite(scale):
-        return ModuleHealth(module, block_of(module, architecture), math.nan, math.nan, math.nan, 0, False)
-    if "hada_w1_a" in flat:
+def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHealth:
+    """Norms and effective rank of a LyCORIS module's ΔW (`factors`: lycoris_application.LycorisFactors). LoHa and
+    LoKr from their factors without forming ΔW: LoHa (w1a w1b) ⊙ (w2a w2b) is the rank-r1·r2 product of their
+    column- and row-wise Khatri-Rao products; LoKr w1 ⊗ w2 has the products σᵢ(w1)·σⱼ(w2) as its singular values.
+    The other algos (Tucker forms, DoRA, (IA)³, OFT, full, norms, GLoRA) from the ΔW LyCORIS computes for the one
+    module. Its rank is left 0: none has one paid rank to compare the effective rank with."""
+    block = block_of(module, architecture)
+    flat = {role: t.detach().double().reshape(t.shape[0], -1) for role, t in factors.roles.items() if t.ndim}
+    if not all(torch.isfinite(t).all() for t in flat.values()) or not math.isfinite(factors.scale):
+        return ModuleHealth(module, block, math.nan, math.nan, math.nan, 0, False)
+    if factors.algo == "LoHa":
         w1a, w1b, w2a, w2b = flat["hada_w1_a"], flat["hada_w1_b"], flat["hada_w2_a"], flat["hada_w2_b"]
         up = (w1a[:, :, None] * w2a[:, None, :]).reshape(w1a.shape[0], -1)  # [out, r1·r2]
         down = (w1b[:, None, :] * w2b[None, :, :]).reshape(-1, w1b.shape[1])  # [r1·r2, in]
-        singular = singular_values(down, up)
-    else:
+        singular = singular_values(down, up) * abs(factors.scale)
+    elif factors.algo == "LoKr":
         w1 = flat["lokr_w1"] if "lokr_w1" in flat else flat["lokr_w1_a"] @ flat["lokr_w1_b"]
         w2 = flat["lokr_w2"] if "lokr_w2" in flat else flat["lokr_w2_a"] @ flat["lokr_w2_b"]
-        singular = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten()
-    return _from_spectrum(module, block_of(module, architecture), singular * abs(scale), rank=0)
+        singular = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten() * abs(factors.scale)
+    else:
+        singular = torch.linalg.svdvals(_module_delta(factors.module))
+    return _from_spectrum(module, block, singular, rank=0)
+
+
+@torch.no_grad()
+def _module_delta(module) -> torch.Tensor:
+    """The ΔW the module applies at multiplier 1, measured through its forward (a 2-D float64 matrix; a norm's: one
+    row). Measured, not LyCORIS's `get_diff_weight`: in LyCORIS 4.1.3 that scales LoHa and LoKr twice and gives Full
+    its weight, not its difference (measured against the forward here), and DoRA's rescaling is not in it at all."""
+    from lycoris.modules import NormModule
+
+    from .lycoris import LycorisNetwork
+
+    layer = module.org_module[0]
+    if isinstance(module, NormModule):  # an affine offset: the vector it adds to the norm's weight
+        return module.get_diff_weight(multiplier=1.0)[0].detach().double().cpu().reshape(1, -1)
+    probes, read = _probes(layer)
+    zero = torch.zeros_like(probes[:1])
+
+    def change(inputs):  # what the module adds to the layer's output, less what it adds to its bias
+        with LycorisNetwork({"m": module}).active(1.0):
+            adapted = read(layer(inputs)) - read(layer(zero))
+        return adapted - (read(layer(inputs)) - read(layer(zero)))
+
+    columns = torch.cat([change(probes[i : i + 1024]) for i in range(0, len(probes), 1024)])  # [in·kh·kw, out]
+    return columns.double().cpu().T
+
+
+def _probes(layer):
+    """One-hot inputs whose outputs are the layer's weight columns, and how to read them: the identity for a linear;
+    for a convolution, one input per (input channel, kernel row, kernel column), read at an output pixel whose
+    receptive field lies inside the input (stride and zero padding as the layer has them)."""
+    parameter = next(layer.parameters())
+    if isinstance(layer, torch.nn.Linear):
+        return torch.eye(layer.in_features, dtype=parameter.dtype, device=parameter.device), lambda out: out
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    qh, qw = -(-ph // sh), -(-pw // sw)  # the first output pixel whose field starts inside the input
+    top, left = qh * sh - ph, qw * sw - pw
+    count = layer.in_channels * kh * kw
+    probes = torch.zeros(count, layer.in_channels, top + kh, left + kw, dtype=parameter.dtype, device=parameter.device)
+    index = torch.arange(count)
+    channel, row, column = index // (kh * kw), (index // kw) % kh, index % kw
+    probes[index, channel, top + row, left + column] = 1.0
+    return probes, lambda out: out[:, :, qh, qw]
 
 
 def _from_spectrum(module: str, block: str, singular: torch.Tensor, rank: int) -> ModuleHealth:

@@ -7,6 +7,7 @@ import tracemalloc
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from lora_harness.adapter_file import AdapterLoadError, read_header
 from tests.expectations import CHECKS, expected_status
@@ -124,14 +125,22 @@ def build_bad_adapters(root, write_lora, marker):
         write_lora("peft-file", "zero-b.safetensors", zero_b=True),
         "every up matrix (lora_B / lora_up) is all zero",
     )
-    # LoKr and LoHa are applied (tests/test_adapter_kinds.py); their Tucker forms have no peft layer to land in.
-    lokr = _rename_keys(write_lora("kohya", "lokr-tucker.safetensors"), "lora_down", "lokr_t2")
-    cases["lokr-tucker.safetensors"] = (lokr, "a LyCORIS LoKr with Tucker decomposition (`")
-    loha = _rename_keys(write_lora("kohya", "loha-tucker.safetensors"), "lora_down", "hada_t1")
-    cases["loha-tucker.safetensors"] = (loha, "a LyCORIS LoHa with Tucker decomposition (`")
+    cases["loha-incomplete.safetensors"] = (_loha_without_a_factor(root), "LyCORIS could not build its LoHa module")
     dora = _rename_keys(write_lora("kohya", "dora.safetensors"), ".alpha", ".dora_scale")
     cases["dora.safetensors"] = (dora, "dora_scale has shape [], but a LoRA matrix is 2-D")
     return cases
+
+
+def _loha_without_a_factor(folder):
+    """A LoHa written by LyCORIS with one module's last factor cut out: LyCORIS cannot build that module."""
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    path = write_lycoris(build_tiny_pipeline(), folder / "loha-incomplete.safetensors", "loha")
+    tensors = load_file(path)
+    del tensors[sorted(k for k in tensors if k.endswith(".hada_w2_b"))[0]]
+    save_file(tensors, path)
+    return path
 
 
 def test_every_bad_adapter_fails_every_check_with_a_message_naming_it(pytester, write_lora, tmp_path):

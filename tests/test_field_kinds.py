@@ -1,5 +1,5 @@
-"""Valid files of kinds the harness does not apply, written by the libraries that make them (LyCORIS, peft), named
-for what they are and what applies them, never called damaged; and DyLoRA, which is LoRA-shaped, applied."""
+"""Valid files of kinds the harness does not apply, written by the library that makes them (peft), named for what
+they are and what applies them, never called damaged; and DyLoRA, which is LoRA-shaped, applied."""
 
 import pytest
 import torch
@@ -15,30 +15,12 @@ DAMAGED = ("damaged", "export it again", "written wrongly")
 @pytest.fixture(scope="module")
 def unapplied_files(tmp_path_factory):
     """file name -> (path, the kind its message must name)."""
-    from lycoris import LycorisNetwork, create_lycoris
     from peft import LoHaConfig, LoraConfig, get_peft_model
 
-    from lora_harness.fixtures.adapter_writers import write_lycoris
     from lora_harness.tiny_base import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("unapplied")
-    pipeline = build_tiny_pipeline()
-    files = {  # LyCORIS's Kohya network, as `--network_module lycoris.kohya --network_args algo=…` saves each algo
-        f"{algo}.safetensors": (write_lycoris(pipeline, folder / f"{algo}.safetensors", algo), kind)
-        for algo, kind in (
-            ("ia3", "a LyCORIS (IA)³ adapter"),
-            ("glora", "a LyCORIS GLoRA adapter"),
-            ("diag-oft", "a LyCORIS Diag-OFT adapter"),
-            ("boft", "a LyCORIS BOFT adapter"),
-            ("full", "a LyCORIS full fine-tune (whole weight differences)"),
-        )
-    }
-    # LyCORIS's own wrapper (what SimpleTuner runs) names modules with its `lycoris_` prefix.
-    LycorisNetwork.apply_preset({"target_module": ["Attention"]})
-    network = create_lycoris(build_tiny_pipeline().unet, 1.0, linear_dim=4, linear_alpha=2, algo="lora")
-    network.apply_to()
-    network.save_weights(str(folder / "own-prefix.safetensors"), torch.float32, {})
-    files["own-prefix.safetensors"] = (folder / "own-prefix.safetensors", "saved with LyCORIS's own `lycoris_` prefix")
+    files = {}
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     for name, config, kind in (
         ("peft-lora-bias", LoraConfig(r=4, lora_alpha=4, target_modules=targets, lora_bias=True), "`lora_bias=True`"),

@@ -16,7 +16,7 @@ from tests.expectations import CHECKS, expected_status
 
 REPO = Path(__file__).resolve().parents[1]
 # The `[test]` extra's packages: nothing a run of the plugin loads may import one.
-TEST_ONLY = ("lycoris", "hypothesis", "xdist", "pytest_html", "playwright", "junitparser", "torch_fidelity")
+TEST_ONLY = ("hypothesis", "xdist", "pytest_html", "playwright", "junitparser", "torch_fidelity")
 MECHANICAL = ("wiring", "frozen_base", "param_budget", "pixel_diff")
 
 
@@ -81,6 +81,10 @@ def test_the_wheel_holds_the_plugin_and_nothing_of_the_tests(tmp_path):
     checks = {f"lora_harness/checks/{path.name}" for path in (REPO / "checks").glob("test_*.py")}
     templates = {f"lora_harness/reports/templates/{path.name}" for path in (REPO / "reports" / "templates").iterdir()}
     assert checks and checks <= names and templates and templates <= names
+    configs = {
+        f"lora_harness/{p.relative_to(REPO / 'harness')}" for p in (REPO / "harness" / "base_configs").rglob("*.json")
+    }
+    assert configs and configs <= names  # the single-file bases' diffusers configs
     assert "lora_harness/plugin.py" in names
     assert not [name for name in names if name.startswith("tests/") or name.endswith("conftest.py")]
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))

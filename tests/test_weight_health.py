@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from lora_harness.lycoris_application import LycorisFactors
 from lora_harness.weight_health import entropy_effective_rank, lycoris_health, module_health, singular_values
 
 FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
@@ -123,8 +124,34 @@ def test_lycoris_spectra_from_factors_match_the_whole_delta(kind):
     else:  # a 3x3 convolution: kron(w1, w2) over the kernel, as LyCORIS and peft build it
         roles = {"lokr_w1": randn(2, 3), "lokr_w2": randn(4, 2, 3, 3)}
         delta = torch.kron(roles["lokr_w1"][:, :, None, None], roles["lokr_w2"]).reshape(8, -1)
-    health = lycoris_health("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", roles, scale=0.5)
+    factors = LycorisFactors(roles, 0.5, module=None, algo="LoHa" if kind == "loha" else "LoKr")
+    health = lycoris_health("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", factors)
     singular = torch.linalg.svdvals(delta * 0.5)
     assert health.frobenius == pytest.approx(float(singular.square().sum().sqrt()), rel=1e-9)
     assert health.spectral == pytest.approx(float(singular.max()), rel=1e-9)
     assert health.effective_rank == pytest.approx(entropy_effective_rank(singular), rel=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_lycoris_shortcuts_agree_with_the_delta_lycoris_itself_computes(algo):
+    """The structured spectra against the ΔW the module LyCORIS builds from the same tensors applies, measured
+    through its forward: the path every other algo takes."""
+    from lycoris.modules import get_module, make_module
+
+    generator = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(12, 8)
+    if algo == "loha":
+        roles = {
+            f"hada_w{i}_{s}": torch.randn(8 if s == "a" else 3, 3 if s == "a" else 12, generator=generator)
+            for i in (1, 2)
+            for s in "ab"
+        }
+        roles["alpha"], name = torch.tensor(6.0), "LoHa"
+    else:
+        roles = {"lokr_w1": torch.randn(2, 3, generator=generator), "lokr_w2": torch.randn(4, 4, generator=generator)}
+        roles["alpha"], name = torch.tensor(1.0), "LoKr"
+    module = make_module(*get_module({f"m.{r}": t for r, t in roles.items()}, "m"), "m", layer)
+    structured = lycoris_health("unet.x", LycorisFactors(roles, float(module.scale), module, name))
+    whole = lycoris_health("unet.x", LycorisFactors(roles, float(module.scale), module, f"{name} (via ΔW)"))
+    assert structured.frobenius == pytest.approx(whole.frobenius, rel=1e-6) and whole.frobenius > 0
+    assert structured.spectral == pytest.approx(whole.spectral, rel=1e-6)
