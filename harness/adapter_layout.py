@@ -44,7 +44,8 @@ ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
 LORA_METADATA_KEY = "lora_adapter_metadata"
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
-ROLES = ("lora_A", "lora_B", MAGNITUDE)
+LORA_BIAS = "lora_B.bias"  # peft's `lora_bias=True`: a bias on B, scaled with it
+ROLES = (LORA_BIAS, "lora_A", "lora_B", MAGNITUDE)  # a bias is also under lora_B: matched first
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _integer_alpha(key: str, tensor: torch.Tensor) -> bool:
 
 
 def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
-    dimensions = (1,) if MAGNITUDE in key else (2, 4)
+    dimensions = (1,) if MAGNITUDE in key or key.endswith(f".{LORA_BIAS}") else (2, 4)
     return tensor.ndim in dimensions and tensor.numel() > 0
 
 
@@ -292,6 +293,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
                     module = peft_key.split(f".{role}")[0]
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
                     file_keys[(component, peft_key)] = file_key_of[id(tensor)]
+                    break
     untraced = [k for k in tensors if not k.endswith(".alpha") and k not in targets]
 
     ranks, alphas, expected = {}, {}, {}

@@ -13,6 +13,7 @@ import torch
 from .adapter_file import AdapterFile, AdapterLoadError
 from .adapter_layout import (
     LAYER_TYPES,
+    LORA_BIAS,
     MAGNITUDE,
     NormalizedAdapter,
     Target,
@@ -281,6 +282,8 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
     out_dim = module.out_channels if conv else module.out_features
     if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight (Kohya: as a column)
         return (out_dim,) if tensor.ndim == 1 else (out_dim, 1)
+    if role == LORA_BIAS:
+        return (out_dim,)
     if isinstance(module, torch.nn.Conv2d):
         if role == "lora_A":
             return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
@@ -408,15 +411,23 @@ def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter
         layer = layers.get(target.qualified_module)
         if layer is None:
             continue
-        landed = getattr(layer, target.role, {})  # a loader that drops DoRA leaves no magnitude
-        # LoRA keeps its weights in modules, LyCORIS in bare parameters
-        if adapter_name in landed and same_values(
-            getattr(landed[adapter_name], "weight", landed[adapter_name]), adapter.tensors[key]
-        ):
+        landed = _landed(layer, target.role, adapter_name)  # a loader that drops DoRA leaves no magnitude
+        if landed is not None and same_values(landed, adapter.tensors[key]):
             applied += 1
         else:
             value_mismatches.append(key)
     return applied, value_mismatches
+
+
+def _landed(layer, role: str, adapter_name: str) -> torch.Tensor | None:
+    """The tensor `layer` holds for `role` of `adapter_name`: a LoRA matrix's weight, B's bias, a DoRA magnitude."""
+    if role == LORA_BIAS:
+        b = layer.lora_B[adapter_name] if adapter_name in layer.lora_B else None
+        return None if b is None else b.bias
+    held = getattr(layer, role, {})
+    if adapter_name not in held:
+        return None
+    return getattr(held[adapter_name], "weight", held[adapter_name])  # a magnitude is a parameter of its own
 
 
 def _prove_updates(

@@ -17,13 +17,6 @@ class UnappliedKind:
     example: Callable[[dict[str, torch.Tensor], dict | None], str | None]  # (tensors, adapter_config) -> a key of it
 
 
-def _suffix(*suffixes: str):
-    def example(tensors, _config):
-        return next((k for k in tensors if k.endswith(suffixes)), None)
-
-    return example
-
-
 def _peft_type(tensors, config):
     kind = (config or {}).get("peft_type")
     return f"adapter_config.json: peft_type {kind}" if kind not in (None, "LORA") else None
@@ -40,11 +33,6 @@ KINDS = (
         "PEFT LoRA with `modules_to_save` (whole modules replaced)",
         "peft's `PeftModel.from_pretrained`",
         _modules_to_save,
-    ),
-    UnappliedKind(
-        "PEFT LoRA with `lora_bias=True` (a bias on lora_B)",
-        "peft's `PeftModel.from_pretrained`",
-        _suffix(".lora_B.bias"),
     ),
 )
 

@@ -23,7 +23,6 @@ def unapplied_files(tmp_path_factory):
     files = {}
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     for name, config, kind in (
-        ("peft-lora-bias", LoraConfig(r=4, lora_alpha=4, target_modules=targets, lora_bias=True), "`lora_bias=True`"),
         (
             "peft-modules-to-save",
             LoraConfig(r=4, lora_alpha=4, target_modules=targets, modules_to_save=["conv_out"]),
@@ -72,3 +71,24 @@ def test_a_lycoris_dylora_file_is_applied(pytester, tmp_path):
     pytester.runpytest_inprocess("--adapter", dylora, *FAST, *MECHANICAL).assert_outcomes(passed=5)
     (adapter,) = results(pytester)["adapters"]
     assert adapter["tensors_applied"] == adapter["tensors"] == 2 * (32 + 8) and adapter["scale"] == 0.5
+
+
+def test_a_peft_lora_with_lora_bias_is_applied_with_every_bias_proven(pytester, tmp_path):
+    """peft's `lora_bias=True` puts a bias on each B (scaled with it); diffusers' loader takes it (`lora_B.bias`)."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_harness.tiny_base import build_tiny_pipeline
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], lora_bias=True)
+    model = get_peft_model(build_tiny_pipeline().unet, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B and its bias start at zero: move them as training would
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model.save_pretrained(tmp_path / "lora-bias")
+    pytester.runpytest_inprocess("--adapter", tmp_path / "lora-bias", *FAST, *MECHANICAL).assert_outcomes(passed=5)
+    (adapter,) = results(pytester)["adapters"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == 3 * 32  # A, B and B's bias on 32 projections
+    trained = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert adapter["scale"] == 2.0 and adapter["lora_params"] == trained
