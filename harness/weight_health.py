@@ -10,6 +10,7 @@ Effective rank is the entropy effective rank (Roy & Vetterli, 2007): exp(H(p)) w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,17 @@ class ModuleHealth:
     effective_rank: float
     rank: int
     finite: bool
+    weight_norm: float | None = None  # ‖W‖ of the layer, for algos whose ΔW scales with it: compared relative to it
+
+    @property
+    def compared(self) -> float:
+        """The norm judged against the block's: ‖ΔW‖, or ‖ΔW‖ / ‖W‖ where the algo rotates or scales W."""
+        return self.frobenius / self.weight_norm if self.weight_norm else self.frobenius
+
+
+# LyCORIS algos whose ΔW is a rotation or scaling of the layer's own weight ((R − I)·W, diag(w)·W): layers whose
+# weights differ in norm (CLIP initialises out_proj ~5x q, k, v) differ in ΔW by as much when the adapter is healthy.
+MULTIPLICATIVE = ("(IA)³", "Diag-OFT", "BOFT")
 
 
 def module_health(
@@ -69,7 +81,11 @@ def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHeal
         singular = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten() * abs(factors.scale)
     else:
         singular = torch.linalg.svdvals(_module_delta(factors.module))
-    return _from_spectrum(module, block, singular, rank=0)
+    health = _from_spectrum(module, block, singular, rank=0)
+    if factors.algo.split(" ")[0] in MULTIPLICATIVE:
+        weight = factors.module.org_module[0].weight
+        health = dataclasses.replace(health, weight_norm=float(weight.detach().double().norm()))
+    return health
 
 
 @torch.no_grad()
@@ -160,8 +176,11 @@ def evaluate_weight_health(
     outliers = _outliers([m for m in healthy if m.module not in dead], outlier_k)
     if outliers:
         module, z, norm, block_median = outliers[0]
+        relative = (
+            " (per ‖W‖: it rotates or scales W)" if next(m for m in healthy if m.module == module).weight_norm else ""
+        )
         problems.append(
-            f"{len(outliers)} modules have a ΔW norm far outside their block, first {module}: {norm:.4g} vs the "
+            f"{len(outliers)} modules have a ΔW norm{relative} far outside their block, first {module}: {norm:.4g} vs the "
             f"block's median {block_median:.4g} ({z:.1f} robust deviations, allowed {outlier_k:g})"
         )
     ranks = [m.effective_rank / m.rank for m in healthy if m.module not in dead and m.rank]
@@ -186,6 +205,7 @@ def evaluate_weight_health(
                 "spectral": m.spectral,
                 "effective_rank": m.effective_rank,
                 "rank": m.rank,
+                "weight_norm": m.weight_norm,
             }
             for m in modules
         ],
@@ -208,13 +228,13 @@ def _outliers(modules: list[ModuleHealth], k: float) -> list[tuple[str, float, f
         members = [m for m in modules if m.block == block]
         if len(members) < 3:
             continue  # too few to say what is normal
-        logs = [math.log10(m.frobenius) for m in members]
+        logs = [math.log10(m.compared) for m in members]
         centre = _median(logs)
         mad = max(_median([abs(x - centre) for x in logs]), MAD_FLOOR)
         for m, x in zip(members, logs):
             z = abs(x - centre) / (1.4826 * mad)
             if z > k:
-                found.append((m.module, z, m.frobenius, 10**centre))
+                found.append((m.module, z, m.compared, 10**centre))
     return sorted(found, key=lambda o: -o[1])
 
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from lora_harness.lycoris_application import LycorisFactors
-from lora_harness.weight_health import entropy_effective_rank, lycoris_health, module_health, singular_values
+from lora_harness.weight_health import (
+    ModuleHealth,
+    entropy_effective_rank,
+    evaluate_weight_health,
+    lycoris_health,
+    module_health,
+    singular_values,
+)
 
 FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
@@ -155,3 +162,21 @@ def test_lycoris_shortcuts_agree_with_the_delta_lycoris_itself_computes(algo):
     whole = lycoris_health("unet.x", LycorisFactors(roles, float(module.scale), module, f"{name} (via ΔW)"))
     assert structured.frobenius == pytest.approx(whole.frobenius, rel=1e-6) and whole.frobenius > 0
     assert structured.spectral == pytest.approx(whole.spectral, rel=1e-6)
+
+
+def test_a_rotation_or_scaling_is_judged_relative_to_the_weight_it_changes():
+    """OFT and (IA)³ change W by (R − I)·W or diag(w)·W: a layer whose W is 5x its neighbours' (CLIP's out_proj)
+    gets a 5x ΔW from a healthy adapter; judged per ‖W‖ it is no outlier, an additive ΔW 5x its block's is one."""
+    block = "text_encoder"
+
+    def modules(weight_norms):
+        norms = [1.0, 1.1, 0.9, 1.05, 5.0, 0.95]
+        return [
+            ModuleHealth(f"text_encoder.m{i}", block, n, n, 2.0, 0, True, weight_norm=w)
+            for i, (n, w) in enumerate(zip(norms, weight_norms))
+        ]
+
+    rotated = evaluate_weight_health("oft", modules([1.0, 1.1, 0.9, 1.05, 5.0, 0.95]), 0.1, 6.0, 0.0)
+    added = evaluate_weight_health("lora", modules([None] * 6), 0.1, 6.0, 0.0)
+    assert rotated.status == "passed", rotated.message
+    assert added.status == "failed" and "1 modules have a ΔW norm far outside their block" in added.message
