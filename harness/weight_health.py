@@ -90,26 +90,51 @@ def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHeal
 
 @torch.no_grad()
 def _module_delta(module) -> torch.Tensor:
-    """The ΔW the module applies at multiplier 1, measured through its forward (a 2-D float64 matrix; a norm's: one
-    row). Measured, not LyCORIS's `get_diff_weight`: in LyCORIS 4.1.3 that scales LoHa and LoKr twice and gives Full
-    its weight, not its difference (measured against the forward here), and DoRA's rescaling is not in it at all."""
+    """The ΔW the module applies at multiplier 1, as a 2-D float64 matrix (a norm's: one row), checked against its
+    forward. LyCORIS's own ΔW (`get_diff_weight`; DoRA: the merged weight less W) is the candidate, but in LyCORIS
+    4.1.3 it is LoHa's and LoKr's scaled twice and Full's is off (measured here against the forward): its factor to
+    what the forward adds is measured on a seeded input, and where the forward is no multiple of it, ΔW is measured
+    through the forward column by column (one probe per input channel and kernel position: exact, and slow)."""
     from lycoris.modules import NormModule
-
-    from .lycoris import LycorisNetwork
 
     layer = module.org_module[0]
     if isinstance(module, NormModule):  # an affine offset: the vector it adds to the norm's weight
         return module.get_diff_weight(multiplier=1.0)[0].detach().double().cpu().reshape(1, -1)
+    weight = layer.weight
+    if getattr(module, "wd", False):
+        candidate = module.get_merged_weight(multiplier=1.0)[0] - weight
+    else:
+        candidate = module.get_diff_weight(multiplier=1.0)[0]
+    candidate = candidate.reshape(weight.shape).to(weight.dtype)
+    generator = torch.Generator().manual_seed(0)
+    shape = (8, layer.in_features) if isinstance(layer, torch.nn.Linear) else (2, layer.in_channels, 8, 8)
+    probe = torch.randn(shape, generator=generator).to(weight)
+    added = _added(module, probe, lambda out: out)
+    predicted = _apply(layer, probe, candidate)
+    factor = float((added * predicted).sum() / (predicted * predicted).sum()) if predicted.any() else 0.0
+    if (added - factor * predicted).norm() <= 1e-3 * max(float(added.norm()), 1e-12):
+        return (factor * candidate.double()).cpu().reshape(weight.shape[0], -1)
     probes, read = _probes(layer)
-    zero = torch.zeros_like(probes[:1])
+    columns = torch.cat([_added(module, probes[i : i + 1024], read) for i in range(0, len(probes), 1024)])
+    return columns.double().cpu().T  # [out, in·kh·kw]
 
-    def change(inputs):  # what the module adds to the layer's output, less what it adds to its bias
-        with LycorisNetwork({"m": module}).active(1.0):
-            adapted = read(layer(inputs)) - read(layer(zero))
-        return adapted - (read(layer(inputs)) - read(layer(zero)))
 
-    columns = torch.cat([change(probes[i : i + 1024]) for i in range(0, len(probes), 1024)])  # [in·kh·kw, out]
-    return columns.double().cpu().T
+def _added(module, inputs, read) -> torch.Tensor:
+    """What the module adds to its layer's output for `inputs`, less what it adds to its bias."""
+    from .lycoris import LycorisNetwork
+
+    layer = module.org_module[0]
+    zero = torch.zeros_like(inputs[:1])
+    with LycorisNetwork({"m": module}).active(1.0):
+        adapted = read(layer(inputs)) - read(layer(zero))
+    return adapted - (read(layer(inputs)) - read(layer(zero)))
+
+
+def _apply(layer, inputs, weight) -> torch.Tensor:
+    """The layer's own operation with `weight` and no bias."""
+    if isinstance(layer, torch.nn.Linear):
+        return torch.nn.functional.linear(inputs, weight)
+    return layer._conv_forward(inputs, weight, None)
 
 
 def _probes(layer):
