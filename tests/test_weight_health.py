@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lora_harness.lycoris_application import LycorisFactors
-from lora_harness.weight_health import entropy_effective_rank, lycoris_health, module_health, singular_values
+from lora_harness.loading.lycoris_application import LycorisFactors
+from lora_harness.verdicts.weight_health import entropy_effective_rank, lycoris_health, module_health, singular_values
 
 FAST = ("--reference-steps", "10", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 
