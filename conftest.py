@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_unet():
-    from lora_harness.tiny_base import build_tiny_pipeline
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
 
     return build_tiny_pipeline().unet
 

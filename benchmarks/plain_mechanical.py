@@ -10,12 +10,12 @@ import sys
 
 import torch
 
-from lora_harness.config import DEFAULT_PROMPTS
+from lora_harness.config.config import DEFAULT_PROMPTS
 
 
 def main(base: str, adapter: str, size: int, steps: int, seeds: int) -> None:
     if base == "tiny":
-        from lora_harness.tiny_base import build_tiny_pipeline
+        from lora_harness.bases.tiny_base import build_tiny_pipeline
 
         pipeline = build_tiny_pipeline()
     else:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from plain_mechanical import render_states
 
-from lora_harness.base import load_base
-from lora_harness.config import AdapterSpec, HarnessConfig, resolve_base
-from lora_harness.options import ParamBudget
-from lora_harness.renders import GUIDANCE_SCALE
-from lora_harness.session import HarnessSession
+from lora_harness.bases.base import load_base
+from lora_harness.config.config import AdapterSpec, HarnessConfig, resolve_base
+from lora_harness.config.options import ParamBudget
+from lora_harness.rendering.renders import GUIDANCE_SCALE
+from lora_harness.run.session import HarnessSession
 
 BASE = os.environ.get("LORA_BENCH_BASE", "tiny")
 PROMPTS = ("a photo of a cat", "a lighthouse at dusk")

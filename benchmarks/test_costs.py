@@ -30,10 +30,10 @@ from render_phase import (
     plain_setup,
 )
 
-from lora_harness.adapter_file import read_adapter
-from lora_harness.base import load_base
+from lora_harness.bases.base import load_base
 from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
-from lora_harness.injection import apply_adapter
+from lora_harness.loading.adapter_file import read_adapter
+from lora_harness.loading.injection import apply_adapter
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def flux_width_adapter(tmp_path_factory):
 @pytest.mark.parametrize("loader", ["plain diffusers", "harness (with proof)"])
 def test_load_flux_layout(benchmark, loader, flux_width_adapter):
     """diffusers converts the fused modules; the harness converts the same way and proves each module's update."""
-    from lora_harness.families import pipeline_signature
+    from lora_harness.bases.families import pipeline_signature
 
     pipeline, path = flux_width_adapter
 

@@ -1,5 +1,5 @@
-from lora_harness.clip_heldout import CHECK, evaluate_clip_heldout
-from lora_harness.results import SKIPPED, CheckResult
+from lora_harness.verdicts.clip_heldout import CHECK, evaluate_clip_heldout
+from lora_harness.verdicts.results import SKIPPED, CheckResult
 
 
 def test_clip_heldout(adapter, harness, record_check):

@@ -1,7 +1,7 @@
 import pytest
 
-from lora_harness.distribution import evaluate_distance
-from lora_harness.results import CheckResult
+from lora_harness.verdicts.fid_kid_cmmd import evaluate_distance
+from lora_harness.verdicts.results import CheckResult
 
 
 @pytest.mark.parametrize("check", ["fid", "kid", "cmmd"])

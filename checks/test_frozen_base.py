@@ -1,4 +1,4 @@
-from lora_harness.frozen import CHECK, evaluate_frozen_base
+from lora_harness.verdicts.frozen_base import CHECK, evaluate_frozen_base
 
 
 def test_frozen_base(adapter, harness, record_check):

@@ -1,5 +1,5 @@
-from lora_harness.mode_collapse import CHECK, evaluate_mode_collapse
-from lora_harness.results import SKIPPED, CheckResult
+from lora_harness.verdicts.mode_collapse import CHECK, evaluate_mode_collapse
+from lora_harness.verdicts.results import SKIPPED, CheckResult
 
 
 def test_mode_collapse(adapter, harness, record_check):

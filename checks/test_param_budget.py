@@ -1,4 +1,4 @@
-from lora_harness.budget import CHECK, evaluate_param_budget
+from lora_harness.verdicts.param_budget import CHECK, evaluate_param_budget
 
 
 def test_param_budget(adapter, harness, record_check):

@@ -1,4 +1,4 @@
-from lora_harness.pixel_diff import CHECK, evaluate_pixel_diff
+from lora_harness.verdicts.pixel_diff import CHECK, evaluate_pixel_diff
 
 
 def test_pixel_diff(adapter, harness, record_check):

@@ -1,4 +1,4 @@
-from lora_harness.release_metadata import CHECK, evaluate_release_metadata
+from lora_harness.verdicts.release_metadata import CHECK, evaluate_release_metadata
 
 
 def test_release_metadata(adapter, harness, record_check):

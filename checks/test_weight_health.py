@@ -1,4 +1,4 @@
-from lora_harness.weight_health import CHECK, evaluate_weight_health, lycoris_health, module_health
+from lora_harness.verdicts.weight_health import CHECK, evaluate_weight_health, lycoris_health, module_health
 
 
 def test_weight_health(adapter, harness, record_check):

@@ -1,4 +1,4 @@
-from lora_harness.wiring import CHECK, evaluate_wiring
+from lora_harness.verdicts.wiring import CHECK, evaluate_wiring
 
 
 def test_wiring(adapter, harness, record_check):

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from lora_harness.reports.terminal import visible
-
-from .merge import MergeError, merge_shards
+from lora_harness.run.merge import MergeError, merge_shards
 
 
 def main(argv: list[str] | None = None) -> int:

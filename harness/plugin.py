@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from . import report_records
-from .check_registry import BUILTIN, CheckRegistry
+from lora_harness.config.check_registry import BUILTIN, CheckRegistry
+from lora_harness.run import report_records
 
 session_key = pytest.StashKey["HarnessSession"]()
 registry_key = pytest.StashKey[CheckRegistry]()  # the built-in checks and the plugins' (pytest_lora_checks)
@@ -18,7 +18,7 @@ NODE_PREFIX = "lora_harness/checks"
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hookspecs
+    from lora_harness.config import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -228,10 +228,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("adapter"):
         return
     from lora_harness.fixtures import harness_fixtures
+    from lora_harness.rendering.progress import progress_for
     from lora_harness.reports.results_table import ResultsTable
-
-    from .progress import progress_for
-    from .session import HarnessSession
+    from lora_harness.run.session import HarnessSession
 
     try:
         registry = BUILTIN.with_checks(
@@ -243,7 +242,7 @@ def pytest_configure(config: pytest.Config) -> None:
     harness_config = _harness_config(config, registry)  # raises pytest.UsageError before any model loads
     previous = None
     if harness_config.compare_to is not None:
-        from .regression import Previous
+        from lora_harness.run.regression import Previous
 
         try:
             previous = Previous.load(harness_config.compare_to)
@@ -368,7 +367,7 @@ def check_name(item: pytest.Item) -> str:
 
 
 def _error_record(spec, check: str, message: str) -> dict:
-    from .results import ERROR, CheckResult
+    from lora_harness.verdicts.results import ERROR, CheckResult
 
     return CheckResult(spec.name if spec else "?", check, ERROR, message=message).to_dict()
 
@@ -400,10 +399,9 @@ class ReportHooks:
 
 def _harness_config(config: pytest.Config, registry: CheckRegistry):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
-    from . import options
-    from .base import resolve_dtype
-    from .clip_heldout import DEFAULT_HELDOUT_PROMPTS
-    from .config import (
+    from lora_harness.bases.base import resolve_dtype
+    from lora_harness.config import options
+    from lora_harness.config.config import (
         DEFAULT_PROMPTS,
         HarnessConfig,
         adapter_specs,
@@ -413,9 +411,10 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
         resolve_device,
         writable_folder,
     )
-    from .inception import check_inception_weights
-    from .regression import parse_tolerances
-    from .shard import parse_shard
+    from lora_harness.config.shard import parse_shard
+    from lora_harness.run.regression import parse_tolerances
+    from lora_harness.verdicts.clip_heldout import DEFAULT_HELDOUT_PROMPTS
+    from lora_harness.verdicts.inception import check_inception_weights
 
     def value(dest: str) -> str:
         given = config.getoption(dest)

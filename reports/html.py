@@ -8,9 +8,9 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from lora_harness.check_registry import report_order
-from lora_harness.pictures import heat_legend
-from lora_harness.results import NOT_RUN, adapter_verdict
+from lora_harness.config.check_registry import report_order
+from lora_harness.rendering.pictures import heat_legend
+from lora_harness.verdicts.results import NOT_RUN, adapter_verdict
 
 from .charts import bar_chart, line_chart
 

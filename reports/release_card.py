@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from html import escape
 
-from lora_harness.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
-from lora_harness.results import adapter_verdict
+from lora_harness.verdicts.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
+from lora_harness.verdicts.results import adapter_verdict
 
 from .terminal import visible
 

@@ -9,7 +9,8 @@ import warnings
 from html import escape
 from pathlib import Path
 
-from lora_harness import __version__, report_records
+from lora_harness import __version__
+from lora_harness.run import report_records
 
 from .terminal import visible
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from lora_harness.check_registry import report_order
-from lora_harness.results import adapter_verdict
+from lora_harness.config.check_registry import report_order
+from lora_harness.verdicts.results import adapter_verdict
 
 SYMBOLS = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 # Bidirectional overrides and isolates reorder what a terminal shows ("Trojan Source"), as escapes move the cursor.

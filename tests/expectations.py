@@ -1,6 +1,6 @@
 """What a run of every check looks like, shared by the plugin-level tests."""
 
-from lora_harness.check_registry import BUILTIN
+from lora_harness.config.check_registry import BUILTIN
 
 # In collection order: frozen_base runs last for its adapter (tests/test_check_registry.py pins the order).
 CHECKS = tuple(spec.name for spec in BUILTIN.in_collection_order())

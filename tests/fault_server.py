@@ -40,7 +40,7 @@ def _import_once() -> None:
     import lora_harness.plugin  # noqa: F401
     import lora_harness.reports.html  # noqa: F401
     import lora_harness.reports.results_table  # noqa: F401
-    import lora_harness.session  # noqa: F401
+    import lora_harness.run.session  # noqa: F401
 
     diffusers.StableDiffusionPipeline  # noqa: B018 - diffusers imports a family's modules on first use
     for plugin in entry_points(group="pytest11"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_harness.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 
 
 class _Marker:
@@ -77,7 +77,7 @@ def test_tensors_read_from_the_checked_header_equal_safetensors_own(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from lora_harness.adapter_file import read_adapter
+    from lora_harness.loading.adapter_file import read_adapter
 
     generator = torch.Generator().manual_seed(0)
     tensors = {

@@ -13,8 +13,8 @@ from tests.test_quality import _results as records
 def test_a_kohya_dora_file_lands_whole_with_its_magnitudes(pytester, tmp_path):
     """LyCORIS's DoRA (`dora_wd`) in Kohya's layout keeps each magnitude as a [out, 1] `dora_scale`; diffusers'
     `load_lora_weights` drops those keys with a warning and applies a plain LoRA, which the proof would catch."""
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_pipeline
 
     pipeline = build_tiny_pipeline()
     dora = write_lycoris(pipeline, tmp_path / "kohya-dora.safetensors", "lora", dora_wd=True)
@@ -32,7 +32,7 @@ def test_a_kohya_dora_file_lands_whole_with_its_magnitudes(pytester, tmp_path):
 
 def test_a_dora_adapter_passes_the_mechanical_checks_with_its_magnitudes_proven(pytester, tiny_unet, tmp_path):
     from lora_harness.fixtures.adapter_writers import write_dora_folder
-    from lora_harness.wiring import DORA_SCALE_ZERO
+    from lora_harness.verdicts.wiring import DORA_SCALE_ZERO
 
     dora = write_dora_folder(tiny_unet, tmp_path / "dora")
     pytester.runpytest_inprocess("--adapter", dora, *FAST, *MECHANICAL).assert_outcomes(passed=5)
@@ -47,8 +47,8 @@ def test_a_dora_adapter_passes_the_mechanical_checks_with_its_magnitudes_proven(
 def lycoris_files(tmp_path_factory):
     """LoHa rank 4 / alpha 8 and LoKr at rank 4 (both Kronecker factors full) and rank 2 (w2 decomposed), on the
     attention of the tiny U-Net and its text encoder, as `--network_module lycoris.kohya` saves them."""
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("lycoris")
     pipeline = build_tiny_pipeline()
@@ -108,8 +108,8 @@ def test_a_lycoris_file_whose_factors_are_zero_fails_weight_health(pytester, lyc
 
 
 def test_sdxl_lycoris_files_land_on_the_unet_and_both_text_encoders(pytester, tmp_path):
+    from lora_harness.bases.tiny_base import build_tiny_sdxl_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_sdxl_pipeline
 
     pipeline = build_tiny_sdxl_pipeline()
     adapters = [write_lycoris(pipeline, tmp_path / f"sdxl-{algo}.safetensors", algo) for algo in ("loha", "lokr")]

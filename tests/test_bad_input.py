@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_harness.adapter_file import AdapterLoadError, read_header
+from lora_harness.loading.adapter_file import AdapterLoadError, read_header
 from tests.expectations import CHECKS, expected_status
 from tests.safetensors_bytes import one_tensor_header, raw_file
 
@@ -133,8 +133,8 @@ def build_bad_adapters(root, write_lora, marker):
 
 def _loha_without_a_factor(folder):
     """A LoHa written by LyCORIS with one module's last factor cut out: LyCORIS cannot build that module."""
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_pipeline
 
     path = write_lycoris(build_tiny_pipeline(), folder / "loha-incomplete.safetensors", "loha")
     tensors = load_file(path)

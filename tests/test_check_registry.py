@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.check_registry import (
+from lora_harness.config.check_registry import (
     ADAPTED,
     AT_ZERO,
     BASE,
@@ -20,8 +20,8 @@ from lora_harness.check_registry import (
     CheckSpec,
     report_order,
 )
-from lora_harness.regression import Previous, compare, parse_tolerances
-from lora_harness.results import FAILED, PASSED, CheckResult
+from lora_harness.run.regression import Previous, compare, parse_tolerances
+from lora_harness.verdicts.results import FAILED, PASSED, CheckResult
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 BREAK = "_\u200b"  # report.html's headers break check names after each underscore
@@ -141,7 +141,7 @@ def test_compare_to_judges_a_registered_check_by_its_spec(tmp_path):
 EXTRA_CHECK_CONFTEST = """
 from pathlib import Path
 
-from lora_harness.check_registry import CheckSpec
+from lora_harness.config.check_registry import CheckSpec
 
 
 def pytest_lora_checks(config):
@@ -155,7 +155,7 @@ def pytest_lora_check_result(result, adapter):
 """
 
 EXTRA_CHECK_MODULE = """
-from lora_harness.results import verdict
+from lora_harness.verdicts.results import verdict
 
 
 def test_tensor_count(adapter, harness, record_check):
@@ -203,7 +203,7 @@ def test_a_check_added_through_the_registry_alone_is_collected_ordered_compared_
 def test_a_plugin_check_named_like_a_built_in_one_is_a_usage_error(pytester):
     pytester.makeconftest(
         """
-        from lora_harness.check_registry import CheckSpec
+        from lora_harness.config.check_registry import CheckSpec
 
         def pytest_lora_checks(config):
             return [CheckSpec("wiring", "test_elsewhere.py")]

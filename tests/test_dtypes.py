@@ -15,7 +15,7 @@ BUDGET = ("--param-budget", "5%")
 
 
 def _pipeline(family: str):
-    from lora_harness import tiny_base
+    from lora_harness.bases import tiny_base
 
     builders = {
         "tiny": tiny_base.build_tiny_pipeline,
@@ -105,10 +105,10 @@ def test_the_reference_overfit_trains_on_a_float16_base_and_its_controls_hold(py
 
 def test_a_value_that_landed_one_step_off_in_float16_is_caught(write_lora, monkeypatch):
     """Rounding to the layer's dtype is the only difference allowed: the next float16 value is a changed tensor."""
-    import lora_harness.injection as injection
-    from lora_harness.adapter_file import read_adapter
-    from lora_harness.families import pipeline_signature
-    from lora_harness.tiny_base import build_tiny_pipeline
+    import lora_harness.loading.injection as injection
+    from lora_harness.bases.families import pipeline_signature
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+    from lora_harness.loading.adapter_file import read_adapter
 
     pipeline = build_tiny_pipeline().to(dtype=torch.float16)
     real_inject = injection._inject
@@ -133,11 +133,11 @@ def test_a_value_that_landed_one_step_off_in_float16_is_caught(write_lora, monke
 def test_a_kohya_flux_file_on_a_half_precision_base_is_proven_to_the_coarser_dtype(tmp_path, dtype):
     """diffusers bakes alpha into the factors it rewrites, then they land rounded to the base's dtype: the measured
     scale is trusted to one eps of the coarser of the file's and the base's dtype (float32's: 0 of 40 applied)."""
-    from lora_harness.adapter_file import read_adapter
-    from lora_harness.families import pipeline_signature
+    from lora_harness.bases.families import pipeline_signature
+    from lora_harness.bases.tiny_base import build_tiny_flux_pipeline
     from lora_harness.fixtures.adapter_writers import write_flux_community
-    from lora_harness.injection import apply_adapter
-    from lora_harness.tiny_base import build_tiny_flux_pipeline
+    from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.injection import apply_adapter
 
     pipeline = build_tiny_flux_pipeline()
     single = ("linear2", "modulation.lin")
@@ -150,7 +150,7 @@ def test_a_kohya_flux_file_on_a_half_precision_base_is_proven_to_the_coarser_dty
 
 def test_auto_is_the_stored_dtype_on_cuda_and_float32_elsewhere(stored):
     """Resolved from the folder's safetensors headers, before any weight is read; no GPU is needed to decide."""
-    from lora_harness.base import resolve_dtype
+    from lora_harness.bases.base import resolve_dtype
 
     base, _ = stored("tiny", torch.float16)
     on_cuda = ("float16", "--dtype auto on cuda:1: the base's stored dtype")

@@ -23,12 +23,12 @@ def wiring_failure(pytester, adapter, base: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def sdxl_adapters(tmp_path_factory):
+    from lora_harness.bases.tiny_base import build_tiny_sdxl_pipeline
     from lora_harness.fixtures.adapter_writers import (
         make_pipeline_lora,
         write_diffusers_components,
         write_kohya_components,
     )
-    from lora_harness.tiny_base import build_tiny_sdxl_pipeline
 
     folder = tmp_path_factory.mktemp("sdxl-adapters")
     loras = make_pipeline_lora(build_tiny_sdxl_pipeline(), seed=1)
@@ -125,8 +125,8 @@ def test_an_sd1_adapter_on_sd2_and_an_sd2_adapter_on_sd1_fail_wiring_naming_both
 def flux_adapters(tmp_path_factory):
     """Adapters for the embedded Flux-shaped base: diffusers' layout with the CLIP text encoder, as its Flux
     training script writes it, and PEFT's folder and single-file layouts of the transformer alone."""
+    from lora_harness.bases.tiny_base import build_tiny_flux_pipeline
     from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_adapter, write_diffusers_components
-    from lora_harness.tiny_base import build_tiny_flux_pipeline
 
     folder = tmp_path_factory.mktemp("flux-adapters")
     pipeline = build_tiny_flux_pipeline()
@@ -179,8 +179,8 @@ def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_bot
 def sd3_adapters(tmp_path_factory):
     """Adapters for the embedded SD3-shaped base: diffusers' layout with both CLIP text encoders, as its SD3
     training script writes it, and PEFT's folder layout of the transformer."""
+    from lora_harness.bases.tiny_base import build_tiny_sd3_pipeline
     from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_adapter, write_diffusers_components
-    from lora_harness.tiny_base import build_tiny_sd3_pipeline
 
     folder = tmp_path_factory.mktemp("sd3-adapters")
     pipeline = build_tiny_sd3_pipeline()
@@ -224,7 +224,7 @@ def test_each_family_trains_its_reference_on_its_own_objective():
     import torch
     from diffusers import DDIMScheduler
 
-    from lora_harness.reference import DiffusionExample, FlowExample
+    from lora_harness.run.reference import DiffusionExample, FlowExample
 
     latents, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     for prediction_type in ("epsilon", "v_prediction"):
@@ -256,8 +256,8 @@ def test_the_readme_reference_run_on_each_family_base_is_green(pytester, base):
 def test_frozen_base_digests_every_model_of_the_pipeline_sd3s_t5_included():
     import torch
 
-    from lora_harness.digests import BaseWatch
-    from lora_harness.tiny_base import build_tiny_sd3_pipeline
+    from lora_harness.bases.digests import BaseWatch
+    from lora_harness.bases.tiny_base import build_tiny_sd3_pipeline
 
     pipeline = build_tiny_sd3_pipeline()
     watch = BaseWatch(pipeline)
@@ -268,7 +268,7 @@ def test_frozen_base_digests_every_model_of_the_pipeline_sd3s_t5_included():
 
 
 def test_each_signature_names_the_lineage_trainers_record():
-    from lora_harness.families import FLUX, SD3, UNET, Signature
+    from lora_harness.bases.families import FLUX, SD3, UNET, Signature
 
     lineages = {
         (UNET, 32): "SD1.x",
@@ -286,7 +286,7 @@ def test_each_signature_names_the_lineage_trainers_record():
 
 
 def test_budget_blocks_use_each_familys_own_names():
-    from lora_harness.families import FLUX, SD3, block_of
+    from lora_harness.bases.families import FLUX, SD3, block_of
 
     assert block_of("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k") == "down/attn2"
     assert block_of("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0") == "mid/attn1"

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_harness.render_cache import TEXT_KEY, CachedRender, RenderCache, RenderKey
+from lora_harness.rendering.render_cache import TEXT_KEY, CachedRender, RenderCache, RenderKey
 
 NO_CACHE = ("-p", "no:cacheprovider")
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")

@@ -17,7 +17,7 @@ def unapplied_files(tmp_path_factory):
     """file name -> (path, the kind its message must name)."""
     from peft import LoHaConfig, LoraConfig, get_peft_model
 
-    from lora_harness.tiny_base import build_tiny_pipeline
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("unapplied")
     files = {}
@@ -64,8 +64,8 @@ def test_a_dylora_file_with_an_integer_alpha_is_applied_at_its_scale(pytester, t
 
 
 def test_a_lycoris_dylora_file_is_applied(pytester, tmp_path):
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_pipeline
 
     dylora = write_lycoris(build_tiny_pipeline(), tmp_path / "dylora.safetensors", "dylora", rank=4, alpha=2)
     pytester.runpytest_inprocess("--adapter", dylora, *FAST, *MECHANICAL).assert_outcomes(passed=5)
@@ -77,7 +77,7 @@ def test_a_peft_lora_with_lora_bias_is_applied_with_every_bias_proven(pytester, 
     """peft's `lora_bias=True` puts a bias on each B (scaled with it); diffusers' loader takes it (`lora_B.bias`)."""
     from peft import LoraConfig, get_peft_model
 
-    from lora_harness.tiny_base import build_tiny_pipeline
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
 
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], lora_bias=True)
     model = get_peft_model(build_tiny_pipeline().unet, config)

@@ -14,7 +14,7 @@ KOHYA_SINGLE = ("linear2", "modulation.lin")  # linear1 needs Flux.1's widths (s
 
 @pytest.fixture(scope="module")
 def tiny_flux():
-    from lora_harness.tiny_base import build_tiny_flux_pipeline
+    from lora_harness.bases.tiny_base import build_tiny_flux_pipeline
 
     return build_tiny_flux_pipeline()
 
@@ -36,9 +36,9 @@ def community(tiny_flux, tmp_path_factory):
 
 
 def _apply(pipeline, path):
-    from lora_harness.adapter_file import read_adapter
-    from lora_harness.families import pipeline_signature
-    from lora_harness.injection import apply_adapter
+    from lora_harness.bases.families import pipeline_signature
+    from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.injection import apply_adapter
 
     return apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "under-test")
 
@@ -120,7 +120,7 @@ def test_the_final_modulation_swaps_halves_as_diffusers_does():
     """BFL's final modulation is (shift, scale), diffusers' (scale, shift): its update's rows are swapped."""
     from diffusers.loaders.lora_conversion_utils import swap_scale_shift
 
-    from lora_harness.flux_layouts import FluxModule
+    from lora_harness.loading.flux_layouts import FluxModule
 
     update = torch.arange(24.0).reshape(8, 3)
     module = FluxModule("d", "u", 1.0, "transformer", ("norm_out.linear",), swapped_halves=True)
@@ -129,7 +129,7 @@ def test_the_final_modulation_swaps_halves_as_diffusers_does():
 
 
 def test_the_update_inner_product_from_factors_matches_the_dense_one():
-    from lora_harness.injection import _inner
+    from lora_harness.loading.injection import _inner
 
     generator = torch.Generator().manual_seed(0)
     up1, down1 = (
@@ -160,8 +160,8 @@ def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(
     tiny_flux, community, tmp_path, rows, wanted
 ):
     """285 rows split in three (95 each) for diffusers but not into the base's 96-wide q, k, v; 287 do not split at all."""
-    from lora_harness.adapter_file import AdapterLoadError
-    from lora_harness.injection import file_defects
+    from lora_harness.loading.adapter_file import AdapterLoadError
+    from lora_harness.loading.injection import file_defects
 
     path = _edited(
         community["kohya"], tmp_path / "rows.safetensors", lambda t: t.update({QKV_UP: t[QKV_UP][:rows].contiguous()})
@@ -178,7 +178,7 @@ def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(
 
 
 def test_t5_keys_diffusers_drops_are_refused_naming_them(tiny_flux, community, tmp_path):
-    from lora_harness.adapter_file import AdapterLoadError
+    from lora_harness.loading.adapter_file import AdapterLoadError
 
     t5 = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
     path = _edited(
@@ -192,8 +192,8 @@ def test_t5_keys_diffusers_drops_are_refused_naming_them(tiny_flux, community, t
 
 def test_a_bf16_file_whose_scale_lands_two_percent_off_fails(tiny_flux, tmp_path, monkeypatch):
     """bf16 rounding moves the measured scale by about 0.02%; a 2% error in the scale is a defect, not rounding."""
-    from lora_harness import adapter_layout
     from lora_harness.fixtures.adapter_writers import write_flux_community
+    from lora_harness.loading import adapter_layout
 
     def two_percent_off(tensors, convert=adapter_layout.convert):
         return {k: v * 1.02 if ".lora_B." in k else v for k, v in convert(tensors).items()}
@@ -235,7 +235,7 @@ def _swapping_q_and_k(convert):
 def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(
     pytester, community, monkeypatch, conversion, wanted
 ):
-    from lora_harness import adapter_layout
+    from lora_harness.loading import adapter_layout
 
     monkeypatch.setattr(adapter_layout, "convert", conversion(adapter_layout.convert))
     assert wanted in wiring_failure(pytester, community["kohya"], "tiny-flux")

@@ -11,7 +11,7 @@ OUTSIDE = "unet.conv_in.weight"  # no adapter of the tests targets it: only the 
 # A conftest whose adapter load also changes a base parameter the adapter does not target; `change` says how.
 CHANGES_OUTSIDE = """
 import torch
-import lora_harness.session as session
+import lora_harness.run.session as session
 
 real_apply = session.apply_adapter
 
@@ -36,11 +36,11 @@ def _frozen(pytester):
 
 def _targeted_parameters(write_lora) -> int:
     """The base parameters of the modules the test adapter targets: what a stage digests."""
-    from lora_harness.adapter_file import read_adapter
-    from lora_harness.digests import base_parameters
-    from lora_harness.families import pipeline_signature
-    from lora_harness.injection import apply_adapter
-    from lora_harness.tiny_base import build_tiny_pipeline
+    from lora_harness.bases.digests import base_parameters
+    from lora_harness.bases.families import pipeline_signature
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+    from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.injection import apply_adapter
 
     pipeline = build_tiny_pipeline()
     adapter = read_adapter(write_lora("kohya", "probe.safetensors"))

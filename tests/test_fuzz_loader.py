@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from lora_harness.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.families import UNET, Signature
+from lora_harness.bases.families import UNET, Signature
+from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import LAYOUTS, make_lora, write_adapter
-from lora_harness.injection import apply_adapter
-from lora_harness.tiny_base import build_tiny_pipeline
+from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.loading.injection import apply_adapter
 
 EXAMPLES = int(os.environ.get("LORA_FUZZ_EXAMPLES", "40"))
 SECONDS_PER_LOAD = 20  # a load of the tiny base's adapter takes well under a second

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lora_harness.fixtures.inception_weights import write_random_inception
-from lora_harness.inception import InceptionFeatures
-from lora_harness.quality import frechet_distance
+from lora_harness.verdicts.inception import InceptionFeatures
+from lora_harness.verdicts.quality import frechet_distance
 from tests.test_quality import FAST, _results, write_tinted_corpora
 
 

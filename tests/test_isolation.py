@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from lora_harness.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.digests import digest_parameters
-from lora_harness.families import pipeline_signature
+from lora_harness.bases.digests import digest_parameters
+from lora_harness.bases.families import pipeline_signature
+from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import ATTENTION_TARGETS
-from lora_harness.injection import apply_adapter
-from lora_harness.tiny_base import build_tiny_pipeline
+from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.loading.injection import apply_adapter
 
 # The reference is trained and the controls run: they are rendered on the base as first digested too.
 MECHANICAL = "wiring or frozen_base or param_budget or pixel_diff or weight_health"
@@ -64,7 +64,7 @@ def test_a_pissa_adapter_saved_without_conversion_is_refused_and_leaves_the_base
 
 def test_a_crash_half_way_through_injection_leaves_no_layer_adapter_name_or_hook(write_lora, monkeypatch):
     """The layers are in (peft built them) when the proof raises, as an unexpected layer type makes it."""
-    import lora_harness.injection as injection
+    import lora_harness.loading.injection as injection
 
     def crashing_prove(*args, **kwargs):
         raise AttributeError("'Conv2d' object has no attribute 'groups'")
@@ -87,8 +87,8 @@ def test_a_crash_half_way_through_injection_leaves_no_layer_adapter_name_or_hook
 # fused.safetensors is fused into the base weights as it loads (as `fuse_lora` does); crash.safetensors raises
 # half-way through injection, its layers in.
 REWRITING_AND_CRASHING = """
-import lora_harness.injection as injection
-import lora_harness.session as session
+import lora_harness.loading.injection as injection
+import lora_harness.run.session as session
 
 real_apply = session.apply_adapter
 real_prove = injection._prove

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lora_harness.adapter_file import read_adapter
-from lora_harness.adapter_layout import detect_format
+from lora_harness.loading.adapter_file import read_adapter
+from lora_harness.loading.adapter_layout import detect_format
 
 
 def peak():

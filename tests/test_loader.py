@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lora_harness.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.families import UNET, Signature
+from lora_harness.bases.families import UNET, Signature
+from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import LAYOUTS
-from lora_harness.injection import FamilyMismatch, apply_adapter
-from lora_harness.tiny_base import build_tiny_pipeline
+from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
+from lora_harness.loading.injection import FamilyMismatch, apply_adapter
 
 TINY = Signature(UNET, 32)  # the embedded tiny base
 TENSORS = 64  # 16 attention projections x (A, B) in the tiny U-Net
@@ -71,7 +71,7 @@ def test_another_family_is_named(pipeline, write_lora):
 
 def test_scale_that_differs_from_the_file_is_reported(pipeline, write_lora, monkeypatch):
     """A loader that drops the file's LoraConfig (as `load_lora_adapter(path)` does for such files) applies 1.0."""
-    import lora_harness.injection as injection
+    import lora_harness.loading.injection as injection
 
     real_normalize = injection.normalize
 
@@ -140,7 +140,7 @@ def test_a_dora_adapter_lands_whole_with_its_magnitudes(pipeline, dora_folder):
 
 def test_a_loader_that_applies_dora_as_plain_lora_is_caught(pipeline, dora_folder, monkeypatch):
     """diffusers reads DoRA from the magnitude keys; a load without them runs a plain LoRA silently."""
-    import lora_harness.injection as injection
+    import lora_harness.loading.injection as injection
 
     real_inject = injection._inject
 

@@ -40,8 +40,8 @@ ALGOS = {
 def algo_files(tmp_path_factory):
     from lycoris import LycorisNetwork, create_lycoris
 
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
-    from lora_harness.tiny_base import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("lycoris-algos")
     pipeline = build_tiny_pipeline()

@@ -82,7 +82,8 @@ def test_the_wheel_holds_the_plugin_and_nothing_of_the_tests(tmp_path):
     templates = {f"lora_harness/reports/templates/{path.name}" for path in (REPO / "reports" / "templates").iterdir()}
     assert checks and checks <= names and templates and templates <= names
     configs = {
-        f"lora_harness/{p.relative_to(REPO / 'harness')}" for p in (REPO / "harness" / "base_configs").rglob("*.json")
+        f"lora_harness/{p.relative_to(REPO / 'harness')}"
+        for p in (REPO / "harness" / "bases" / "base_configs").rglob("*.json")
     }
     assert configs and configs <= names  # the single-file bases' diffusers configs
     assert "lora_harness/plugin.py" in names

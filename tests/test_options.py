@@ -1,6 +1,6 @@
 import pytest
 
-from lora_harness.options import (
+from lora_harness.config.options import (
     ParamBudget,
     parse_device,
     parse_non_negative_float,
@@ -61,7 +61,7 @@ def test_numbers_and_devices():
 def test_each_xdist_worker_takes_its_own_gpu(monkeypatch, device, worker, gpus, expected):
     import torch
 
-    from lora_harness.config import resolve_device
+    from lora_harness.config.config import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

@@ -184,7 +184,7 @@ def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
     """A loader that fuses the adapter into the base weights (as `fuse_lora` does) must fail frozen_base."""
     pytester.makeconftest(
         """
-        import lora_harness.session as session
+        import lora_harness.run.session as session
 
         real_apply = session.apply_adapter
 
@@ -308,7 +308,7 @@ def test_runs_under_xdist(pytester, write_lora):
 
 def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, write_lora, tmp_path):
     """A saved pipeline loads as a folder and as a hub id resolved from the local cache, never downloading."""
-    from lora_harness.tiny_base import build_tiny_pipeline
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
 
     cache = tmp_path / "hub-cache"
     snapshot = cache / "models--someone--tiny-sd" / "snapshots" / "0123abcd"

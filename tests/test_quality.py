@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from lora_harness.quality import bootstrap_ci, clip_scores, cmmd, frechet_distance, leaked, mean_pairwise_distance
+from lora_harness.verdicts.quality import (
+    bootstrap_ci,
+    clip_scores,
+    cmmd,
+    frechet_distance,
+    leaked,
+    mean_pairwise_distance,
+)
 
 FAST = ("--reference-steps", "0", "--render-steps", "2", "-p", "no:cacheprovider")
 
@@ -58,7 +65,7 @@ def test_cmmd_matches_its_direct_formula():
 
 
 def test_kid_matches_the_unbiased_polynomial_mmd():
-    from lora_harness.distribution import _torchmetrics_kid
+    from lora_harness.verdicts.fid_kid_cmmd import _torchmetrics_kid
 
     generator = torch.Generator().manual_seed(3)
     x, y = (

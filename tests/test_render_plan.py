@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lora_harness.render_cache import CachedRender, RenderCache, RenderKey
+from lora_harness.rendering.render_cache import CachedRender, RenderCache, RenderKey
 from tests.test_plugin import results, run
 
 STEPS = 2

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 import pytest
 
 from lora_harness.__main__ import main
-from lora_harness.shard import Shard, parse_shard
+from lora_harness.config.shard import Shard, parse_shard
 
 FAST = ("--reference-steps", "0", "--render-steps", "2", "--render-seeds", "1")
 WITHOUT_CLIP_CHECKS = ("-k", "not clip_heldout and not mode_collapse")  # the self-test CLIP's figures mean nothing

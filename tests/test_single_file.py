@@ -256,7 +256,7 @@ def ldm_checkpoint(pipeline) -> dict:
 
 
 def narrow_configs(folder: Path) -> Path:
-    from lora_harness.single_file import CONFIG_FOLDERS
+    from lora_harness.bases.single_file import CONFIG_FOLDERS
 
     carried = Path(CONFIG_FOLDERS["SD1.x"])
     for source in carried.rglob("*.json"):
@@ -299,7 +299,7 @@ def sd1_file(tmp_path_factory):
 
 @pytest.fixture
 def narrow_sd1(sd1_file, monkeypatch):
-    from lora_harness import single_file
+    from lora_harness.bases import single_file
 
     checkpoint, configs, pipeline = sd1_file
     monkeypatch.setitem(single_file.CONFIG_FOLDERS, "SD1.x", configs)
@@ -309,7 +309,7 @@ def narrow_sd1(sd1_file, monkeypatch):
 def test_the_file_loads_through_from_single_file_with_every_weight_where_it_was(narrow_sd1):
     """The layout written here and diffusers' conversion agree: every parameter of U-Net, VAE and text encoder comes
     back bitwise (float16, as stored), none missing, none extra."""
-    from lora_harness.single_file import inspect_single_file, load_single_file
+    from lora_harness.bases.single_file import inspect_single_file, load_single_file
 
     checkpoint, original = narrow_sd1
     base = inspect_single_file(str(checkpoint), checkpoint)
@@ -415,7 +415,7 @@ def test_the_carried_configs_build_the_published_architectures():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_harness.single_file import CONFIG_FOLDERS
+    from lora_harness.bases.single_file import CONFIG_FOLDERS
 
     def count(model) -> int:
         return sum(p.numel() for p in model.parameters())

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lora_harness.lycoris_application import LycorisFactors
-from lora_harness.weight_health import (
+from lora_harness.loading.lycoris_application import LycorisFactors
+from lora_harness.verdicts.weight_health import (
     ModuleHealth,
     entropy_effective_rank,
     evaluate_weight_health,

@@ -1,0 +1,147 @@
+"""The base pipeline: an embedded tiny one, a local diffusers folder, a single-file checkpoint, or a hub id from the
+local cache."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_harness.bases.families import Signature, denoiser_of, pipeline_signature
+from lora_harness.config.config import TINY, TINY_FLUX, TINY_SD3, TINY_SDXL, ConfigError, HarnessConfig
+
+EMBEDDED_FAMILIES = {
+    TINY: "tiny (SD1.x-shaped)",
+    TINY_SDXL: "tiny (SDXL-shaped)",
+    TINY_FLUX: "tiny (Flux-shaped)",
+    TINY_SD3: "tiny (SD3-shaped)",
+}
+
+
+@dataclass
+class BaseModel:
+    pipeline: object
+    model: str  # as the user named it
+    family: str
+    signature: Signature
+    unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
+    native_size: int
+    guidance_scale: float  # the pipeline's own default, used for every render
+    dtype: str  # what the denoiser computes in, as loaded
+    single_file: dict | None = None  # a checkpoint file's path, detected family and hashes; None for other bases
+
+    def summary(self, fingerprint: str) -> dict:
+        return {
+            "model": self.model,
+            "family": self.family,
+            "fingerprint": fingerprint,
+            "unet_params": self.unet_params,
+            "guidance_scale": self.guidance_scale,
+            "dtype": self.dtype,
+            "single_file": self.single_file,
+        }
+
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def resolve_dtype(choice: str, device: str, base_model: str, base_path: Path | None) -> tuple[str, str]:
+    """(the dtype the base and every adapter's layers compute in, why): `auto` is the folder's own dtype on CUDA,
+    float32 elsewhere (CPU kernels in float16 and bfloat16 are slow, and a base stored in them upcasts exactly)."""
+    stored = "float32" if base_path is None else stored_dtype(base_model, base_path)  # embedded bases: built in fp32
+    if choice != "auto":
+        return choice, f"--dtype {choice}; the base is stored in {stored}"
+    if device.startswith("cuda"):
+        return stored, f"--dtype auto on {device}: the base's stored dtype"
+    return "float32", f"--dtype auto on {device}: float32; the base is stored in {stored}"
+
+
+def stored_dtype(base_model: str, folder: Path) -> str:
+    """The dtype most of the denoiser's stored tensors hold, read from the safetensors headers (no weights read)."""
+    from safetensors import safe_open
+
+    if folder.is_file():
+        from lora_harness.bases.single_file import inspect_single_file
+
+        return inspect_single_file(base_model, folder).dtype
+    index = json.loads((folder / "model_index.json").read_text())
+    component = "unet" if "unet" in index else "transformer"
+    files = sorted((folder / component).glob("*.safetensors"), key=lambda path: (path.name.count(".") > 1, path.name))
+    if not files:
+        raise ConfigError(
+            f"--base-model {base_model}: {folder / component} holds no .safetensors weights; lora-harness reads "
+            "safetensors only: save the pipeline with `save_pretrained(..., safe_serialization=True)`"
+        )
+    counted = Counter()
+    with safe_open(files[0], framework="pt") as weights:  # without a variant (`.fp16.`) first, as from_pretrained reads
+        for key in weights.keys():
+            counted[weights.get_slice(key).get_dtype()] += 1
+    stored = next((SAFETENSORS_DTYPES[d] for d, _ in counted.most_common() if d in SAFETENSORS_DTYPES), None)
+    if stored is None:
+        raise ConfigError(
+            f"--base-model {base_model}: {files[0]} holds no floating-point weights ({dict(counted)}); "
+            "save the pipeline again"
+        )
+    return stored
+
+
+def load_base(config: HarnessConfig) -> BaseModel:
+    import torch
+
+    from lora_harness.rendering.renders import default_guidance
+
+    dtype = getattr(torch, config.dtype)
+    single_file = None
+    if config.base_path is None:
+        from lora_harness.bases import tiny_base
+
+        builders = {
+            TINY: tiny_base.build_tiny_pipeline,
+            TINY_SDXL: tiny_base.build_tiny_sdxl_pipeline,
+            TINY_FLUX: tiny_base.build_tiny_flux_pipeline,
+            TINY_SD3: tiny_base.build_tiny_sd3_pipeline,
+        }
+        pipeline = builders[config.base_model]()  # built in float32; diffusers warns on every cast, even to it
+        if dtype != torch.float32:
+            pipeline.to(dtype=dtype)
+    elif config.base_single_file is not None:
+        from lora_harness.bases.single_file import checkpoint_hashes, load_single_file
+
+        pipeline = load_single_file(config.base_single_file, dtype)
+        single_file = {**config.base_single_file.record(), **checkpoint_hashes(config.base_path)}
+    else:
+        # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
+        # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.
+        pipeline = _load_folder(config.base_path, dtype)
+    pipeline.to(config.device)
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):  # built from configs they start in training mode: T5's dropout
+            component.eval()
+    pipeline.set_progress_bar_config(disable=True)
+    denoiser = denoiser_of(pipeline)
+    signature = pipeline_signature(pipeline)
+    # Flux's transformer has no sample size; its pipeline holds the default.
+    latent_size = denoiser.config.get("sample_size") or pipeline.default_sample_size
+    return BaseModel(
+        pipeline=pipeline,
+        model=config.base_model,
+        family=EMBEDDED_FAMILIES.get(config.base_model) or signature.family,
+        signature=signature,
+        unet_params=sum(p.numel() for p in denoiser.parameters()),
+        native_size=latent_size * pipeline.vae_scale_factor,
+        guidance_scale=default_guidance(pipeline),
+        dtype=str(denoiser.dtype).removeprefix("torch."),
+        single_file=single_file,
+    )
+
+
+def _load_folder(path, dtype):
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((path / "model_index.json").read_text())
+    extra = {}
+    if "safety_checker" in index:
+        # A validation run judges the adapter's pixels, not content; the checker would black out images.
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype, **extra)

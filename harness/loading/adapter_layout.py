@@ -1,0 +1,452 @@
+"""Every supported on-disk layout, brought to the one diffusers' loaders take, with a trace back to the file.
+
+diffusers and peft do the conversions where they can; the trace follows each tensor by identity (the
+conversions rename keys, they do not copy tensors), so the proof of application can name file keys. Flux's
+community layouts are the exception: diffusers splits and rescales their tensors, so each module of the file is
+traced by what it means (`flux_layouts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from lora_harness.bases.families import is_denoiser
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
+from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
+from lora_harness.loading.lycoris import is_lycoris_file, lycoris_kind
+from lora_harness.loading.unapplied_kinds import unapplied_kind
+
+LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+TUNER_PARAMETERS = ("lora_",)  # how peft's LoRA (and DoRA) layers name their parameters
+
+
+def is_tuner_parameter(name: str) -> bool:
+    return any(part.startswith(TUNER_PARAMETERS) for part in name.split("."))
+
+
+def unwrapped_name(name: str) -> str:
+    """A module or parameter name as it was before adapters (of one kind or several, nested) wrapped it."""
+    return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
+
+
+KOHYA = "kohya"
+PEFT_FOLDER = "peft"
+PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata
+DIFFUSERS = "diffusers"
+ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
+LORA_METADATA_KEY = "lora_adapter_metadata"
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
+LORA_BIAS = "lora_B.bias"  # peft's `lora_bias=True`: a bias on B, scaled with it
+ROLES = (LORA_BIAS, "lora_A", "lora_B", MAGNITUDE)  # a bias is also under lora_B: matched first
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a file tensor must land: `component.get_submodule(module)`'s `role` layer."""
+
+    component: str
+    module: str
+    role: str  # lora_A | lora_B | lora_magnitude_vector
+
+    @property
+    def qualified_module(self) -> str:
+        return f"{self.component}.{self.module}"
+
+
+@dataclass
+class NormalizedAdapter:
+    format: str
+    kind: str  # LoRA | DoRA
+    # per component, the state dict in the layout diffusers' per-component loaders take (peft keys, no prefix)
+    state_dicts: dict[str, dict[str, torch.Tensor]]
+    file_keys: dict[tuple[str, str], str]  # (component, peft key) -> the file key its tensor came from
+    targets: dict[str, Target]  # file key -> target, for every LoRA weight tensor that a conversion kept
+    expected_scales: dict[str, float]  # "component.module" -> alpha / rank, as the file declares it
+    ranks: dict[str, int]
+    alphas: dict[str, float]
+    tensors: dict[str, torch.Tensor]  # the file's tensors, by file key
+    lora_configs: dict[str, dict] = field(default_factory=dict)  # per component, LoraConfig kwargs the file carries
+    network_alphas: dict[str, float] | None = None  # Kohya alphas, keyed as diffusers' conversion keys them
+    untraced: list[str] = field(
+        default_factory=list
+    )  # file keys that are neither LoRA weights that landed in a state dict nor alphas
+    # Flux's community layouts, whose tensors diffusers rewrites: per "component.module" of each file module's first
+    # layer, what the file's module means (the proof compares updates there, not tensors)
+    flux_modules: dict[str, FluxModule] = field(default_factory=dict)
+
+    @property
+    def tensor_keys(self) -> list[str]:
+        """The file's LoRA weight tensors (alphas not counted)."""
+        return [key for key in self.tensors if not key.endswith(".alpha")]
+
+
+# Files named after a transformer's original (non-diffusers) modules that diffusers has no conversion for.
+UNCONVERTED_LAYOUTS = {
+    "lora_unet_joint_blocks_": "an SD3 LoRA in Kohya's layout",
+    "diffusion_model.joint_blocks.": "an SD3 LoRA in ComfyUI's layout",
+    "diffusion_model.": "a LoRA named after a transformer's original (not diffusers') modules",
+}
+
+
+def detect_format(adapter: AdapterFile) -> str:
+    keys = list(adapter.tensors)
+    if not keys:
+        raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
+    unapplied = unapplied_kind(adapter.tensors, adapter.adapter_config)
+    if unapplied is not None:
+        kind, example = unapplied
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a {kind.name} (`{example}`), a valid file of a kind lora-harness does not apply "
+            f"yet (it is applied by {kind.applied_by}); nothing of it is applied, as a partial load would validate something else"
+        )
+    if flux_layout(keys) is not None and is_lycoris_file(keys):  # a valid file, whatever its tensors' shapes
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a LyCORIS {lycoris_kind(keys)} for Flux (Flux's original module names); "
+            "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
+        )
+    bad_alpha = next((k for k, t in adapter.tensors.items() if k.endswith(".alpha") and t.numel() != 1), None)
+    if bad_alpha is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: alpha {bad_alpha} has shape {list(adapter.tensors[bad_alpha].shape)}, "
+            "but an alpha is one number; the file is damaged, export it again"
+        )
+    bad_matrix = next(
+        (k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and not _plausible_shape(k, t)), None
+    )
+    if bad_matrix is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, but a "
+            "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude 1-D, and none is empty; the file is damaged, export it again"
+        )
+    # sd-scripts' DyLoRA stores an alpha left unset as its rank, an integer: a number all the same.
+    not_float = next(
+        (k for k, t in adapter.tensors.items() if not t.is_floating_point() and not _integer_alpha(k, t)), None
+    )
+    if not_float is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
+            "are floating point; the file was written wrongly, export it again"
+        )
+    flux = flux_layout(keys)
+    if flux is not None:
+        return flux
+    for marker, what in UNCONVERTED_LAYOUTS.items():
+        example = next((k for k in keys if k.startswith(marker)), None)
+        if example is not None:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: {what} (keys like `{example}`), which diffusers does not convert; "
+                "export it in diffusers' layout (`transformer.…lora_A.weight`) and check that file"
+            )
+    if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
+        return PEFT_FOLDER
+    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return KOHYA
+    if any(".processor." in k and "_lora." in k for k in keys):
+        return ATTN_PROCS
+    if all(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in keys):
+        return DIFFUSERS
+    if any(".lora_A." in k or ".lora.down." in k for k in keys):
+        return PEFT_FILE
+    raise AdapterLoadError(
+        f"{adapter.weights_path}: no known LoRA layout (first keys: {', '.join(keys[:3])}); expected PEFT "
+        "(`…lora_A.weight`), diffusers (`unet.…lora.down.weight`) or Kohya (`lora_unet_…lora_down.weight`) keys"
+    )
+
+
+def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
+    """Flux in Kohya's, ComfyUI's or XLabs' layout: converted by diffusers (fused modules split, alpha baked in),
+    each module of the file traced to the layers whose rows its update fills."""
+    text_encoder = getattr(pipeline, "text_encoder", None)
+    modules = flux_modules(adapter.tensors, layout, layer_modules(text_encoder) if text_encoder is not None else {})
+    traced = {key for module in modules.values() for key in (module.down, module.up)}
+    left_out = [k for k in adapter.tensors if not k.endswith(".alpha") and k not in traced]
+    if left_out:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {len(left_out)} tensors that diffusers' Flux loader does not apply, first "
+            f"{', '.join(left_out[:3])} (it drops DoRA magnitudes, T5 text-encoder and norm-offset keys, and has no "
+            "place for modules it does not know); lora-harness will not check a partial load: export the adapter without them"
+        )
+    single_stream_rows = [adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")]
+    try:
+        converted = convert(adapter.tensors)
+    except AssertionError:
+        # Its one assertion: a single-stream block's linear1 is cut at Flux.1's sizes whatever the base is.
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: diffusers' conversion of this layout cuts a single-stream block's `linear1` at "
+            f"Flux.1's widths (q, k, v 3072 each, MLP 12288: 21504 rows), but this file's has "
+            f"{single_stream_rows[0] if single_stream_rows else '?'}; diffusers cannot load it into this base: pass the "
+            "Flux base it was trained on"
+        ) from None
+    except (KeyError, ValueError, NotImplementedError, RuntimeError) as error:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: diffusers' Flux conversion failed on it ({type(error).__name__}: {error}); a fused "
+            "module's rows do not split the way Flux's do: the file is damaged or made for another model, export it again"
+        ) from None
+    state_dicts = {c: _to_peft_keys(c, converted, pipeline) for c in COMPONENTS}
+    targets, file_keys, by_first_layer, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
+    for module in modules.values():
+        first = Target(module.component, module.layers[0], "lora_A")
+        targets[module.down] = first
+        targets[module.up] = dataclasses.replace(first, role="lora_B")
+        by_first_layer[first.qualified_module] = module
+        rank = int(adapter.tensors[module.down].shape[0])
+        for layer in module.layers:
+            file_keys[(module.component, f"{layer}.lora_A.weight")] = module.down
+            file_keys[(module.component, f"{layer}.lora_B.weight")] = module.up
+            name = f"{module.component}.{layer}"
+            expected[name], ranks[name], alphas[name] = module.scale, rank, module.scale * rank
+    return NormalizedAdapter(
+        format=layout,
+        kind="LoRA",
+        state_dicts={c: sd for c, sd in state_dicts.items() if sd},
+        file_keys=file_keys,
+        targets=targets,
+        expected_scales=expected,
+        ranks=ranks,
+        alphas=alphas,
+        tensors=dict(adapter.tensors),
+        flux_modules=by_first_layer,
+    )
+
+
+def layer_modules(component) -> dict[str, torch.nn.Module]:
+    """The layers an adapter can target, by their names before any adapter wrapped them."""
+    return {unwrapped_name(n): m for n, m in component.named_modules() if isinstance(m, LAYER_TYPES)}
+
+
+def _integer_alpha(key: str, tensor: torch.Tensor) -> bool:
+    return key.endswith(".alpha") and tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
+    dimensions = (1,) if MAGNITUDE in key or key.endswith(f".{LORA_BIAS}") else (2, 4)
+    return tensor.ndim in dimensions and tensor.numel() > 0
+
+
+def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
+    layout = detect_format(adapter)
+    if layout in FLUX_LAYOUTS:
+        return _normalize_flux(adapter, pipeline, layout)
+    tensors = dict(adapter.tensors)
+    lora_configs: dict[str, dict] = {}
+    alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha
+    network_alphas = None
+    if layout == KOHYA:
+        from diffusers.loaders.lora_conversion_utils import (
+            _convert_non_diffusers_lora_to_diffusers,
+            _maybe_map_sgm_blocks_to_diffusers,
+        )
+
+        for key, value in tensors.items():
+            if key.endswith(".alpha"):
+                alphas_in_file[key.removesuffix(".alpha") + ".lora_down.weight"] = float(value)
+        _refuse_mixed_block_names(adapter)
+        try:
+            converted = dict(tensors)
+            unet = getattr(pipeline, "unet", None)
+            if unet is not None:
+                # sd-scripts trains SDXL on its own U-Net, named after SGM's blocks (`lora_unet_input_blocks_4_1_…`),
+                # which only the base's layout maps to diffusers' (layers per block): the SD and SDXL pipelines'
+                # `lora_state_dict(…, unet_config=unet.config)` runs this first; it renames, keeping the tensors.
+                converted = _maybe_map_sgm_blocks_to_diffusers(converted, unet.config)
+            prefixed, network_alphas = _convert_non_diffusers_lora_to_diffusers(converted)
+        except (KeyError, ValueError, IndexError) as error:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: Kohya keys that diffusers cannot map ({error}); "
+                "the file was probably renamed by hand: convert it again with the trainer's own tools"
+            ) from None
+    elif layout == PEFT_FOLDER:
+        # peft's save_pretrained wraps one model; diffusers has no loader for that layout, so map it here.
+        component = _component_of(k.removeprefix("base_model.model.") for k in tensors)
+        prefixed = {f"{component}.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
+        lora_configs[component] = _lora_config_kwargs(adapter.adapter_config)
+    elif layout == PEFT_FILE:  # written by a denoiser's own save_lora_adapter
+        component = _component_of(tensors)
+        prefixed = {f"{component}.{k}": v for k, v in tensors.items()}
+        lora_configs = _metadata_configs(adapter, default_component=component)
+    elif layout == ATTN_PROCS:
+        prefixed = {
+            k if k.startswith(tuple(f"{c}." for c in COMPONENTS)) else f"unet.{k}": v for k, v in tensors.items()
+        }
+    else:
+        prefixed = tensors
+        lora_configs = _metadata_configs(adapter, default_component=None)
+
+    state_dicts = {c: _to_peft_keys(c, prefixed, pipeline) for c in COMPONENTS}
+    state_dicts = {c: sd for c, sd in state_dicts.items() if sd}
+    file_key_of = {id(tensor): key for key, tensor in tensors.items()}
+    _flatten_kohya_magnitudes(adapter, state_dicts, file_key_of)
+    targets: dict[str, Target] = {}
+    file_keys: dict[tuple[str, str], str] = {}
+    for component, state_dict in state_dicts.items():
+        for peft_key, tensor in state_dict.items():
+            for role in ROLES:
+                if _has_role(peft_key, role) and id(tensor) in file_key_of:
+                    module = peft_key.split(f".{role}")[0]
+                    targets[file_key_of[id(tensor)]] = Target(component, module, role)
+                    file_keys[(component, peft_key)] = file_key_of[id(tensor)]
+                    break
+    untraced = [k for k in tensors if not k.endswith(".alpha") and k not in targets]
+
+    ranks, alphas, expected = {}, {}, {}
+    for key, target in targets.items():
+        if target.role != "lora_B":
+            continue
+        name = target.qualified_module
+        ranks[name] = int(tensors[key].shape[1])
+    for key, target in targets.items():
+        if target.role != "lora_A" or target.qualified_module not in ranks:
+            continue
+        name = target.qualified_module
+        rank = ranks[name]
+        config = lora_configs.get(target.component)
+        if layout == KOHYA:
+            alpha = alphas_in_file.get(key, float(rank))  # Kohya: no alpha means alpha = rank
+        elif config is not None:
+            alpha = float(
+                _pattern_value(config.get("alpha_pattern") or {}, target.module, config.get("lora_alpha", rank))
+            )
+        else:
+            alpha = float(rank)  # diffusers and peft convention without metadata: scale 1
+        alphas[name] = alpha
+        use_rslora = bool(config and config.get("use_rslora"))
+        expected[name] = alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+    magnitudes = any(target.role == MAGNITUDE for target in targets.values())
+    return NormalizedAdapter(
+        format=layout,
+        kind="DoRA" if magnitudes else "LoRA",
+        state_dicts=state_dicts,
+        file_keys=file_keys,
+        lora_configs=lora_configs,
+        network_alphas=network_alphas,
+        targets=targets,
+        untraced=untraced,
+        expected_scales=expected,
+        ranks=ranks,
+        alphas=alphas,
+        tensors=tensors,
+    )
+
+
+SGM_BLOCKS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+DIFFUSERS_BLOCKS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
+
+
+def _refuse_mixed_block_names(adapter: AdapterFile) -> None:
+    """diffusers' SGM mapping drops every SGM-named key, without a word, from a file that also has diffusers' names."""
+    sgm = next((k for k in adapter.tensors if k.startswith(SGM_BLOCKS)), None)
+    named = next((k for k in adapter.tensors if k.startswith(DIFFUSERS_BLOCKS)), None)
+    if sgm and named:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: U-Net keys named after SGM's blocks (`{sgm}`) and after diffusers' (`{named}`) "
+            "in one file; diffusers' conversion drops the SGM-named ones, and lora-harness will not check a partial load: "
+            "export the adapter again with the trainer's own tools, in one naming"
+        )
+
+
+def _has_role(peft_key: str, role: str) -> bool:
+    """`…to_q.lora_A.weight`, or `…to_q.lora_magnitude_vector` as peft saves a magnitude."""
+    return f".{role}." in peft_key or peft_key.endswith(f".{role}")
+
+
+def _flatten_kohya_magnitudes(adapter: AdapterFile, state_dicts: dict, file_key_of: dict) -> None:
+    """Kohya / LyCORIS DoRA keeps a magnitude per output channel as `dora_scale` [out, 1], peft as [out]: the same
+    numbers, so hand peft a flat view, traced to the same file key. A [1, in] scale decomposes per input channel,
+    which peft's DoRA does not do."""
+    for state_dict in state_dicts.values():
+        for key, tensor in list(state_dict.items()):
+            if not _has_role(key, MAGNITUDE) or tensor.ndim != 2:
+                continue
+            if tensor.shape[1] != 1:
+                raise AdapterLoadError(
+                    f"{adapter.weights_path}: DoRA magnitude {file_key_of.get(id(tensor), key)} has shape "
+                    f"{list(tensor.shape)}, a scale per input channel (LyCORIS `wd_on_output=False`); peft's DoRA keeps "
+                    "one per output channel, so it cannot be applied as trained: train with `wd_on_output=True`"
+                )
+            flat = tensor.reshape(-1)
+            if id(tensor) in file_key_of:
+                file_key_of[id(flat)] = file_key_of[id(tensor)]
+            state_dict[key] = flat
+
+
+def _component_of(keys) -> str:
+    """The model a file without component prefixes was saved from, told by its module names."""
+    keys = list(keys)
+    if any(
+        ".text_model." in k or k.startswith(("text_model.", "encoder.layers.")) or ".encoder.layers." in k for k in keys
+    ):
+        return "text_encoder"
+    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
+        return "transformer"
+    return "unet"
+
+
+def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.Tensor]:
+    """The component's tensors with peft keys, through the same conversions diffusers' loaders apply."""
+    from diffusers.utils.state_dict_utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    state_dict = {k.removeprefix(f"{component}."): v for k, v in prefixed.items() if k.startswith(f"{component}.")}
+    if not state_dict:
+        return {}
+    if is_denoiser(component):
+        if not any("lora_A" in k for k in state_dict):
+            state_dict = convert_unet_state_dict_to_peft(state_dict)
+        return state_dict
+    state_dict = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state_dict))
+    text_encoder = getattr(pipeline, component, None)
+    if text_encoder is not None and not hasattr(text_encoder, "text_model"):
+        state_dict = {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _lora_config_kwargs(config: dict) -> dict:
+    from peft import LoraConfig
+
+    allowed = set(LoraConfig.__dataclass_fields__) - {"peft_type", "task_type", "base_model_name_or_path", "revision"}
+    return {k: v for k, v in config.items() if k in allowed}
+
+
+def _metadata_configs(adapter: AdapterFile, default_component: str | None) -> dict[str, dict]:
+    raw = adapter.file_metadata.get(LORA_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: its `{LORA_METADATA_KEY}` metadata is not valid JSON; save the adapter again"
+        ) from None
+    if not isinstance(metadata, dict):
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: its `{LORA_METADATA_KEY}` metadata is a JSON {type(metadata).__name__}, not an "
+            "object of LoraConfig fields; save the adapter again"
+        )
+    prefixed = any(k.startswith(tuple(f"{c}." for c in COMPONENTS)) for k in metadata)
+    if not prefixed:
+        return {default_component or "unet": _lora_config_kwargs(metadata)}
+    configs = {}
+    for component in COMPONENTS:
+        part = {k.removeprefix(f"{component}."): v for k, v in metadata.items() if k.startswith(f"{component}.")}
+        if part:
+            configs[component] = _lora_config_kwargs(part)
+    return configs
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    from peft.utils.other import get_pattern_key
+
+    key = get_pattern_key(patterns.keys(), module)
+    return patterns.get(key, default)

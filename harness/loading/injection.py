@@ -1,0 +1,574 @@
+"""Inject an adapter with diffusers' own per-component loaders, then prove what landed: values and scale."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from lora_harness.bases.families import UNET, Signature, is_denoiser, transformer_architecture
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.adapter_layout import (
+    LAYER_TYPES,
+    LORA_BIAS,
+    MAGNITUDE,
+    NormalizedAdapter,
+    Target,
+    is_tuner_parameter,
+    layer_modules,
+    normalize,
+    unwrapped_name,
+)
+from lora_harness.loading.flux_layouts import flux_layout
+from lora_harness.loading.lycoris import LycorisNetwork, is_lycoris_file
+
+if TYPE_CHECKING:
+    from lora_harness.loading.lycoris_application import LycorisFactors
+
+
+@dataclass
+class Application:
+    """What one adapter file asked for and what is now in the pipeline."""
+
+    adapter_name: str
+    format: str
+    family: str
+    tensors: int  # LoRA weight tensors in the file (alpha scalars not counted)
+    tensors_applied: int  # those found in their module with their values
+    lora_params: int  # LoRA parameters injected
+    rank: int | None
+    alpha: float | None
+    scale: float | None  # alpha / rank as applied (the most common value when it varies)
+    scales: dict[str, float] = field(default_factory=dict)  # per module, as applied
+    unmatched: list[tuple[str, str, list[str]]] = field(default_factory=list)  # file key, module, nearest modules
+    shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # file key, expected, found
+    refused: list[tuple[str, str]] = field(default_factory=list)  # file key, why its module could not be built
+    value_mismatches: list[str] = field(default_factory=list)  # file keys whose values did not land
+    scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
+    nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
+    zero_up: list[str] = field(default_factory=list)  # up (B) matrices that are all zero
+    up_tensors: int = 0
+    lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft / LyCORIS layer
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
+    dtypes: list[str] = field(default_factory=list)
+    factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
+    lycoris_factors: dict[str, LycorisFactors] = field(default_factory=dict)  # LyCORIS algos but LoCon
+    ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
+    alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
+    dora_modules: int = 0  # modules with a DoRA magnitude vector
+    kind: str = "LoRA"  # LoRA | DoRA | LyCORIS algos as the field names them, "+"-joined (LoKr, LoCon+LoHa, ...)
+    architecture: str = UNET  # the base's denoiser architecture, which names its blocks
+    network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
+
+    def record(self) -> dict:
+        """The adapter's entry in results.json."""
+        details = {
+            "target_modules": len(self.lora_layers),
+            "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
+            "ranks": self.ranks,
+            "alphas": self.alphas,
+            "dtypes": self.dtypes,
+            "shapes": self.shapes,
+        }
+        if len(set(self.scales.values())) > 1:
+            details["scales"] = self.scales
+        return {
+            "format": self.format,
+            "kind": self.kind,
+            "family": self.family,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "scale": self.scale,
+            "tensors": self.tensors,
+            "tensors_applied": self.tensors_applied,
+            "lora_params": self.lora_params,
+            "details": details,
+        }
+
+
+class FamilyMismatch(AdapterLoadError):
+    """The adapter was made for another model family than the base."""
+
+
+def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
+    if is_lycoris_file(adapter.tensors) and flux_layout(list(adapter.tensors)) is None:
+        from lora_harness.loading.lycoris_application import apply_lycoris
+
+        return apply_lycoris(pipeline, base_signature, adapter, adapter_name)
+    normalized = normalize(adapter, pipeline)
+    _check_rank_pairs(adapter, normalized)
+    _check_config_targets(pipeline, adapter, normalized)
+    _refuse_base_rewriting_init(adapter, normalized)
+    accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
+    adapter_signature = _signature(normalized)
+    family = adapter_signature.family if adapter_signature else "unknown"
+    if adapter_signature is not None and adapter_signature != base_signature:
+        raise FamilyMismatch(
+            f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
+            "pass the base it was trained on with --base-model"
+        )
+    if not accepted:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "
+            f"base; {describe_unmatched(unmatched, shape_mismatches)}"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            try:
+                _inject(pipeline, normalized, accepted, adapter_name)
+            except (ValueError, RuntimeError, TypeError, KeyError) as error:
+                # What reaches here passed our own validation; diffusers or peft still refused it.
+                raise AdapterLoadError(
+                    f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
+                    "check that the file is a LoRA for this base, or export it again"
+                ) from None
+        application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+    except BaseException:
+        remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
+        raise
+    application.architecture = base_signature.architecture
+    return application
+
+
+def remove_adapter(pipeline, adapter_name: str) -> None:
+    """Take one adapter's layers and name out of every component; with no adapter left, the peft wrappers too."""
+    with warnings.catch_warnings():  # peft says which adapter it activates instead: none is meant to be
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted", category=UserWarning)
+        pipeline.delete_adapters(adapter_name)
+    if not any(pipeline.get_list_adapters().values()):
+        pipeline.unload_lora_weights()
+
+
+# peft (0.21) initialisations that rewrite the base layer's weight when the layer is built: to a residual
+# W - B·A, which peft's save_pretrained can convert back to a LoRA for W, or (LoftQ) to a quantized W, which it
+# cannot. EVA is not here: it only zeroes B at build time, so an EVA adapter is a LoRA for the original base.
+CONVERTIBLE_INITS = ("pissa", "olora", "corda", "lora_ga")
+QUANTIZING_INITS = ("loftq",)
+
+
+def _refuse_base_rewriting_init(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """Loading such an adapter as saved makes peft run its initialisation again on the base under test."""
+    for config in normalized.lora_configs.values():
+        init = config.get("init_lora_weights")
+        kind = init.lower().split("_niter_")[0] if isinstance(init, str) else None
+        if kind not in CONVERTIBLE_INITS + QUANTIZING_INITS:
+            continue
+        where = adapter.path / "adapter_config.json" if adapter.adapter_config is not None else adapter.weights_path
+        if kind in QUANTIZING_INITS:
+            raise AdapterLoadError(
+                f"{where}: saved with init_lora_weights={init!r}: it only works on the quantized base LoftQ made, and "
+                "loading it would rewrite this base's weights (it was not loaded); peft's conversion "
+                "(`path_initial_model_for_weight_conversion`) covers PiSSA, CorDA, OLoRA and LoRA-GA, not LoftQ: "
+                "check it on the quantized base it was trained with"
+            )
+        raise AdapterLoadError(
+            f"{where}: saved with init_lora_weights={init!r} without conversion, so it only works on its residual "
+            "base (the base minus its initial B·A), and loading it would make peft rewrite this base's weights (it "
+            "was not loaded); save it with peft's conversion, `save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=DIR)` (DIR: the adapter saved right after initialisation), "
+            "which turns it into a LoRA for the original base"
+        )
+
+
+def _check_config_targets(pipeline, adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """A PEFT config whose `target_modules` name modules the base lacks cannot be what was trained on it."""
+    for component_name, config in normalized.lora_configs.items():
+        targets = config.get("target_modules")
+        component = getattr(pipeline, component_name, None)
+        if not isinstance(targets, (list, tuple, set)) or component is None:
+            continue  # a regex string, or no such component (reported as unmatched keys)
+        names = [name for name, _ in component.named_modules()]
+        missing = sorted(t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names))
+        if missing:
+            where = adapter.path / "adapter_config.json" if adapter.adapter_config is not None else adapter.weights_path
+            raise AdapterLoadError(
+                f"{where}: target_modules names modules the base's {component_name} lacks: {', '.join(missing[:5])}; "
+                "the adapter was made for another model, or its config was edited by hand"
+            )
+
+
+def file_defects(path, application: Application) -> list[str]:
+    """What is wrong with the file itself: each fails every check of the adapter, whatever they measure."""
+    defects = []
+    if application.tensors_applied != application.tensors:
+        why = describe_unmatched(application.unmatched, application.shape_mismatches, application.refused)
+        if not (application.unmatched or application.shape_mismatches or application.refused):
+            shown = ", ".join(application.value_mismatches[:3])
+            why = f"{len(application.value_mismatches)} did not land with their values, first {shown}; the loader dropped or changed them"
+        defects.append(f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; {why}")
+    if application.nonfinite:
+        defects.append(
+            f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint"
+        )
+    # DoRA's magnitudes rescale the weights even with every B zero.
+    if application.up_tensors and len(application.zero_up) == application.up_tensors and not application.dora_modules:
+        defects.append(
+            f"{path}: every up matrix (lora_B / lora_up) is all zero, so the adapter can change nothing; "
+            "export the trained weights, not the initial ones"
+        )
+    return defects
+
+
+def _validate_targets(pipeline, normalized: NormalizedAdapter):
+    """Split the file's traced tensors into those whose module exists with matching shapes and the rest."""
+    accepted: set[str] = set()
+    unmatched, shape_mismatches = [], []
+    layer_names: dict[str, list[str]] = {}  # per component, listed once however many keys miss
+    for key, target in normalized.targets.items():
+        component = getattr(pipeline, target.component, None)
+        module = _find_module(component, target.module)
+        if module is None:
+            if target.component not in layer_names:
+                layer_names[target.component] = _layer_names(component)
+            nearest = difflib.get_close_matches(target.module, layer_names[target.component], n=3, cutoff=0.6)
+            unmatched.append((key, target.qualified_module, nearest))
+            continue
+        tensor = normalized.tensors[key]
+        expected = _expected_shape(module, target.role, tensor)
+        flux_module = normalized.flux_modules.get(target.qualified_module)
+        if flux_module is not None:  # a fused module's update fills the rows of all its layers
+            layers = [_find_module(component, layer) for layer in flux_module.layers]
+            missing = [layer for layer, found in zip(flux_module.layers, layers) if found is None]
+            if missing:
+                unmatched.append((key, f"{target.component}.{missing[0]}", []))
+                continue
+            if target.role == "lora_B":
+                expected = (sum(layer.out_features for layer in layers), tensor.shape[1])
+        if tuple(tensor.shape) != expected:
+            shape_mismatches.append((key, expected, tuple(tensor.shape)))
+            continue
+        accepted.add(key)
+    for flux_module in normalized.flux_modules.values():  # half a module would land without its partner
+        if not {flux_module.down, flux_module.up} <= accepted:
+            accepted -= {flux_module.down, flux_module.up}
+    unmatched += [(key, "?", []) for key in normalized.untraced]
+    return accepted, unmatched, shape_mismatches
+
+
+def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
+    """A module's down (A) and up (B) matrices must share one rank, or no loader can apply them."""
+    pairs: dict[str, dict[str, tuple[str, int]]] = {}
+    for key, target in normalized.targets.items():
+        if target.role not in ("lora_A", "lora_B"):
+            continue
+        tensor = normalized.tensors[key]
+        rank = tensor.shape[0] if target.role == "lora_A" else tensor.shape[1]
+        pairs.setdefault(target.qualified_module, {})[target.role] = (key, int(rank))
+    broken = [
+        (m, p["lora_A"], p["lora_B"]) for m, p in pairs.items() if len(p) == 2 and p["lora_A"][1] != p["lora_B"][1]
+    ]
+    unpaired = [m for m, p in pairs.items() if len(p) == 1]
+    if broken:
+        module, (down, down_rank), (up, up_rank) = broken[0]
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: down and up ranks disagree in {len(broken)} modules, first {module}: "
+            f"{down} has rank {down_rank}, {up} has rank {up_rank}; the file is damaged, export it again"
+        )
+    if unpaired:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {len(unpaired)} modules have a down or an up matrix but not both, first "
+            f"{unpaired[0]}; the file is incomplete, export it again"
+        )
+
+
+def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) -> tuple:
+    conv = isinstance(module, torch.nn.Conv2d)
+    out_dim = module.out_channels if conv else module.out_features
+    if role == MAGNITUDE:  # one magnitude per output channel of the adapted weight (Kohya: as a column)
+        return (out_dim,) if tensor.ndim == 1 else (out_dim, 1)
+    if role == LORA_BIAS:
+        return (out_dim,)
+    if isinstance(module, torch.nn.Conv2d):
+        if role == "lora_A":
+            return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
+        return (module.out_channels, tensor.shape[1], *tensor.shape[2:])
+    if role == "lora_A":
+        return (tensor.shape[0], module.in_features)
+    return (module.out_features, tensor.shape[1])
+
+
+def _signature(normalized: NormalizedAdapter) -> Signature | None:
+    """The family the adapter's denoiser keys were made for: the text width a U-Net's cross-attention keys read
+    (it tells SD1.x from SD2.x and SDXL), or the inner width a transformer's attention reads."""
+    roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
+    widths = Counter()
+    for target in roles:
+        unet_text_keys = target.component == "unet" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
+        transformer_queries = target.component == "transformer" and target.module.endswith("attn.to_q")
+        width = _input_width(target, roles) if unet_text_keys or transformer_queries else None
+        if width is not None:
+            widths[(target.component, width)] += 1
+    if not widths:
+        return None
+    component, width = widths.most_common(1)[0][0]
+    if component == "unet":
+        return Signature(UNET, width)
+    return Signature(transformer_architecture(width, [t.module for t in roles if t.component == component]), width)
+
+
+def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
+    """The input width a module's adapter tensors read, counted once per module (at its down matrix)."""
+    return int(roles[target].shape[1]) if target.role == "lora_A" else None
+
+
+def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
+    for component, state_dict in normalized.state_dicts.items():
+        kept = {k: v for k, v in state_dict.items() if normalized.file_keys.get((component, k)) in accepted}
+        if not kept:
+            continue
+        prefixed = {f"{component}.{k}": v for k, v in kept.items()}
+        config = normalized.lora_configs.get(component)
+        metadata = {f"{component}.{k}": v for k, v in config.items()} if config else None
+        alphas = None if metadata else normalized.network_alphas
+        if is_denoiser(component):  # the denoiser loads its own keys
+            getattr(pipeline, component).load_lora_adapter(
+                prefixed, prefix=component, adapter_name=adapter_name, network_alphas=alphas, metadata=metadata
+            )
+        else:
+            pipeline.load_lora_into_text_encoder(
+                prefixed,
+                network_alphas=alphas,
+                text_encoder=getattr(pipeline, component),
+                prefix=component,
+                adapter_name=adapter_name,
+                metadata=metadata,
+            )
+
+
+def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches) -> Application:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers: dict[str, torch.nn.Module] = {}
+    lora_params = 0
+    for component_name in normalized.state_dicts:
+        component = getattr(pipeline, component_name)
+        for name, module in component.named_modules():
+            if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {}):
+                layers[f"{component_name}.{unwrapped_name(name)}"] = module
+        lora_params += sum(
+            p.numel()
+            for n, p in component.named_parameters()
+            if is_tuner_parameter(n) and f".{adapter_name}." in f"{n}."
+        )
+
+    scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
+    rtol = 1e-5
+    if normalized.flux_modules:
+        rtol = _rewrite_tolerance(normalized, {layer.lora_A[adapter_name].weight.dtype for layer in layers.values()})
+        refused = {key for key, *_ in unmatched + shape_mismatches}
+        applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, refused, rtol)
+        scales.update(measured)
+    else:
+        applied, value_mismatches = _prove_tensors(adapter, normalized, layers, adapter_name)
+    scale_mismatches = [
+        (name, normalized.expected_scales[name], scales[name])
+        for name in scales
+        if name in normalized.expected_scales
+        and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=rtol)
+    ]
+    nonfinite = [k for k in normalized.tensor_keys if not torch.isfinite(adapter.tensors[k].float()).all()]
+    ups = [key for key, target in normalized.targets.items() if target.role == "lora_B"]
+    return Application(
+        adapter_name=adapter_name,
+        format=normalized.format,
+        family=family,
+        tensors=len(normalized.tensor_keys),
+        tensors_applied=applied,
+        lora_params=lora_params,
+        rank=most_common(normalized.ranks.values()),
+        alpha=most_common(normalized.alphas.values()),
+        scale=most_common(scales.values()),
+        scales=scales,
+        unmatched=unmatched,
+        shape_mismatches=shape_mismatches,
+        value_mismatches=value_mismatches,
+        scale_mismatches=scale_mismatches,
+        nonfinite=nonfinite,
+        zero_up=[key for key in ups if not adapter.tensors[key].any()],
+        up_tensors=len(ups),
+        lora_layers=layers,
+        shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
+        factors=_factors(normalized),
+        dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
+        ranks=sorted(set(normalized.ranks.values())),
+        alphas=sorted(set(normalized.alphas.values())),
+        dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
+        kind=normalized.kind,
+    )
+
+
+def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter_name: str) -> tuple[int, list[str]]:
+    """Each file tensor found, with its values, in the layer it was traced to."""
+    value_mismatches = []
+    applied = 0
+    for key, target in normalized.targets.items():
+        layer = layers.get(target.qualified_module)
+        if layer is None:
+            continue
+        landed = _landed(layer, target.role, adapter_name)  # a loader that drops DoRA leaves no magnitude
+        if landed is not None and same_values(landed, adapter.tensors[key]):
+            applied += 1
+        else:
+            value_mismatches.append(key)
+    return applied, value_mismatches
+
+
+def _landed(layer, role: str, adapter_name: str) -> torch.Tensor | None:
+    """The tensor `layer` holds for `role` of `adapter_name`: a LoRA matrix's weight, B's bias, a DoRA magnitude."""
+    if role == LORA_BIAS:
+        b = layer.lora_B[adapter_name] if adapter_name in layer.lora_B else None
+        return None if b is None else b.bias
+    held = getattr(layer, role, {})
+    if adapter_name not in held:
+        return None
+    return getattr(held[adapter_name], "weight", held[adapter_name])  # a magnitude is a parameter of its own
+
+
+def _prove_updates(
+    normalized: NormalizedAdapter, layers: dict, adapter_name: str, skipped: set[str], tolerance: float
+) -> tuple[int, list[str], dict[str, float]]:
+    """For files whose tensors the conversion rewrote: each module's update up · down, cut into its layers' rows,
+    against what each layer adds (B · A · scaling). The scale applied is measured as the factor between the two,
+    so a baked-in alpha is proven like a declared one. A module counts as applied when every layer it fills
+    holds its update up to that factor. Modules with a key in `skipped` were refused before injection.
+
+    Only r × r products are formed (`_inner`): at Flux.1's widths one update is 21504 × 3072."""
+    applied, value_mismatches, measured = 0, [], {}
+    for module in normalized.flux_modules.values():
+        if {module.down, module.up} & skipped:
+            continue
+        names = [f"{module.component}.{layer}" for layer in module.layers]
+        landed = [layers.get(name) for name in names]
+        if any(layer is None or adapter_name not in layer.lora_A for layer in landed):
+            value_mismatches += [module.down, module.up]
+            continue
+        down = _flat(normalized.tensors[module.down])
+        ups = module.split(_flat(normalized.tensors[module.up]), [layer.out_features for layer in landed])
+        holds = True
+        for name, layer, up in zip(names, landed, ups):
+            added_up = _flat(layer.lora_B[adapter_name].weight) * layer.scaling[adapter_name]
+            added_down = _flat(layer.lora_A[adapter_name].weight)
+            wanted_norm2 = _inner(up, down, up, down)  # ‖U·D‖²
+            added_norm2 = _inner(added_up, added_down, added_up, added_down)  # ‖B·A‖²
+            if wanted_norm2 == 0:  # an all-zero update looks the same at every scale
+                measured[name] = module.scale
+                holds = holds and added_norm2 == 0
+                continue
+            crossed = _inner(added_up, added_down, up, down)
+            scale = crossed / wanted_norm2  # the least-squares factor: B·A ≈ scale · U·D
+            measured[name] = scale
+            residual = max(added_norm2 - crossed * scale, 0.0) ** 0.5  # ‖B·A − scale · U·D‖
+            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * wanted_norm2**0.5
+        if holds:
+            applied += 2
+        else:
+            value_mismatches += [module.down, module.up]
+    return applied, value_mismatches, measured
+
+
+def _flat(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as a 2-D float64 matrix on the CPU, wherever the pipeline runs."""
+    return factor.detach().to("cpu", torch.float64).reshape(factor.shape[0], -1)
+
+
+def _inner(up1: torch.Tensor, down1: torch.Tensor, up2: torch.Tensor, down2: torch.Tensor) -> float:
+    """⟨up1 · down1, up2 · down2⟩ (Frobenius) = Σ (up1ᵀ up2) ∘ (down1 down2ᵀ), from r1 × r2 matrices."""
+    return float(((up1.T @ up2) * (down1 @ down2.T)).sum())
+
+
+def _rewrite_tolerance(normalized: NormalizedAdapter, layer_dtypes: set[torch.dtype]) -> float:
+    """Rewritten values are rounded to the file's dtype before they land (bf16: to within 0.4% each), and so is the
+    scale diffusers computes from an alpha stored in it; they land rounded to the layers' dtype (the base's, as
+    `--dtype` chose): the applied scale is trusted to one eps of the coarsest of them (bf16: 0.8%)."""
+    dtypes = {normalized.tensors[k].dtype for k in normalized.tensor_keys} | layer_dtypes
+    return max(1e-5, max(torch.finfo(dtype).eps for dtype in dtypes))
+
+
+def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
+    """The file's tensors per "component.module", by role (lora_A, hada_w1_a, ...)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, target in normalized.targets.items():
+        modules.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
+    return modules
+
+
+def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
+    """The file's own down and up matrices per module, with the scale the file declares for it."""
+    return {
+        _file_module_name(normalized, module): (
+            roles["lora_A"],
+            roles["lora_B"],
+            normalized.expected_scales.get(module, 1.0),
+        )
+        for module, roles in _roles_by_module(normalized).items()
+        if "lora_A" in roles and "lora_B" in roles
+    }
+
+
+def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
+    """A fused Flux module is named by all the layers it fills."""
+    flux_module = normalized.flux_modules.get(module)
+    return module if flux_module is None else flux_module.name
+
+
+def same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
+    """The file's values as the layer's dtype holds them (injected layers follow the base's, `--dtype`: a float32
+    file on a float16 base lands rounded, once), up to a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
+    if landed.numel() != in_file.numel():
+        return False
+    landed = landed.detach().to("cpu").reshape(in_file.shape)
+    in_file = in_file.to(landed.dtype)
+    return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
+
+
+def _find_module(component, path: str):
+    if component is None:
+        return None
+    try:
+        module = component.get_submodule(path)
+    except AttributeError:
+        return None
+    while getattr(module, "base_layer", None) is not None:  # wrapped by other adapters, of any kind
+        module = module.base_layer
+    return module if isinstance(module, LAYER_TYPES) else None
+
+
+def _layer_names(component) -> list[str]:
+    return [] if component is None else list(layer_modules(component))
+
+
+def describe_unmatched(unmatched, shape_mismatches, refused=(), shown: int = 3) -> str:
+    parts = []
+    if unmatched:
+        first_per_module: dict[str, tuple[str, list[str]]] = {}  # a module's other tensors would say the same
+        for key, module, nearest in unmatched:
+            first_per_module.setdefault(module, (key, nearest))
+        listed = "; ".join(
+            f"{key} -> {module}" + (f" (nearest: {', '.join(nearest)})" if nearest else "")
+            for module, (key, nearest) in list(first_per_module.items())[:shown]
+        )
+        parts.append(f"{len(unmatched)} keys match no module, first {listed}")
+    if shape_mismatches:
+        listed = "; ".join(f"{key}: base needs {want}, file has {got}" for key, want, got in shape_mismatches[:shown])
+        parts.append(f"{len(shape_mismatches)} shapes disagree, first {listed}")
+    if refused:
+        key, why = refused[0]
+        parts.append(f"{len(refused)} tensors whose module LyCORIS could not build, first {key}: {why}")
+    return "; ".join(parts) + "; check that the adapter was trained for this base"
+
+
+def _module_kind(name: str) -> str:
+    """'unet.….attn1.to_out.0' -> 'to_out.0'; 'unet.….attn1.to_q' -> 'to_q'."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def most_common(values):
+    counted = Counter(values).most_common(1)
+    return counted[0][0] if counted else None

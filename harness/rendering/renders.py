@@ -1,0 +1,149 @@
+"""The render settings and the renderer: same prompts, seeds, scheduler and size for the base and every adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lora_harness.loading.lycoris import LycorisNetwork
+
+GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
+
+
+def default_guidance(pipeline) -> float:
+    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5)."""
+    default = inspect.signature(type(pipeline).__call__).parameters["guidance_scale"].default
+    return float(default) if isinstance(default, (int, float)) else GUIDANCE_SCALE
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """The main prompts and the settings every render of the run shares."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    size: int
+    steps: int
+    guidance_scale: float = GUIDANCE_SCALE
+    batch_size: int = 16  # renders per pipeline call
+
+    def jobs_for(self, prompts) -> list[tuple[str, int]]:
+        return [(prompt, seed) for prompt in prompts for seed in self.seeds]
+
+    @property
+    def jobs(self) -> list[tuple[str, int]]:
+        return self.jobs_for(self.prompts)
+
+
+@dataclass
+class RenderSet:
+    """One image per job, as uint8 HxWx3 (what a user would save and look at)."""
+
+    images: np.ndarray  # [jobs, H, W, 3] uint8
+    jobs: list[tuple[str, int]]
+    nonfinite_jobs: list[tuple[str, int]] = field(default_factory=list)  # renders that produced NaN or Inf
+    layers_run: set[str] = field(default_factory=set)  # LoRA layers whose forward ran during the render
+
+
+class Renderer:
+    def __init__(self, pipeline, plan: RenderPlan, device: str):
+        self.pipeline = pipeline
+        self.plan = plan
+        self.device = device
+        # The LoRA scale rides in `cross_attention_kwargs` for U-Net pipelines, `joint_attention_kwargs` for Flux.
+        parameters = inspect.signature(type(pipeline).__call__).parameters
+        self.scale_argument = (
+            "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
+        )
+        self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
+
+    def render(
+        self,
+        adapter_name: str | None,
+        scale: float = 1.0,
+        jobs: list[tuple[str, int]] | None = None,
+        watch: dict[str, torch.nn.Module] | None = None,
+        on_step: Callable[[], None] = lambda: None,
+    ) -> RenderSet:
+        """Render `jobs` (default: the main plan's) with only `adapter_name` active (none: the base), in pipeline
+        calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
+        jobs = self.plan.jobs if jobs is None else jobs
+        ran: set[str] = set()
+        network = self.lycoris.get(adapter_name)
+        hooks = [
+            network.watch(name, lambda name=name: ran.add(name))
+            if network is not None
+            else _watch(layer, adapter_name, lambda name=name: ran.add(name))
+            for name, layer in (watch or {}).items()
+        ]
+        try:
+            with self._only(adapter_name, scale):
+                batch = self.plan.batch_size
+                output = np.concatenate(
+                    [self._call(jobs[i : i + batch], adapter_name, scale, on_step) for i in range(0, len(jobs), batch)]
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        finite = np.isfinite(output).all(axis=(1, 2, 3))
+        images = (np.nan_to_num(output, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
+        nonfinite = [job for job, ok in zip(jobs, finite) if not ok]
+        return RenderSet(images=images, jobs=list(jobs), nonfinite_jobs=nonfinite, layers_run=ran)
+
+    def _call(self, jobs, adapter_name, scale, on_step) -> np.ndarray:
+        plan = self.plan
+
+        def step_end(pipeline, step, timestep, tensors):
+            on_step()
+            return tensors
+
+        return self.pipeline(
+            prompt=[prompt for prompt, _ in jobs],
+            generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in jobs],
+            height=plan.size,
+            width=plan.size,
+            num_inference_steps=plan.steps,
+            guidance_scale=plan.guidance_scale,
+            callback_on_step_end=step_end,
+            output_type="np",
+            **{self.scale_argument: None if adapter_name in (None, *self.lycoris) else {"scale": scale}},
+        ).images
+
+    @contextlib.contextmanager
+    def _only(self, adapter_name: str | None, scale: float):
+        """Only `adapter_name`'s layers active, at `scale`. LyCORIS networks are off the base but while they render."""
+        loaded = _loaded_adapters(self.pipeline)
+        network = self.lycoris.get(adapter_name)
+        if network is not None:
+            with self._only(None, scale), network.active(scale):
+                yield
+            return
+        if not loaded:
+            yield
+            return
+        if adapter_name is None:
+            self.pipeline.disable_lora()
+            try:
+                yield
+            finally:
+                self.pipeline.enable_lora()
+            return
+        self.pipeline.set_adapters([adapter_name])
+        yield
+
+
+def _watch(layer, adapter_name: str, mark: Callable[[], None]):
+    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection."""
+    return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
+
+
+def _loaded_adapters(pipeline) -> set[str]:
+    names: set[str] = set()
+    for adapters in pipeline.get_list_adapters().values():
+        names.update(adapters)
+    return names

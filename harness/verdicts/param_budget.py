@@ -1,0 +1,36 @@
+"""param_budget: LoRA parameters injected, against an absolute or relative budget, broken down by block."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from lora_harness.bases.families import block_of
+from lora_harness.config.options import ParamBudget
+from lora_harness.loading.adapter_layout import TUNER_PARAMETERS
+from lora_harness.loading.injection import Application
+from lora_harness.verdicts.results import verdict
+
+CHECK = "param_budget"
+
+
+def evaluate_param_budget(adapter: str, application: Application, budget: ParamBudget, denoiser_params: int):
+    limit = budget.limit(denoiser_params)
+    breakdown = Counter()
+    for name, layer in application.lora_layers.items():
+        breakdown[block_of(name, application.architecture)] += _own_parameters(layer, application)
+    count = application.lora_params
+    percent = 100 * count / denoiser_params if denoiser_params else 0.0
+    details = {"percent_of_denoiser": percent, "budget": str(budget), "per_block": dict(sorted(breakdown.items()))}
+    message = f"{count:,} LoRA parameters ({percent:.3f}% of the denoiser) exceed the budget of {limit:,} ({budget})"
+    return verdict(adapter, CHECK, count <= limit, count, limit, message, details)
+
+
+def _own_parameters(layer, application: Application) -> int:
+    """The adapter's parameters in one layer: a LyCORIS module holds only its own; a peft layer every adapter's."""
+    if application.network is not None:
+        return sum(p.numel() for p in layer.parameters())
+    return sum(
+        p.numel()
+        for n, p in layer.named_parameters()
+        if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
+    )
