@@ -180,3 +180,26 @@ def test_a_rotation_or_scaling_is_judged_relative_to_the_weight_it_changes():
     added = evaluate_weight_health("lora", modules([None] * 6), 0.1, 6.0, 0.0)
     assert rotated.status == "passed", rotated.message
     assert added.status == "failed" and "1 modules have a ΔW norm far outside their block" in added.message
+
+
+@pytest.mark.parametrize("algo", ["lokr-dora", "ia3", "loha"])
+def test_dora_and_multiplicative_lycoris_modules_are_judged_per_weight_norm(tmp_path, algo):
+    """DoRA rescales each row to a magnitude that starts as W's, (IA)³ scales W: both per ‖W‖; LoHa adds: absolute."""
+    from lora_harness.bases.families import pipeline_signature
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+    from lora_harness.fixtures.adapter_writers import write_lycoris
+    from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.lycoris_application import apply_lycoris
+
+    pipeline = build_tiny_pipeline()
+    args = {"lokr-dora": {"algo": "lokr", "dora_wd": True}, "ia3": {"algo": "ia3"}, "loha": {"algo": "loha"}}[algo]
+    path = write_lycoris(build_tiny_pipeline(), tmp_path / f"{algo}.safetensors", **args)
+    application = apply_lycoris(pipeline, pipeline_signature(pipeline), read_adapter(path), "x")
+    name, factors = next(iter(application.lycoris_factors.items()))
+    health = lycoris_health(name, factors)
+    layer = factors.module.org_module[0]
+    if algo == "loha":
+        assert health.weight_norm is None and health.compared == health.frobenius
+    else:
+        assert health.weight_norm == pytest.approx(float(layer.weight.double().norm()))
+        assert health.compared == pytest.approx(health.frobenius / health.weight_norm)

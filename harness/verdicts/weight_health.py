@@ -42,8 +42,9 @@ class ModuleHealth:
         return self.frobenius / self.weight_norm if self.weight_norm else self.frobenius
 
 
-# LyCORIS algos whose ΔW is a rotation or scaling of the layer's own weight ((R − I)·W, diag(w)·W): layers whose
-# weights differ in norm (CLIP initialises out_proj ~5x q, k, v) differ in ΔW by as much when the adapter is healthy.
+# LyCORIS algos whose ΔW is a rotation or scaling of the layer's own weight ((R − I)·W, diag(w)·W), and DoRA, which
+# rescales each row to a magnitude that starts as W's: layers whose weights differ in norm (CLIP initialises out_proj
+# ~5x q, k, v) differ in ΔW by as much when the adapter is healthy.
 MULTIPLICATIVE = ("(IA)³", "Diag-OFT", "BOFT")
 
 
@@ -82,7 +83,7 @@ def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHeal
     else:
         singular = torch.linalg.svdvals(_module_delta(factors.module))
     health = _from_spectrum(module, block, singular, rank=0)
-    if factors.algo.split(" ")[0] in MULTIPLICATIVE:
+    if factors.algo.split(" ")[0] in MULTIPLICATIVE or "DoRA" in factors.algo:
         weight = factors.module.org_module[0].weight
         health = dataclasses.replace(health, weight_norm=float(weight.detach().double().norm()))
     return health
@@ -202,7 +203,9 @@ def evaluate_weight_health(
     if outliers:
         module, z, norm, block_median = outliers[0]
         relative = (
-            " (per ‖W‖: it rotates or scales W)" if next(m for m in healthy if m.module == module).weight_norm else ""
+            " (per ‖W‖: it rotates, scales or renormalises W)"
+            if next(m for m in healthy if m.module == module).weight_norm
+            else ""
         )
         problems.append(
             f"{len(outliers)} modules have a ΔW norm{relative} far outside their block, first {module}: {norm:.4g} vs the "
