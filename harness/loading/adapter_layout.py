@@ -107,7 +107,8 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: a {kind.name} (`{example}`), a valid file of a kind lora-harness does not apply "
             f"yet (it is applied by {kind.applied_by}); nothing of it is applied, as a partial load would validate something else"
         )
-    if flux_layout(keys) is not None and is_lycoris_file(keys):  # a valid file, whatever its tensors' shapes
+    flux = flux_layout(keys)
+    if flux is not None and is_lycoris_file(keys):  # a valid file, whatever its tensors' shapes
         raise AdapterLoadError(
             f"{adapter.weights_path}: a LyCORIS {lycoris_kind(keys)} for Flux (Flux's original module names); "
             "lora-harness applies LyCORIS files for U-Net families only and will not check a partial load"
@@ -135,7 +136,6 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
             "are floating point; the file was written wrongly, export it again"
         )
-    flux = flux_layout(keys)
     if flux is not None:
         return flux
     for marker, what in UNCONVERTED_LAYOUTS.items():

@@ -372,13 +372,12 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         if name in normalized.expected_scales
         and not torch.isclose(torch.tensor(scales[name]), torch.tensor(normalized.expected_scales[name]), rtol=rtol)
     ]
-    nonfinite = [k for k in normalized.tensor_keys if not torch.isfinite(adapter.tensors[k].float()).all()]
     ups = [key for key, target in normalized.targets.items() if target.role == "lora_B"]
     return Application(
         adapter_name=adapter_name,
         format=normalized.format,
         family=family,
-        tensors=len(normalized.tensor_keys),
+        **tensor_facts(adapter, normalized.tensor_keys),
         tensors_applied=applied,
         lora_params=lora_params,
         rank=most_common(normalized.ranks.values()),
@@ -389,18 +388,27 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         shape_mismatches=shape_mismatches,
         value_mismatches=value_mismatches,
         scale_mismatches=scale_mismatches,
-        nonfinite=nonfinite,
         zero_up=[key for key in ups if not adapter.tensors[key].any()],
         up_tensors=len(ups),
         lora_layers=layers,
-        shapes={key: list(adapter.tensors[key].shape) for key in normalized.tensor_keys},
         factors=_factors(normalized),
-        dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in normalized.tensor_keys}),
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
         kind=normalized.kind,
     )
+
+
+def tensor_facts(adapter: AdapterFile, keys: list[str]) -> dict:
+    """What the Application says of the file's own weight tensors: their count, shapes, dtypes, and which hold NaN
+    or Inf (integer flags such as (IA)³'s `on_input` hold neither)."""
+    tensors = adapter.tensors
+    return {
+        "tensors": len(keys),
+        "shapes": {key: list(tensors[key].shape) for key in keys},
+        "dtypes": sorted({str(tensors[key].dtype).removeprefix("torch.") for key in keys}),
+        "nonfinite": [key for key in keys if tensors[key].is_floating_point() and not tensors[key].isfinite().all()],
+    }
 
 
 def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter_name: str) -> tuple[int, list[str]]:

@@ -157,11 +157,11 @@ def file_modules(adapter: AdapterFile) -> dict[str, dict[str, torch.Tensor]]:
     return modules
 
 
-def build_network(pipeline, adapter: AdapterFile) -> BuiltNetwork:
-    """LyCORIS's modules for every file module whose layer the base has; the rest named with the nearest layers."""
+def build_network(pipeline, modules: dict[str, dict[str, torch.Tensor]]) -> BuiltNetwork:
+    """LyCORIS's modules for every file module (`file_modules`) whose layer the base has; the rest named with the
+    nearest layers."""
     import difflib
 
-    modules = file_modules(adapter)
     prefixed = all(name.startswith(OWN_PREFIX) for name in modules)
     names = _sgm_to_diffusers(pipeline, modules) if not prefixed else {n: n for n in modules}
     layers = _layers_by_file_name(pipeline, prefixed)

@@ -9,7 +9,7 @@ import torch
 
 from lora_harness.bases.families import Signature
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
-from lora_harness.loading.injection import Application, describe_unmatched, most_common, same_values
+from lora_harness.loading.injection import Application, describe_unmatched, most_common, same_values, tensor_facts
 from lora_harness.loading.lycoris import (
     KOHYA,
     OWN_PREFIX,
@@ -33,8 +33,8 @@ class LycorisFactors:
 
 
 def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str):
-    built = build_network(pipeline, adapter)
     modules = file_modules(adapter)
+    built = build_network(pipeline, modules)
     tensor_keys = [key for key in adapter.tensors if not key.endswith(".alpha")]
     if not built.network.modules:
         raise AdapterLoadError(
@@ -73,16 +73,13 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         if not torch.isclose(torch.tensor(scales[name]), torch.tensor(expected[name]), rtol=1e-5)
     ]
     refused_keys = {key for key, _ in built.refused}
-    nonfinite = [
-        k for k in tensor_keys if adapter.tensors[k].is_floating_point() and not adapter.tensors[k].isfinite().all()
-    ]
     ups = [k for k in tensor_keys if k.endswith(".lora_up.weight") and k not in refused_keys]
     kinds = sorted(set(built.algos.values()))
     return Application(
         adapter_name=adapter_name,
         format=PREFIXED if all(k.startswith(OWN_PREFIX) for k in adapter.tensors) else KOHYA,
         family=base_signature.family,
-        tensors=len(tensor_keys),
+        **tensor_facts(adapter, tensor_keys),
         tensors_applied=applied,
         lora_params=lora_params,
         rank=most_common(r for r in ranks.values() if r is not None),
@@ -93,12 +90,9 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         refused=built.refused,
         value_mismatches=value_mismatches,
         scale_mismatches=scale_mismatches,
-        nonfinite=nonfinite,
         zero_up=[k for k in ups if not adapter.tensors[k].any()],
         up_tensors=len(ups),
         lora_layers=dict(built.network.modules),
-        shapes={key: list(adapter.tensors[key].shape) for key in tensor_keys},
-        dtypes=sorted({str(adapter.tensors[key].dtype).removeprefix("torch.") for key in tensor_keys}),
         factors=factors,
         lycoris_factors=lycoris_factors,
         ranks=sorted({r for r in ranks.values() if r is not None}),
