@@ -70,6 +70,9 @@ def release_card(adapter: dict, document: dict) -> str:
     lines += ["", "## A: Adapter insertion points", ""]
     kinds = ", ".join(text(kind) for kind in details.get("target_kinds") or []) or "unknown"
     lines.append(f"- {details.get('target_modules', '?')} modules: {kinds}")
+    replaced = details.get("replaced_modules")
+    if replaced:
+        lines.append(f"- replaced whole (PEFT `modules_to_save`): {', '.join(text(name) for name in replaced)}")
     lines.append(f"- tensors applied / in the file: {adapter.get('tensors_applied')} / {adapter.get('tensors')}")
 
     lines += ["", "## F: Fine-tune hyperparameters", ""]

@@ -1,5 +1,6 @@
 """Valid files of kinds the harness does not apply, written by the library that makes them (peft), named for what
-they are and what applies them, never called damaged; and DyLoRA, which is LoRA-shaped, applied."""
+they are and what applies them, never called damaged; and field kinds that are applied: DyLoRA, which is
+LoRA-shaped, PEFT's `lora_bias` and `modules_to_save`."""
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ DAMAGED = ("damaged", "export it again", "written wrongly")
 @pytest.fixture(scope="module")
 def unapplied_files(tmp_path_factory):
     """file name -> (path, the kind its message must name)."""
-    from peft import LoHaConfig, LoraConfig, get_peft_model
+    from peft import LoHaConfig, get_peft_model
 
     from lora_harness.bases.tiny_base import build_tiny_pipeline
 
@@ -23,11 +24,6 @@ def unapplied_files(tmp_path_factory):
     files = {}
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     for name, config, kind in (
-        (
-            "peft-modules-to-save",
-            LoraConfig(r=4, lora_alpha=4, target_modules=targets, modules_to_save=["conv_out"]),
-            "`modules_to_save` (whole modules replaced)",
-        ),
         ("peft-loha", LoHaConfig(r=4, alpha=4, target_modules=targets), "a PEFT adapter of a kind other than LoRA"),
     ):
         get_peft_model(build_tiny_pipeline().unet, config).save_pretrained(folder / name)
@@ -92,3 +88,76 @@ def test_a_peft_lora_with_lora_bias_is_applied_with_every_bias_proven(pytester, 
     assert adapter["tensors_applied"] == adapter["tensors"] == 3 * 32  # A, B and B's bias on 32 projections
     trained = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert adapter["scale"] == 2.0 and adapter["lora_params"] == trained
+
+
+def modules_to_save_folder(folder, saved=("conv_out", "time_embedding"), moved=0.05, lora_b=0.0):
+    """A LoRA on the attention projections saved by peft with `modules_to_save`: whole modules, trained (here moved
+    by seeded noise of size `moved`), which replace the base's. B at `lora_b` (peft starts it at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], modules_to_save=saved)
+    model = get_peft_model(build_tiny_pipeline().unet, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * moved)
+            elif "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * lora_b)
+    model.save_pretrained(folder)
+    saved_params = sum(p.numel() for n, p in model.named_parameters() if "modules_to_save" in n)
+    lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return folder, saved_params, lora_params
+
+
+def test_a_peft_lora_with_modules_to_save_is_applied_with_every_saved_module_proven_and_counted(pytester, tmp_path):
+    folder, saved_params, lora_params = modules_to_save_folder(tmp_path / "mts", lora_b=0.5)
+    result = pytester.runpytest_inprocess("--adapter", folder, *FAST, *MECHANICAL, "--param-budget", "10%")
+    result.assert_outcomes(passed=5)
+    (adapter,) = results(pytester)["adapters"]
+    # A and B on 32 projections, and conv_out's and time_embedding's two linears' weights and biases
+    assert adapter["tensors_applied"] == adapter["tensors"] == 2 * 32 + 2 + 4
+    assert adapter["details"]["replaced_modules"] == ["unet.conv_out", "unet.time_embedding"]
+    assert adapter["lora_params"] == lora_params + saved_params
+    budget = records(pytester)[("mts", "param_budget")]
+    assert budget["details"]["replaced_module_params"] == saved_params
+    html = (pytester.path / "lora-report" / "report.html").read_text()
+    assert "modules replaced whole" in html and "unet.time_embedding" in html
+
+
+def test_the_saved_modules_alone_change_the_renders_and_the_base_keeps_its_own(pytester, tmp_path):
+    """With every B at zero only the replaced modules can move a render: pixel_diff passing proves they are in; the
+    scale-0 control (wiring) and frozen_base that they are out, and the base's own modules untouched, otherwise.
+    All-zero B, a defect of a plain LoRA (it changes nothing), is none here."""
+    folder, _, _ = modules_to_save_folder(tmp_path / "mts", moved=0.2)
+    pytester.runpytest_inprocess("--adapter", folder, *FAST, "-k", "pixel_diff or frozen_base or wiring")
+    found = records(pytester)
+    assert {found[("mts", check)]["status"] for check in ("pixel_diff", "frozen_base", "wiring")} == {"passed"}
+    assert found[("mts", "pixel_diff")]["value"] > 1
+    assert found[("mts", "wiring")]["details"]["scale_zero_mean_abs_diff"] == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "wanted"),
+    [
+        (
+            lambda t: {**t, "base_model.model.conv_out.weight": t["base_model.model.conv_out.weight"][:2]},
+            "shapes disagree",
+        ),
+        (lambda t: {k: v for k, v in t.items() if k != "base_model.model.conv_out.bias"}, "lacks 1 of the module's"),
+        (
+            lambda t: {**t, "base_model.model.conv_out.weight": t["base_model.model.conv_out.weight"] * float("nan")},
+            "hold NaN or Inf",
+        ),
+    ],
+    ids=["wrong-shape", "incomplete", "nan"],
+)
+def test_a_saved_module_that_cannot_replace_the_bases_fails_naming_its_key(pytester, tmp_path, edit, wanted):
+    folder, _, _ = modules_to_save_folder(tmp_path / "mts", lora_b=0.5)
+    weights = folder / "adapter_model.safetensors"
+    save_file(edit(load_file(weights)), weights)
+    pytester.runpytest_inprocess("--adapter", folder, *FAST, "-k", "wiring")
+    message = records(pytester)[("mts", "wiring")]["message"]
+    assert wanted in message and "conv_out" in message, message

@@ -119,9 +119,12 @@ def _verdicts(pytester) -> tuple[dict, dict]:
     return verdicts, document["controls"]
 
 
-def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pytester, write_lora, pissa_folder):
+def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pytester, write_lora, pissa_folder, tmp_path):
+    from tests.test_field_kinds import modules_to_save_folder
+
     good = [write_lora("kohya", "good.safetensors"), write_lora("peft", "good-peft", rank=2, alpha=4)]
     bad = [pissa_folder, write_lora("kohya", "fused.safetensors"), write_lora("kohya", "crash.safetensors")]
+    replacing, _, _ = modules_to_save_folder(tmp_path / "replacing", moved=0.2)  # swaps whole modules in and out
 
     def run(*paths):
         adapters = [argument for path in paths for argument in ("--adapter", path)]
@@ -131,7 +134,7 @@ def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pyteste
     alone, controls_alone = _verdicts(pytester)
     assert controls_alone["status"] == "passed"
     pytester.makeconftest(REWRITING_AND_CRASHING)
-    result = run(*bad, *good)
+    result = run(replacing, *bad, *good)
     verdicts, controls = _verdicts(pytester)
     assert {key: verdicts[key] for key in alone} == alone and controls == controls_alone
     # PiSSA: refused before peft could initialise it, so nothing of the base changed

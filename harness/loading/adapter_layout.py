@@ -78,6 +78,8 @@ class NormalizedAdapter:
     untraced: list[str] = field(
         default_factory=list
     )  # file keys that are neither LoRA weights that landed in a state dict nor alphas
+    # PEFT's `modules_to_save`: per "component.module" replaced whole, its parameters by name -> their file keys
+    replaced: dict[str, dict[str, str]] = field(default_factory=dict)
     # Flux's community layouts, whose tensors diffusers rewrites: per "component.module" of each file module's first
     # layer, what the file's module means (the proof compares updates there, not tensors)
     flux_modules: dict[str, FluxModule] = field(default_factory=dict)
@@ -119,8 +121,14 @@ def detect_format(adapter: AdapterFile) -> str:
             f"{adapter.weights_path}: alpha {bad_alpha} has shape {list(adapter.tensors[bad_alpha].shape)}, "
             "but an alpha is one number; the file is damaged, export it again"
         )
+    whole = _saved_module_keys(adapter)  # `modules_to_save`: parameters of any shape
     bad_matrix = next(
-        (k for k, t in adapter.tensors.items() if not k.endswith(".alpha") and not _plausible_shape(k, t)), None
+        (
+            k
+            for k, t in adapter.tensors.items()
+            if not k.endswith(".alpha") and k not in whole and not _plausible_shape(k, t)
+        ),
+        None,
     )
     if bad_matrix is not None:
         raise AdapterLoadError(
@@ -280,9 +288,10 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         prefixed = tensors
         lora_configs = _metadata_configs(adapter, default_component=None)
 
+    file_key_of = {id(tensor): key for key, tensor in tensors.items()}
+    prefixed, replaced = _split_replaced(prefixed, lora_configs, file_key_of)
     state_dicts = {c: _to_peft_keys(c, prefixed, pipeline) for c in COMPONENTS}
     state_dicts = {c: sd for c, sd in state_dicts.items() if sd}
-    file_key_of = {id(tensor): key for key, tensor in tensors.items()}
     _flatten_kohya_magnitudes(adapter, state_dicts, file_key_of)
     targets: dict[str, Target] = {}
     file_keys: dict[tuple[str, str], str] = {}
@@ -294,7 +303,8 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
                     targets[file_key_of[id(tensor)]] = Target(component, module, role)
                     file_keys[(component, peft_key)] = file_key_of[id(tensor)]
                     break
-    untraced = [k for k in tensors if not k.endswith(".alpha") and k not in targets]
+    replaced_keys = {key for saved in replaced.values() for key in saved.values()}
+    untraced = [k for k in tensors if not k.endswith(".alpha") and k not in targets and k not in replaced_keys]
 
     ranks, alphas, expected = {}, {}, {}
     for key, target in targets.items():
@@ -330,11 +340,53 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
         network_alphas=network_alphas,
         targets=targets,
         untraced=untraced,
+        replaced=replaced,
         expected_scales=expected,
         ranks=ranks,
         alphas=alphas,
         tensors=tensors,
     )
+
+
+def _split_replaced(prefixed: dict, lora_configs: dict, file_key_of: dict) -> tuple[dict, dict[str, dict[str, str]]]:
+    """Take the modules a LoraConfig's `modules_to_save` names out of what diffusers' loaders get: they have no
+    place for whole modules, and given the option peft would wrap each in a copy of the base's. peft names them as
+    it matches them: the module's own name or a dotted suffix of it."""
+    names = {component: config.pop("modules_to_save", None) or [] for component, config in lora_configs.items()}
+    kept, replaced = {}, {}
+    for key, tensor in prefixed.items():
+        component, _, parameter = key.partition(".")
+        module = None if is_tuner_parameter(parameter) else _saved_module(parameter, names.get(component, []))
+        if module is None:
+            kept[key] = tensor
+        else:
+            saved = replaced.setdefault(f"{component}.{module}", {})
+            saved[parameter.removeprefix(f"{module}.")] = file_key_of[id(tensor)]
+    return kept, replaced
+
+
+def _saved_module_keys(adapter: AdapterFile) -> set[str]:
+    """The file keys of modules a LoraConfig's `modules_to_save` names (the folder's config, or the file's
+    metadata for any component)."""
+    configs = [adapter.adapter_config or {}]
+    raw = adapter.file_metadata.get(LORA_METADATA_KEY)
+    try:
+        metadata = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        metadata = {}  # said by normalize, which reads it again
+    if isinstance(metadata, dict):
+        configs.append({k.rpartition(".")[2]: v for k, v in metadata.items()})
+    names = [name for config in configs for name in (config.get("modules_to_save") or [])]
+    return {k for k in adapter.tensors if not is_tuner_parameter(k) and _saved_module(k, names) is not None}
+
+
+def _saved_module(parameter: str, names: list[str]) -> str | None:
+    parts = parameter.split(".")
+    for end in range(1, len(parts)):
+        module = ".".join(parts[:end])
+        if any(module == name or module.endswith(f".{name}") for name in names):
+            return module
+    return None
 
 
 SGM_BLOCKS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")

@@ -25,6 +25,7 @@ from lora_harness.loading.adapter_layout import (
 )
 from lora_harness.loading.flux_layouts import flux_layout
 from lora_harness.loading.lycoris import LycorisNetwork, is_lycoris_file
+from lora_harness.loading.replaced_modules import ReplacedModules, build_replacements
 
 if TYPE_CHECKING:
     from lora_harness.loading.lycoris_application import LycorisFactors
@@ -63,6 +64,7 @@ class Application:
     kind: str = "LoRA"  # LoRA | DoRA | LyCORIS algos as the field names them, "+"-joined (LoKr, LoCon+LoHa, ...)
     architecture: str = UNET  # the base's denoiser architecture, which names its blocks
     network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
+    replaced: ReplacedModules | None = None  # PEFT `modules_to_save`: whole modules, in while the adapter renders
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
@@ -76,6 +78,8 @@ class Application:
         }
         if len(set(self.scales.values())) > 1:
             details["scales"] = self.scales
+        if self.replaced is not None:
+            details["replaced_modules"] = sorted(self.replaced.modules)
         return {
             "format": self.format,
             "kind": self.kind,
@@ -104,6 +108,9 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
     _check_config_targets(pipeline, adapter, normalized)
     _refuse_base_rewriting_init(adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
+    lora_modules = {target.qualified_module for target in normalized.targets.values()}
+    replaced, saved_unmatched, saved_shapes = build_replacements(pipeline, adapter, normalized.replaced, lora_modules)
+    unmatched, shape_mismatches = unmatched + saved_unmatched, shape_mismatches + saved_shapes
     adapter_signature = _signature(normalized)
     family = adapter_signature.family if adapter_signature else "unknown"
     if adapter_signature is not None and adapter_signature != base_signature:
@@ -111,7 +118,7 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
             f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
             "pass the base it was trained on with --base-model"
         )
-    if not accepted:
+    if not accepted and not replaced.modules:
         raise AdapterLoadError(
             f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "
             f"base; {describe_unmatched(unmatched, shape_mismatches)}"
@@ -129,6 +136,8 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
                     "check that the file is a LoRA for this base, or export it again"
                 ) from None
         application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+        if replaced.modules:
+            _prove_replaced(application, adapter, replaced)
     except BaseException:
         remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
         raise
@@ -206,8 +215,9 @@ def file_defects(path, application: Application) -> list[str]:
         defects.append(
             f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint"
         )
-    # DoRA's magnitudes rescale the weights even with every B zero.
-    if application.up_tensors and len(application.zero_up) == application.up_tensors and not application.dora_modules:
+    # DoRA's magnitudes rescale the weights even with every B zero; modules replaced whole change them anyway.
+    inert = application.up_tensors and len(application.zero_up) == application.up_tensors
+    if inert and not application.dora_modules and application.replaced is None:
         defects.append(
             f"{path}: every up matrix (lora_B / lora_up) is all zero, so the adapter can change nothing; "
             "export the trained weights, not the initial ones"
@@ -397,6 +407,21 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
         kind=normalized.kind,
     )
+
+
+def _prove_replaced(application: Application, adapter: AdapterFile, replaced: ReplacedModules) -> None:
+    """Each saved parameter found, with its value, in the module that replaces the base's while the adapter renders;
+    the replaced modules are watched and counted with the adapter's layers."""
+    for name, (original, twin) in replaced.modules.items():
+        held = dict(twin.named_parameters())
+        for parameter, key in replaced.file_keys[name].items():
+            if same_values(held[parameter], adapter.tensors[key]):
+                application.tensors_applied += 1
+            else:
+                application.value_mismatches.append(key)
+        application.lora_layers[name] = original
+    application.lora_params += replaced.parameters
+    application.replaced = replaced
 
 
 def tensor_facts(adapter: AdapterFile, keys: list[str]) -> dict:

@@ -22,19 +22,7 @@ def _peft_type(tensors, config):
     return f"adapter_config.json: peft_type {kind}" if kind not in (None, "LORA") else None
 
 
-def _modules_to_save(tensors, config):
-    modules = (config or {}).get("modules_to_save") or []
-    return next((k for k in tensors for m in modules if f".{m}." in f".{k}" and ".lora_" not in k), None)
-
-
-KINDS = (
-    UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),
-    UnappliedKind(
-        "PEFT LoRA with `modules_to_save` (whole modules replaced)",
-        "peft's `PeftModel.from_pretrained`",
-        _modules_to_save,
-    ),
-)
+KINDS = (UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),)
 
 
 def unapplied_kind(tensors: dict[str, torch.Tensor], adapter_config: dict | None) -> tuple[UnappliedKind, str] | None:

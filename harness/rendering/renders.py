@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lora_harness.loading.lycoris import LycorisNetwork
+from lora_harness.loading.replaced_modules import ReplacedModules
 
 GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
 
@@ -61,6 +62,7 @@ class Renderer:
             "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
         )
         self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
+        self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
 
     def render(
         self,
@@ -74,10 +76,10 @@ class Renderer:
         calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
         jobs = self.plan.jobs if jobs is None else jobs
         ran: set[str] = set()
-        network = self.lycoris.get(adapter_name)
+        network = self.lycoris.get(adapter_name) or self.replaced.get(adapter_name)
         hooks = [
             network.watch(name, lambda name=name: ran.add(name))
-            if network is not None
+            if network is not None and name in network.modules
             else _watch(layer, adapter_name, lambda name=name: ran.add(name))
             for name, layer in (watch or {}).items()
         ]
@@ -116,7 +118,8 @@ class Renderer:
 
     @contextlib.contextmanager
     def _only(self, adapter_name: str | None, scale: float):
-        """Only `adapter_name`'s layers active, at `scale`. LyCORIS networks are off the base but while they render."""
+        """Only `adapter_name`'s layers active, at `scale`. LyCORIS networks and replaced modules are off the base
+        but while their adapter renders."""
         loaded = _loaded_adapters(self.pipeline)
         network = self.lycoris.get(adapter_name)
         if network is not None:
@@ -134,7 +137,9 @@ class Renderer:
                 self.pipeline.enable_lora()
             return
         self.pipeline.set_adapters([adapter_name])
-        yield
+        replaced = self.replaced.get(adapter_name)
+        with replaced.active(scale) if replaced is not None else contextlib.nullcontext():
+            yield
 
 
 def _watch(layer, adapter_name: str, mark: Callable[[], None]):

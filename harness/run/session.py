@@ -206,6 +206,8 @@ class HarnessSession:
         record.update(application.record())
         if application.network is not None:  # LyCORIS applies it, only while it renders
             self.renderer.lycoris[spec.slot] = application.network
+        if application.replaced is not None:  # so are the modules its `modules_to_save` replaces
+            self.renderer.replaced[spec.slot] = application.replaced
         defects = file_defects(adapter_file.weights_path, application)
         if defects:
             record["defects"] = defects
@@ -276,6 +278,7 @@ class HarnessSession:
             if "base" in self.__dict__:
                 self._settle(spec.name, self.record_stage(loaded, "after unloading"))
             return
+        self.renderer.replaced.pop(spec.slot, None)
         if self.renderer.lycoris.pop(spec.slot, None) is None:
             remove_adapter(self.base.pipeline, spec.slot)
         self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}

@@ -17,18 +17,24 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
     limit = budget.limit(denoiser_params)
     breakdown = Counter()
     for name, layer in application.lora_layers.items():
-        breakdown[block_of(name, application.architecture)] += _own_parameters(layer, application)
+        breakdown[block_of(name, application.architecture)] += _own_parameters(name, layer, application)
     count = application.lora_params
     percent = 100 * count / denoiser_params if denoiser_params else 0.0
     details = {"percent_of_denoiser": percent, "budget": str(budget), "per_block": dict(sorted(breakdown.items()))}
     message = f"{count:,} LoRA parameters ({percent:.3f}% of the denoiser) exceed the budget of {limit:,} ({budget})"
+    if application.replaced is not None:  # whole modules count as what the adapter ships
+        details["replaced_module_params"] = application.replaced.parameters
+        message += f"; {application.replaced.parameters:,} of them in modules `modules_to_save` replaces whole"
     return verdict(adapter, CHECK, count <= limit, count, limit, message, details)
 
 
-def _own_parameters(layer, application: Application) -> int:
-    """The adapter's parameters in one layer: a LyCORIS module holds only its own; a peft layer every adapter's."""
+def _own_parameters(name: str, layer, application: Application) -> int:
+    """The adapter's parameters in one layer: a LyCORIS module holds only its own, a replaced module's copy all of
+    its saved ones; a peft layer every adapter's."""
     if application.network is not None:
         return sum(p.numel() for p in layer.parameters())
+    if application.replaced is not None and name in application.replaced.modules:
+        return sum(p.numel() for p in application.replaced.modules[name][1].parameters())
     return sum(
         p.numel()
         for n, p in layer.named_parameters()

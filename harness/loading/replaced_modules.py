@@ -1,0 +1,121 @@
+"""PEFT's `modules_to_save`: whole modules of the base saved trained, beside the LoRA, which replace the base's.
+
+diffusers' loaders have no place for them and peft's `ModulesToSaveWrapper` is not switched by diffusers'
+`set_adapters` / `disable_lora`, so the harness keeps each replacement off the base (a copy holding the file's
+values) and points the base module's forward at it only while its adapter renders, as LyCORIS's networks are.
+A replacement has no scale: it is in at any non-zero LoRA scale and out at 0, where the adapter is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+
+
+@dataclass
+class ReplacedModules:
+    """Per "component.module": the base's module and the copy holding the file's values, and which file key each
+    of the copy's parameters came from."""
+
+    modules: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = field(default_factory=dict)
+    file_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # "component.module" -> parameter -> file key
+
+    @contextlib.contextmanager
+    def active(self, scale: float):
+        if scale == 0:
+            yield
+            return
+        swapped = []
+        try:
+            for original, replacement in self.modules.values():
+                own = original.__dict__.get("forward")  # an instance forward set by someone else, or none
+                original.forward = replacement.forward
+                swapped.append((original, own))
+            yield
+        finally:
+            for original, own in reversed(swapped):
+                if own is None:
+                    del original.forward
+                else:
+                    original.forward = own
+
+    def watch(self, name: str, mark):
+        """A forward hook on the base's module that calls `mark` when it ran the replacement."""
+        original, replacement = self.modules[name]
+
+        def ran(*_):
+            if getattr(original.forward, "__self__", None) is replacement:
+                mark()
+
+        return original.register_forward_hook(ran)
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for _, replacement in self.modules.values() for p in replacement.parameters())
+
+
+def replacement(original: torch.nn.Module, saved: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of `original` (which no adapter layer wraps) holding `saved`, its parameters by name as peft saved
+    them, in the base's dtype and on its device."""
+    twin = copy.deepcopy(original).requires_grad_(False)
+    held = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            held[name].copy_(tensor.to(held[name].dtype))
+    return twin
+
+
+def build_replacements(pipeline, adapter: AdapterFile, saved: dict[str, dict[str, str]], lora_modules: set[str]):
+    """The replacements for `saved` ("component.module" -> parameter -> file key), with the file keys that match
+    no module or parameter of the base (file key, where, nearest) and those whose shapes disagree."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    built, unmatched, shape_mismatches = ReplacedModules(), [], []
+    for name, keys in saved.items():
+        inside = next((m for m in sorted(lora_modules) if m.startswith(f"{name}.")), None)
+        if inside is not None:
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: its LoRA adapts {inside}, inside {name}, which its `modules_to_save` "
+                "replaces whole; lora-harness does not apply a LoRA inside a replaced module: train with the two apart"
+            )
+        component_name, _, path = name.partition(".")
+        component = getattr(pipeline, component_name, None)
+        try:
+            original = component.get_submodule(path) if component is not None else None
+        except AttributeError:
+            original = None
+        if original is None:
+            names = [n for n, _ in component.named_modules()] if component is not None else []
+            nearest = difflib.get_close_matches(path, names, n=3, cutoff=0.6)
+            unmatched += [(key, name, nearest) for key in keys.values()]
+            continue
+        if any(isinstance(m, BaseTunerLayer) for m in original.modules()):
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: `modules_to_save` replaces {name}, a layer of which another adapter of the "
+                "session adapts; check this adapter alone (-k ADAPTER)"
+            )
+        held = {n: tuple(p.shape) for n, p in original.named_parameters()}
+        missing = sorted(set(held) - set(keys))
+        foreign = [(key, f"{name}.{parameter}", []) for parameter, key in keys.items() if parameter not in held]
+        wrong = [
+            (key, held[parameter], tuple(adapter.tensors[key].shape))
+            for parameter, key in keys.items()
+            if parameter in held and tuple(adapter.tensors[key].shape) != held[parameter]
+        ]
+        unmatched += foreign
+        shape_mismatches += wrong
+        if missing and not (foreign or wrong):
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: `modules_to_save` {name} lacks {len(missing)} of the module's parameters, "
+                f"first {missing[0]}; peft saves every one: the file is incomplete, export it again"
+            )
+        if not (missing or foreign or wrong):
+            built.modules[name] = (original, replacement(original, {p: adapter.tensors[k] for p, k in keys.items()}))
+            built.file_keys[name] = keys
+    return built, unmatched, shape_mismatches
