@@ -9,12 +9,12 @@ off the base except while their adapter renders (`LycorisNetwork.active`).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
 
 KOHYA_COMPONENTS = {
     "lora_unet_": "unet",
@@ -95,38 +95,19 @@ class LycorisNetwork:
 
     modules: dict[str, torch.nn.Module]
 
-    @contextlib.contextmanager
     def active(self, multiplier: float):
         """Each module's layer runs LyCORIS's forward at `multiplier` (the strength ComfyUI and A1111 give a
         LyCORIS), as LyCORIS's `apply_to` points it, then its own again. Not `apply_to` itself: LyCORIS Full's moves
         the layer's weight into the module and restores it as a new parameter, which would change the base."""
-        swapped = []
-        try:
-            for module in self.modules.values():
-                layer = module.org_module[0]
-                module.multiplier = multiplier
-                own = layer.__dict__.get("forward")  # an instance forward set by someone else, or none
-                module.org_forward = layer.forward
-                layer.forward = module.forward
-                swapped.append((layer, own))
-            yield
-        finally:
-            for layer, own in reversed(swapped):
-                if own is None:
-                    del layer.forward
-                else:
-                    layer.forward = own
+        for module in self.modules.values():
+            module.multiplier = multiplier
+            module.org_forward = module.org_module[0].forward
+        return forwards_swapped([(module.org_module[0], module.forward) for module in self.modules.values()])
 
     def watch(self, name: str, mark):
         """A forward hook on the module's layer that calls `mark` when the layer ran LyCORIS's forward."""
         module = self.modules[name]
-        layer = module.org_module[0]
-
-        def ran(*_):
-            if getattr(layer.forward, "__self__", None) is module:
-                mark()
-
-        return layer.register_forward_hook(ran)
+        return watch_forward(module.org_module[0], module, mark)
 
 
 @dataclass

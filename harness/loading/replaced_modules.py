@@ -8,7 +8,6 @@ A replacement has no scale: it is in at any non-zero LoRA scale and out at 0, wh
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
 
 
 @dataclass
@@ -26,34 +26,14 @@ class ReplacedModules:
     modules: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = field(default_factory=dict)
     file_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # "component.module" -> parameter -> file key
 
-    @contextlib.contextmanager
     def active(self, scale: float):
-        if scale == 0:
-            yield
-            return
-        swapped = []
-        try:
-            for original, replacement in self.modules.values():
-                own = original.__dict__.get("forward")  # an instance forward set by someone else, or none
-                original.forward = replacement.forward
-                swapped.append((original, own))
-            yield
-        finally:
-            for original, own in reversed(swapped):
-                if own is None:
-                    del original.forward
-                else:
-                    original.forward = own
+        swaps = [(original, replacement.forward) for original, replacement in self.modules.values()]
+        return forwards_swapped(swaps if scale != 0 else [])
 
     def watch(self, name: str, mark):
         """A forward hook on the base's module that calls `mark` when it ran the replacement."""
         original, replacement = self.modules[name]
-
-        def ran(*_):
-            if getattr(original.forward, "__self__", None) is replacement:
-                mark()
-
-        return original.register_forward_hook(ran)
+        return watch_forward(original, replacement, mark)
 
     @property
     def parameters(self) -> int:
