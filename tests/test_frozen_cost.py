@@ -8,24 +8,14 @@ import pytest
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-k", "frozen_base")
 OUTSIDE = "unet.conv_in.weight"  # no adapter of the tests targets it: only the cheap evidence can see it
 
-# A conftest whose adapter load also changes a base parameter the adapter does not target; `change` says how.
+# A conftest that, once each adapter is loaded, also changes a base parameter the adapter does not target; `change`
+# says how.
 CHANGES_OUTSIDE = """
 import torch
-import lora_harness.run.session as session
 
-real_apply = session.apply_adapter
-
-def changing_apply(pipeline, signature, adapter_file, name):
-    application = real_apply(pipeline, signature, adapter_file, name)
-    weight = pipeline.unet.conv_in.weight
+def pytest_lora_adapter_loaded(harness, adapter):
+    weight = harness.base.pipeline.unet.conv_in.weight
     {change}
-    return application
-
-def pytest_configure(config):
-    session.apply_adapter = changing_apply
-
-def pytest_unconfigure(config):
-    session.apply_adapter = real_apply
 """
 
 

@@ -84,31 +84,14 @@ def test_a_crash_half_way_through_injection_leaves_no_layer_adapter_name_or_hook
     assert apply_adapter(pipeline, signature, good, "after").record() == expected
 
 
-# fused.safetensors is fused into the base weights as it loads (as `fuse_lora` does); crash.safetensors raises
-# half-way through injection, its layers in.
+# Once loaded, fused.safetensors is fused into the base weights (as `fuse_lora` does) and crash.safetensors raises,
+# its layers in.
 REWRITING_AND_CRASHING = """
-import lora_harness.loading.injection as injection
-import lora_harness.run.session as session
-
-real_apply = session.apply_adapter
-real_prove = injection._prove
-
-def apply(pipeline, signature, adapter_file, name):
-    application = real_apply(pipeline, signature, adapter_file, name)
-    if adapter_file.path.name == "fused.safetensors":
-        pipeline.fuse_lora(adapter_names=[name])
-    return application
-
-def prove(pipeline, adapter, *args, **kwargs):
-    if adapter.path.name == "crash.safetensors":
+def pytest_lora_adapter_loaded(harness, adapter):
+    if adapter.name == "fused.safetensors":
+        harness.base.pipeline.fuse_lora(adapter_names=[adapter.spec.slot])
+    if adapter.name == "crash.safetensors":
         raise AttributeError("'Conv2d' object has no attribute 'groups'")
-    return real_prove(pipeline, adapter, *args, **kwargs)
-
-def pytest_configure(config):
-    session.apply_adapter, injection._prove = apply, prove
-
-def pytest_unconfigure(config):
-    session.apply_adapter, injection._prove = real_apply, real_prove
 """
 
 

@@ -181,23 +181,11 @@ def test_each_check_catches_the_defect_it_exists_for(pytester, write_lora):
 
 
 def test_frozen_base_fails_when_the_base_is_changed(pytester, write_lora):
-    """A loader that fuses the adapter into the base weights (as `fuse_lora` does) must fail frozen_base."""
+    """A deployment that fuses the adapter into the base weights (as `fuse_lora` does) must fail frozen_base."""
     pytester.makeconftest(
         """
-        import lora_harness.run.session as session
-
-        real_apply = session.apply_adapter
-
-        def fusing_apply(pipeline, width, adapter_file, name):
-            application = real_apply(pipeline, width, adapter_file, name)
-            pipeline.fuse_lora(adapter_names=[name])
-            return application
-
-        def pytest_configure(config):
-            session.apply_adapter = fusing_apply
-
-        def pytest_unconfigure(config):
-            session.apply_adapter = real_apply
+        def pytest_lora_adapter_loaded(harness, adapter):
+            harness.base.pipeline.fuse_lora(adapter_names=[adapter.spec.slot])
         """
     )
     result = run(pytester, "--adapter", write_lora("kohya", "fused.safetensors"), *FAST)

@@ -1,5 +1,6 @@
 """The hooks lora-harness calls, registered by `pytest_addhooks` (plugin.py): what a plugin or a conftest.py
-implements to add a check, supply renders or a feature model, or amend a result, instead of patching the harness."""
+implements to add a check, see each adapter loaded, supply renders or a feature model, or amend a result, instead of
+patching the harness."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ def pytest_lora_checks(config: pytest.Config):
 
         def pytest_lora_checks(config):
             return [CheckSpec("tensor_count", "test_tensor_count.py", folder=Path(__file__).parent / "checks")]
+    """
+
+
+@pytest.hookspec
+def pytest_lora_adapter_loaded(harness, adapter) -> None:
+    """Called once an adapter is on the base and proven, before its first check runs: `adapter` is the LoadedAdapter
+    (harness/run/session.py; its `application` says what landed), `harness.base.pipeline` the pipeline. Inspect it,
+    or put the pipeline in the state your deployment runs it in. Whatever this changes in the base, frozen_base
+    sees; an exception is an error of the adapter's checks, and its layers are taken out before the next one loads.
+
+        def pytest_lora_adapter_loaded(harness, adapter):
+            harness.base.pipeline.fuse_lora(adapter_names=[adapter.spec.slot])  # check the fused deployment
     """
 
 

@@ -211,7 +211,13 @@ class HarnessSession:
         defects = file_defects(adapter_file.weights_path, application)
         if defects:
             record["defects"] = defects
-        return LoadedAdapter(spec, record, application=application, defects=defects)
+        loaded = LoadedAdapter(spec, record, application=application, defects=defects)
+        try:
+            self.hook.pytest_lora_adapter_loaded(harness=self, adapter=loaded)
+        except BaseException:
+            self._take_out(spec.slot)  # no layer of it stays for the next adapter
+            raise
+        return loaded
 
     def _render_baselines(self) -> None:
         """What every adapter is compared with (the base's renders, the determinism control, the controls) is made
@@ -278,11 +284,15 @@ class HarnessSession:
             if "base" in self.__dict__:
                 self._settle(spec.name, self.record_stage(loaded, "after unloading"))
             return
-        self.renderer.replaced.pop(spec.slot, None)
-        if self.renderer.lycoris.pop(spec.slot, None) is None:
-            remove_adapter(self.base.pipeline, spec.slot)
+        self._take_out(spec.slot)
         self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}
         self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+
+    def _take_out(self, slot: str) -> None:
+        """The adapter in `slot` off the base: peft's layers removed, LyCORIS's and replaced modules let go."""
+        self.renderer.replaced.pop(slot, None)
+        if self.renderer.lycoris.pop(slot, None) is None:
+            remove_adapter(self.base.pipeline, slot)
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:
