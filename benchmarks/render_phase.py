@@ -42,7 +42,7 @@ def harness_config(report_dir: Path, adapter: Path | None = None) -> HarnessConf
 
 def harness_setup(config: HarnessConfig):
     session = HarnessSession(config)
-    session.checks = ["wiring", "pixel_diff"]
+    session.prepare(["wiring", "pixel_diff"])
     return session, session.adapter(config.adapters[0])
 
 

@@ -276,7 +276,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """The checks that will run decide what is rendered (workers collect every item too)."""
     harness = session.config.stash.get(session_key, None)
     if harness is not None:
-        harness.checks = sorted({check_name(item) for item in session.items if _adapter_spec(item) is not None})
+        harness.prepare(sorted({check_name(item) for item in session.items if _adapter_spec(item) is not None}))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -327,10 +327,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     spec = _adapter_spec(item)
     attached.append((report_records.COSTS, {"adapter": spec.name if spec else None, **session.take_costs()}))
     if report.when == "teardown":
-        if "base" in session.__dict__:
+        if session.base is not None:
             attached.append((report_records.BASE, session.base_summary()))
-        if "controls" in session.__dict__:
-            controls = session.controls
+        controls = session.controls_run
+        if controls is not None:
             attached.append(
                 (
                     report_records.CONTROLS,

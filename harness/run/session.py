@@ -1,5 +1,8 @@
-"""HarnessSession: the run's state, kept in `config.stash`. Loads the base once, adapters one at a time,
-caches renders, and owns the controls that decide whether any verdict can be trusted."""
+"""HarnessSession: the run's state, kept in `config.stash`, and the order of its stages. `prepare` takes the checks
+collected; `start` loads the base, trains the reference overfit where it is needed and renders the baselines, once,
+before the first adapter touches the base; adapters then load one at a time, their renders come from the render
+service, and `run_check` is the policy every verdict passes through. The controls decide whether any verdict can
+be trusted."""
 
 from __future__ import annotations
 
@@ -10,29 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-import numpy as np
-
 from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
 from lora_harness.bases.families import denoiser_of
-from lora_harness.config.check_registry import (
-    ADAPTED,
-    AT_ZERO,
-    BASE,
-    BASE_AGAIN,
-    BUILTIN,
-    CLIP,
-    HELDOUT,
-    INCEPTION,
-    MAIN,
-    CheckRegistry,
-)
+from lora_harness.config.check_registry import BASE, BASE_AGAIN, BUILTIN, CLIP, HELDOUT, INCEPTION, MAIN, CheckRegistry
 from lora_harness.config.config import REFERENCE, TINY, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 from lora_harness.loading.injection import Application, apply_adapter, file_defects, remove_adapter
 from lora_harness.rendering.progress import Progress
-from lora_harness.rendering.render_cache import CachedRender, RenderCache, RenderKey, scheduler_identity
+from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds
+from lora_harness.rendering.render_service import Rendered, RenderService
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.regression import compare
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
@@ -80,17 +71,39 @@ class HarnessSession:
         self.previous = previous  # regression.Previous, with --compare-to
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
-        self.checks: list[str] | None = None  # the checks collected; None: all of them
+        self.checks: list[str] | None = None  # the checks collected (prepare); None: all of them
         self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
         self._loaded: dict[str, LoadedAdapter] = {}
-        self._images: dict[tuple, CachedRender] = {}  # (slot, scale, prompt, seed) -> one render
-        self._base_again: RenderSet | None = None
         self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
+        # made by start(), in this order
+        self.base = None
+        self.rendering: RenderService | None = None
+        self.reference_run = None  # the reference overfit's training run, where it was needed
         self.after_training: Evidence | None = None  # the full digest after the reference's training
+        self.started = False
+
+    def prepare(self, checks: list[str] | None) -> None:
+        """The checks collected (pytest_collection_finish) decide the render plan and whether the controls run."""
+        self.checks = checks
+        self.__dict__.pop("needs", None)
+
+    def start(self) -> None:
+        """What happens once, before the first adapter touches the base, in this order: the base loads and is
+        digested; the reference overfit trains, where a check or the controls need it; the renders every adapter
+        is compared with are made. A stage that raises is tried again by the next check, which records the error."""
+        if self.started:
+            return
+        if self.base is None:
+            self.base = self._load_base()
+        if self.rendering is None:
+            self.rendering = self._render_service()
+        if self.reference_run is None and self._reference_needed:
+            self.reference_run = self._train_reference()
+        self.started = True
+        self._render_baselines()
 
     # -- base -------------------------------------------------------------------------------------------------
-    @cached_property
-    def base(self):
+    def _load_base(self):
         from lora_harness.bases.base import load_base
 
         self.progress.line(
@@ -120,24 +133,52 @@ class HarnessSession:
     def base_summary(self) -> dict:
         return self.base.summary(self.base_fingerprint)
 
-    @cached_property
+    @property
     def plan(self) -> RenderPlan:
-        seeds = tuple(range(self.config.render_seeds))
-        size = self.config.render_size or self.base.native_size
-        return RenderPlan(
-            self.config.prompts,
-            seeds,
-            size,
-            self.config.render_steps,
-            self.base.guidance_scale,
-            self.config.render_batch_size,
+        return self.rendering.plan
+
+    @property
+    def renderer(self) -> Renderer:
+        return self.rendering.renderer
+
+    def _render_service(self) -> RenderService:
+        config, base = self.config, self.base
+        plan = RenderPlan(
+            config.prompts,
+            tuple(range(config.render_seeds)),
+            config.render_size or base.native_size,
+            config.render_steps,
+            base.guidance_scale,
+            config.render_batch_size,
+        )
+        pipeline = base.pipeline
+        identity = {  # the cache key's parts every render of the run shares
+            "base_fingerprint": self.base_fingerprint,
+            "steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "size": plan.size,
+            "scheduler": scheduler_identity(pipeline.scheduler),
+            "device": str(pipeline.device),
+            "dtype": str(denoiser_of(pipeline).dtype),
+        }
+        return RenderService(
+            plan,
+            self.needs,
+            {MAIN: plan.prompts, HELDOUT: config.heldout_prompts},
+            Renderer(pipeline, plan, config.device),
+            lambda **job: self.hook.pytest_lora_render(harness=self, **job),
+            identity,
+            self.render_cache,
+            self.progress,
         )
 
     @cached_property
     def needs(self) -> RenderNeeds:
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
         features = {INCEPTION} if self.config.inception_weights is not None else set()
-        if any(CLIP in spec.features for spec in specs) and self.clip[0] is not None:  # CLIP loads only if a check asks
+        # A CLIP is there when one is named or the embedded base brings its self-test one (one a pytest_lora_feature_model
+        # hook supplies on another base is used all the same; its renders are then made when first asked for).
+        if self.config.clip_model or self.config.base_model == TINY:
             features.add(CLIP)
         return RenderNeeds.of_checks(
             specs,
@@ -147,16 +188,15 @@ class HarnessSession:
             reference_steps=self.config.reference_steps,
         )
 
-    @cached_property
-    def renderer(self) -> Renderer:
-        return Renderer(self.base.pipeline, self.plan, self.config.device)
-
     # -- reference overfit --------------------------------------------------------------------------------------
-    @cached_property
-    def reference_run(self):
+    @property
+    def _reference_needed(self) -> bool:
+        """Trained for the controls, or because the reference itself is checked (--adapter reference)."""
+        checked = any(spec.is_reference for spec in self.config.checked_adapters)
+        return self.config.reference_steps > 0 and (self.needs.controls or checked)
+
+    def _train_reference(self):
         """Trained once, before any adapter is loaded, so the base it leaves is the one every adapter sees."""
-        if self.config.reference_steps == 0:
-            return None
         from lora_harness.run.reference import train_reference
 
         pipeline = self.base.pipeline
@@ -174,11 +214,12 @@ class HarnessSession:
 
     # -- adapters -------------------------------------------------------------------------------------------------
     def adapter(self, spec: AdapterSpec) -> LoadedAdapter:
+        self.start()
         if spec.name not in self._loaded:
             try:
                 self._loaded[spec.name] = self._load(spec)
             except Exception:
-                if "base" in self.__dict__:  # what a crash half-way through injection wrote is put back
+                if self.base is not None:  # what a crash half-way through injection wrote is put back
                     self._settle(f"{spec.name}, whose loading raised", self.watch.cheap(set()))
                 raise
         return self._loaded[spec.name]
@@ -191,10 +232,6 @@ class HarnessSession:
                 return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=REFERENCE_SKIPPED)
             path = run.reference_dir if spec.name == REFERENCE else run.control_dir
         record = {"name": spec.name, "path": str(path)}
-        if self.needs.controls or any(s.is_reference for s in self.config.checked_adapters):
-            self.reference_run  # noqa: B018 - training must happen before the first adapter touches the base
-        if not spec.is_reference:
-            self._render_baselines()
         self.progress.line(f"loading adapter {spec.name}")
         try:
             adapter_file = read_adapter(path)
@@ -265,7 +302,7 @@ class HarnessSession:
     def close(self) -> None:
         """The session's last full digest: a change written around the cheap evidence (through `.data` or a shared
         buffer) still ends the run named. Raises naming what changed."""
-        if "base" not in self.__dict__:
+        if self.base is None:
             return
         names = self.watch.full().changed
         if names:
@@ -281,11 +318,11 @@ class HarnessSession:
         if loaded is None:
             return
         if loaded.application is None:  # refused or skipped: nothing to take out, but it may have run on the base
-            if "base" in self.__dict__:
+            if self.base is not None:
                 self._settle(spec.name, self.record_stage(loaded, "after unloading"))
             return
         self._take_out(spec.slot)
-        self._images = {key: value for key, value in self._images.items() if key[0] != spec.slot}
+        self.rendering.forget(spec.slot)
         self._settle(spec.name, self.record_stage(loaded, "after unloading"))
 
     def _take_out(self, slot: str) -> None:
@@ -296,90 +333,25 @@ class HarnessSession:
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:
-        """Renders of `prompts` (default: the main ones) x the seeds, from memory, the disk cache or the pipeline.
-        A state's first render request renders every prompt any selected check wants of it, in one go."""
+        """Renders of `prompts` (default: the main ones) x the seeds of the base (None) or `adapter` at `scale`, from
+        memory, the disk cache or the pipeline (harness/rendering/render_service.py)."""
+        self.start()
         prompts = self.plan.prompts if prompts is None else tuple(prompts)
-        slot, scale = (adapter.spec.slot, scale) if adapter else (None, 1.0)
-        jobs = self.plan.jobs_for(prompts)
-        if any((slot, scale, *job) not in self._images for job in jobs):
-            planned = [p for name in self._planned_prompt_sets(adapter, scale) for p in self._prompt_set(name)]
-            self._fill(adapter, scale, self.plan.jobs_for(dict.fromkeys([*planned, *prompts])))
-        return self._render_set([self._images[(slot, scale, *job)] for job in jobs], jobs)
-
-    def _prompt_set(self, name: str) -> tuple[str, ...]:
-        return {MAIN: self.plan.prompts, HELDOUT: self.config.heldout_prompts}[name]
-
-    def _planned_prompt_sets(self, adapter: LoadedAdapter | None, scale: float) -> list[str]:
         if adapter is None:
-            return self.needs.prompt_sets(BASE)
-        role = "control" if adapter.spec == CONTROL else "reference" if adapter.spec.is_reference else "adapter"
-        return self.needs.prompt_sets(ADAPTED if scale == 1.0 else AT_ZERO, role)
+            return self.rendering.renders(Rendered(None), 1.0, prompts)
+        return self.rendering.renders(self._rendered(adapter), scale, prompts)
 
-    def _fill(self, adapter: LoadedAdapter | None, scale: float, jobs: list[tuple[str, int]]) -> None:
-        slot = adapter.spec.slot if adapter else None
-        if adapter is None:
-            self.reference_run  # noqa: B018 - the base is rendered as the adapters will see it
-        missing = [job for job in jobs if (slot, scale, *job) not in self._images]
-        cache = self.render_cache
-        keys = {job: self._cache_key(adapter, scale, *job) for job in missing} if cache else {}
-        for job, key in keys.items():
-            cached = cache.get(key)
-            if cached is not None:
-                self._images[(slot, scale, *job)] = cached
-        to_render = [job for job in missing if (slot, scale, *job) not in self._images]
-        what = f"adapter {adapter.name} at scale {scale:g}" if adapter else "base"
-        if len(to_render) < len(missing):
-            self.progress.line(f"{what}: {len(missing) - len(to_render)} renders from the cache {cache.folder}")
-        if to_render:
-            watch = adapter.application.lora_layers if adapter and scale == 1.0 else None
-            rendered = self._render(what, slot, scale, to_render, watch)
-            for index, job in enumerate(to_render):
-                render = CachedRender(
-                    rendered.images[index], job not in rendered.nonfinite_jobs, sorted(rendered.layers_run)
-                )
-                self._images[(slot, scale, *job)] = render
-                if cache:
-                    cache.put(keys[job], render)
-
-    def _render(self, what: str, slot: str | None, scale: float, jobs, watch=None) -> RenderSet:
-        plan = self.plan
-        self.progress.line(f"rendering {what}: {len(jobs)} images, {plan.steps} steps, {plan.size}px")
-        calls = -(-len(jobs) // plan.batch_size)
-        with self.progress.bar(calls * plan.steps, f"rendering {what}") as advance:
-            supplied = self.hook.pytest_lora_render(
-                harness=self, slot=slot, scale=scale, jobs=jobs, watch=watch, on_step=advance
-            )
-            return supplied if supplied is not None else self.renderer.render(slot, scale, jobs, watch, advance)
-
-    def _cache_key(self, adapter: LoadedAdapter | None, scale: float, prompt: str, seed: int) -> RenderKey:
-        identity = None
-        if adapter is not None:  # a PEFT folder's adapter_config.json (alpha, targets) decides pixels too
-            config = adapter.record.get("metadata", {}).get("adapter_config")
-            config_digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest() if config else ""
-            identity = adapter.record["sha256"] + (f"+config:{config_digest}" if config_digest else "")
-        return RenderKey(adapter_sha256=identity, scale=scale, prompt=prompt, seed=seed, **self._render_identity)
-
-    @cached_property
-    def _render_identity(self) -> dict:
-        """The cache key's parts every render of the run shares."""
-        plan, pipeline = self.plan, self.base.pipeline
-        return {
-            "base_fingerprint": self.base_fingerprint,
-            "steps": plan.steps,
-            "guidance_scale": plan.guidance_scale,
-            "size": plan.size,
-            "scheduler": scheduler_identity(pipeline.scheduler),
-            "device": str(pipeline.device),
-            "dtype": str(denoiser_of(pipeline).dtype),
-        }
-
-    @staticmethod
-    def _render_set(renders: list[CachedRender], jobs) -> RenderSet:
-        return RenderSet(
-            images=np.stack([render.image for render in renders]),
-            jobs=jobs,
-            nonfinite_jobs=[job for job, render in zip(jobs, renders) if not render.finite],
-            layers_run={layer for render in renders for layer in render.layers_run},
+    def _rendered(self, adapter: LoadedAdapter) -> Rendered:
+        spec = adapter.spec
+        # a PEFT folder's adapter_config.json (alpha, targets) decides pixels too
+        config = adapter.record.get("metadata", {}).get("adapter_config")
+        config_digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest() if config else ""
+        return Rendered(
+            slot=spec.slot,
+            name=spec.name,
+            role="control" if spec == CONTROL else "reference" if spec.is_reference else "adapter",
+            identity=adapter.record["sha256"] + (f"+config:{config_digest}" if config_digest else ""),
+            layers=adapter.application.lora_layers if adapter.application else None,
         )
 
     def save_pictures(self, adapter: LoadedAdapter) -> list[dict]:
@@ -469,10 +441,8 @@ class HarnessSession:
 
     def base_renders_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs."""
-        if self._base_again is None:
-            self.renders(None)
-            self._base_again = self._render("the base again (determinism control)", None, 1.0, self.plan.jobs)
-        return self._base_again
+        self.start()
+        return self.rendering.base_again()
 
     # -- checks --------------------------------------------------------------------------------------------------------
     def run_check(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult]):
@@ -499,6 +469,11 @@ class HarnessSession:
                 result = compare(result, self.previous, self.config.compare_tolerances, self.registry[check])
         result.duration_s = round(time.perf_counter() - started, 4)
         return result
+
+    @property
+    def controls_run(self) -> Controls | None:
+        """The controls' outcome once something asked for them; None before."""
+        return self.__dict__.get("controls")
 
     @cached_property
     def controls(self) -> Controls:
