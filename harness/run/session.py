@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -25,7 +24,7 @@ from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds
 from lora_harness.rendering.render_service import Rendered, RenderService
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
-from lora_harness.run.regression import compare
+from lora_harness.run.check_policy import CheckPolicy
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
@@ -69,6 +68,7 @@ class HarnessSession:
         self.registry = registry  # what each check needs and how it is judged
         self.hook = hook if hook is not None else standalone_hooks()  # config.hook: the plugins' pytest_lora_* hooks
         self.previous = previous  # regression.Previous, with --compare-to
+        self.policy = CheckPolicy(registry, previous, config.compare_tolerances, lambda: self.controls)
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
         self.checks: list[str] | None = None  # the checks collected (prepare); None: all of them
@@ -445,30 +445,9 @@ class HarnessSession:
         return self.rendering.base_again()
 
     # -- checks --------------------------------------------------------------------------------------------------------
-    def run_check(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult]):
-        """The shared policy around every check: skipped, unloadable and uncontrolled adapters, timing. Whether failed
-        controls stop a verdict is the registry's `gated_by_controls`."""
-        started = time.perf_counter()
-        if adapter.skipped:
-            result = CheckResult(adapter.name, check, SKIPPED, message=adapter.skipped)
-        elif adapter.problem:
-            result = CheckResult(adapter.name, check, FAILED, message=adapter.problem)
-        elif (
-            self.registry[check].gated_by_controls and self.controls.status == FAILED and not adapter.spec.is_reference
-        ):
-            result = CheckResult(
-                adapter.name, check, ERROR, message=f"controls failed, no verdict: {self.controls.message}"
-            )
-        else:
-            result = evaluate()
-            if adapter.defects and result.status in (PASSED, FAILED, SKIPPED):
-                # The measurement stays in the record; the verdict cannot be a pass for a broken file.
-                own = f"; {check} measured: {result.message}" if result.message else ""
-                result.status, result.message = FAILED, "; ".join(adapter.defects) + own
-            if self.previous is not None:
-                result = compare(result, self.previous, self.config.compare_tolerances, self.registry[check])
-        result.duration_s = round(time.perf_counter() - started, 4)
-        return result
+    def run_check(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult]) -> CheckResult:
+        """`evaluate()` through the policy every verdict passes (harness/run/check_policy.py)."""
+        return self.policy.run(adapter, check, evaluate)
 
     @property
     def controls_run(self) -> Controls | None:
