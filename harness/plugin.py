@@ -222,6 +222,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "lora_require_metadata", f"{require_help} (ini twin of --require-metadata)", type="bool", default=False
     )
+    offload_help = (
+        "Run the pipeline with diffusers' model CPU offload on CUDA (each model on the GPU only while it runs), for "
+        "bases larger than GPU memory; without a CUDA device it is not used, and the run says so. Default: off."
+    )
+    group.addoption("--offload", action="store_true", default=None, help=offload_help)
+    parser.addini("lora_offload", f"{offload_help} (ini twin of --offload)", type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -399,7 +405,7 @@ class ReportHooks:
 
 def _harness_config(config: pytest.Config, registry: CheckRegistry):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
-    from lora_harness.bases.base import resolve_dtype
+    from lora_harness.bases.base import resolve_dtype, resolve_offload
     from lora_harness.config import options
     from lora_harness.config.config import (
         DEFAULT_PROMPTS,
@@ -426,6 +432,8 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
         base_path = resolve_base(base_model)
         device = resolve_device(options.parse_device(value("device")), _worker_index(config))
         dtype, dtype_choice = resolve_dtype(options.parse_dtype(value("dtype")), device, base_model, base_path)
+        offload_requested = bool(config.getoption("offload") or config.getini("lora_offload"))
+        offload, offload_choice = resolve_offload(offload_requested, device)
         return HarnessConfig(
             adapters=adapter_specs(config.getoption("adapter")),
             base_model=base_model,
@@ -441,6 +449,9 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
             device=device,
             dtype=dtype,
             dtype_choice=dtype_choice,
+            offload_requested=offload_requested,
+            offload=offload,
+            offload_choice=offload_choice,
             param_budget=options.parse_param_budget(value("param_budget")),
             diff_floor=options.parse_non_negative_float(value("diff_floor"), "--diff-floor"),
             dead_share=options.parse_fraction(value("dead_share"), "--dead-share"),

@@ -197,3 +197,72 @@ def test_a_bad_dtype_or_a_base_without_safetensors_is_a_usage_error(pytester, ar
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "loading base model" not in result.stdout.str()
+
+
+# --- SD1.x and SD2.x folders at their real block layout (four U-Net blocks of two layers; SD2.x's 1024-wide OpenCLIP-H
+# text states, linear projections, upcast attention, v-prediction) at narrow widths, stored in half precision as the
+# published folders are: the narrow configs of `test_single_file.py`, saved as diffusers folders.
+
+
+def real_layout_pipeline(folder, family: str):
+    """A `family` StableDiffusionPipeline of the real block layout at narrow widths, seeded, in float32."""
+    import copy
+
+    import diffusers
+
+    from lora_harness.bases.single_file import CARRIED
+    from lora_harness.bases.tiny_base import clip_tokenizer
+    from tests.test_single_file import narrow_configs, seeded_models
+
+    configs = narrow_configs(folder / "configs", family)
+    index = json.loads((configs / "model_index.json").read_text())
+    tokenizer = copy.deepcopy(clip_tokenizer())
+    tokenizer.pad_token = CARRIED[family].tokenizers["tokenizer"] or tokenizer.pad_token  # SD2's OpenCLIP pads with "!"
+    return diffusers.StableDiffusionPipeline(
+        **vars(seeded_models(configs)),
+        tokenizer=tokenizer,
+        scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(configs, subfolder="scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def three_layouts(pipeline, folder) -> list:
+    """A Kohya file and a diffusers `save_lora_weights` file, both with the text encoder, and a PEFT folder of the
+    U-Net: the paths to pass as --adapter."""
+    from lora_harness.fixtures.adapter_writers import (
+        make_lora,
+        make_pipeline_lora,
+        write_diffusers_components,
+        write_kohya_components,
+        write_peft_folder,
+    )
+
+    return [
+        write_kohya_components(make_pipeline_lora(pipeline, seed=1), folder / "kohya.safetensors", 4, 8),
+        write_diffusers_components(make_pipeline_lora(pipeline, seed=2), folder / "diffusers", 4, 8),
+        write_peft_folder(make_lora(pipeline.unet, seed=3), folder / "peft", 4, 8),
+    ]
+
+
+@pytest.mark.parametrize("family", ["SD1.x", "SD2.x"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_a_real_layout_half_precision_folder_passes_kohya_diffusers_and_peft_adapters(
+    pytester, tmp_path, family, dtype
+):
+    from lora_harness.fixtures.family_bases import save_base
+
+    pipeline = real_layout_pipeline(tmp_path, family)
+    adapters = three_layouts(pipeline, tmp_path / "adapters")  # float32, as trainers save them
+    base = save_base(pipeline, tmp_path / "base", dtype)
+    given = [part for adapter in adapters for part in ("--adapter", adapter)]
+    result = pytester.runpytest_inprocess(*given, "--base-model", base, *FAST, *MECHANICAL, "--param-budget", "10%")
+    result.assert_outcomes(passed=3 * 5)
+    document = results(pytester)
+    name = str(dtype).removeprefix("torch.")
+    assert document["settings"]["dtype_choice"] == f"--dtype auto on cpu: float32; the base is stored in {name}"
+    assert document["base"]["family"] == ("tiny" if family == "SD1.x" else "SD2.x")
+    assert {a["format"] for a in document["adapters"]} == {"kohya", "diffusers", "peft"}
+    for adapter in document["adapters"]:
+        assert adapter["tensors_applied"] == adapter["tensors"] > 0, adapter["name"]

@@ -158,143 +158,120 @@ def test_a_pickled_checkpoint_is_refused_without_being_unpickled(pytester, name)
 
 
 # --- Whole single files: an SD1.x checkpoint of SD1's real layout (four U-Net and VAE blocks, two layers each) at
-# narrow widths, written under the original LDM key names.
+# narrow widths, written under the original LDM key names (`fixtures/family_bases.py`'s `original_checkpoint`).
 
-# The carried SD1.x configs with narrow widths: everything else (block types, layers, scheduler, model_index) is the
-# carried one.
+# The carried configs with narrow widths: everything else (block types, layers, scheduler, model_index) is the
+# carried one. diffusers' `from_single_file` builds each model from the config it is given, not from the file, so a
+# narrow file loads with its narrow configs put in the carried ones' place (`narrow_family`).
+NARROW_VAE = {"block_out_channels": [32, 32, 64, 64], "sample_size": 64}
+NARROW_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "projection_dim": 32,
+}
 NARROW = {
-    "unet/config.json": {"block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 32, "sample_size": 8},
-    "vae/config.json": {"block_out_channels": [32, 32, 64, 64], "sample_size": 64},
-    "text_encoder/config.json": {
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": 32,
+    "SD1.x": {
+        "unet/config.json": {"block_out_channels": [32, 32, 64, 64], "cross_attention_dim": 32, "sample_size": 8},
+        "vae/config.json": NARROW_VAE,
+        "text_encoder/config.json": NARROW_CLIP,
+    },
+    "SD2.x": {  # the text states stay 1024 wide: diffusers tells SD2.x from SD1.x by its cross-attention's width
+        "unet/config.json": {
+            "block_out_channels": [32, 32, 64, 64],
+            "attention_head_dim": [2, 2, 4, 4],
+            "sample_size": 8,
+        },
+        "vae/config.json": NARROW_VAE,
+        "text_encoder/config.json": {"intermediate_size": 64, "num_hidden_layers": 2},
+    },
+    "SDXL": {
+        "unet/config.json": {
+            "block_out_channels": [32, 64, 64],
+            "attention_head_dim": [2, 2, 4],
+            "cross_attention_dim": 16 + 48,  # both text encoders' states, concatenated: the tiny SDXL's width
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 48,  # six size numbers + the second encoder's pooled text
+            "sample_size": 8,
+        },
+        "vae/config.json": NARROW_VAE,
+        "text_encoder/config.json": {**NARROW_CLIP, "hidden_size": 16, "projection_dim": 16},
+        # Another width than the first encoder's: diffusers loads `text_encoder_2` from `conditioner.embedders.0` when
+        # that one's width fits it (as CLIP-L's 768 never fits bigG's 1280). Ten layers: diffusers detects SDXL by
+        # `conditioner.embedders.1.model.transformer.resblocks.9`.
+        "text_encoder_2/config.json": {
+            "hidden_size": 48,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 10,
+            "projection_dim": 48,
+        },
     },
 }
-RESNET_NAMES = {  # diffusers -> LDM, inside a U-Net resnet
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-UNET_TOP = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def ldm_unet_name(name: str, layers: int, attention_blocks: set) -> str:
-    """A diffusers U-Net parameter's name in the original (LDM) layout: the sequential `input_blocks`,
-    `middle_block` and `output_blocks`, each entry a resnet, then its attention, then a resampler."""
-    parts = name.split(".")
-    module, leaf = ".".join(parts[:-1]), parts[-1]
-    if module in UNET_TOP:
-        return f"{UNET_TOP[module]}.{leaf}"
-    where, kind = parts[0], parts[2] if parts[0] != "mid_block" else parts[1]
-    if where == "down_blocks":
-        i = int(parts[1])
-        if kind == "downsamplers":
-            return f"input_blocks.{(layers + 1) * (i + 1)}.0.op.{leaf}"
-        block, rest = f"input_blocks.{(layers + 1) * i + int(parts[3]) + 1}", parts[4:]
-    elif where == "up_blocks":
-        i = int(parts[1])
-        if kind == "upsamplers":
-            return f"output_blocks.{(layers + 1) * i + layers}.{2 if i in attention_blocks else 1}.conv.{leaf}"
-        block, rest = f"output_blocks.{(layers + 1) * i + int(parts[3])}", parts[4:]
-    else:  # mid_block: resnet, attention, resnet
-        index = 2 * int(parts[2]) if kind == "resnets" else 1
-        return ".".join([f"middle_block.{index}", *parts[3:]])
-    if kind == "resnets":
-        return ".".join([f"{block}.0", RESNET_NAMES.get(rest[0], rest[0]), *rest[1:]])
-    return ".".join([f"{block}.1", *rest])
-
-
-def ldm_vae_name(name: str, blocks: int) -> str:
-    """A diffusers VAE parameter's name in the original layout (decoder blocks numbered from the bottom)."""
-    name = name.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
-    parts = name.split(".")
-    coder = parts[0]
-    if parts[1] in ("down_blocks", "up_blocks"):
-        i = int(parts[2]) if coder == "encoder" else blocks - 1 - int(parts[2])
-        stage = "down" if coder == "encoder" else "up"
-        if parts[3] == "resnets":
-            return ".".join([coder, stage, str(i), "block", *parts[4:]])
-        return ".".join([coder, stage, str(i), "downsample" if stage == "down" else "upsample", *parts[5:]])
-    if parts[1] == "mid_block" and parts[2] == "resnets":
-        return ".".join([coder, "mid", f"block_{int(parts[3]) + 1}", *parts[4:]])
-    if parts[1] == "mid_block":
-        inner = ".".join(parts[4:-1])
-        return ".".join([coder, "mid", "attn_1", VAE_ATTENTION[inner], parts[-1]])
-    return name
-
-
-def ldm_checkpoint(pipeline) -> dict:
-    """The pipeline's weights in the original SD1.x layout, as AUTOMATIC1111's and ComfyUI's checkpoint savers write
-    them (`model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.`); the VAE's attention
-    projections as the 1x1 convolutions they are there."""
-    unet, vae = pipeline.unet, pipeline.vae
-    attention_blocks = {i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions")}
-    layers = unet.config.layers_per_block
-    tensors = {UNET + ldm_unet_name(k, layers, attention_blocks): v for k, v in unet.state_dict().items()}
-    blocks = len(vae.config.block_out_channels)
-    for key, value in vae.state_dict().items():
-        name = ldm_vae_name(key, blocks)
-        if ".mid.attn_1." in name and name.endswith("weight") and value.dim() == 2:
-            value = value[:, :, None, None]
-        tensors["first_stage_model." + name] = value
-    for key, value in pipeline.text_encoder.state_dict().items():  # named as transformers 4 named CLIP's modules
-        tensors[f"cond_stage_model.transformer.{key if key.startswith('text_model.') else f'text_model.{key}'}"] = value
-    return {key: value.detach().to(torch.float16).contiguous() for key, value in tensors.items()}
-
-
-def narrow_configs(folder: Path) -> Path:
+def narrow_configs(folder: Path, family: str) -> Path:
+    """The carried configs of `family` with `NARROW[family]`'s widths, written to `folder`."""
     from lora_harness.bases.single_file import CONFIG_FOLDERS
 
-    carried = Path(CONFIG_FOLDERS["SD1.x"])
+    carried = Path(CONFIG_FOLDERS[family])
     for source in carried.rglob("*.json"):
         relative = source.relative_to(carried).as_posix()
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps({**json.loads(source.read_text()), **NARROW.get(relative, {})}))
+        target.write_text(json.dumps({**json.loads(source.read_text()), **NARROW[family].get(relative, {})}))
     return folder
 
 
 def seeded_models(configs: Path) -> SimpleNamespace:
-    """U-Net, VAE and text encoder built from `configs` with seeded weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """Every model of `configs`' model_index (U-Net, VAE, text encoders) built from its config with seeded
+    weights."""
+    from lora_harness.bases.memory import models_from_configs
 
     torch.manual_seed(0)
-    models = SimpleNamespace(
-        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
-        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae")),
-        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder")),
-    )
+    models = models_from_configs(configs)
     with torch.no_grad():
-        for model in vars(models).values():  # norms start all ones or zeros: nudged, so a misplaced one shows
+        for model in models.values():  # norms start all ones or zeros: nudged, so a misplaced one shows
             for parameter in model.parameters():
                 if parameter.numel() > 1 and bool((parameter == parameter.flatten()[0]).all()):
                     parameter.add_(torch.randn_like(parameter) * 0.01)
-    return models
+    return SimpleNamespace(**models)
+
+
+def write_single_file(folder: Path, family: str, dtype: torch.dtype) -> tuple:
+    """(checkpoint, its narrow configs, the models it was written from): a `family` single file at narrow widths,
+    stored in `dtype`."""
+    from lora_harness.fixtures.family_bases import original_checkpoint
+
+    configs = narrow_configs(folder / "configs", family)
+    models = seeded_models(configs)
+    checkpoint = folder / f"{family}-layout.safetensors"
+    save_file(original_checkpoint(models, family, dtype), checkpoint)
+    return checkpoint, configs, models
+
+
+def assert_loads_where_it_was(checkpoint: Path, models, family: str, model_type: str, dtype: torch.dtype):
+    """The layout written and diffusers' conversion agree: every parameter of the U-Net, VAE and text encoders comes
+    back bitwise (in the stored dtype), none missing, none extra. Returns the loaded pipeline."""
+    from lora_harness.bases.single_file import inspect_single_file, load_single_file
+
+    base = inspect_single_file(str(checkpoint), checkpoint)
+    assert (base.family, base.model_type, base.dtype) == (family, model_type, str(dtype).removeprefix("torch."))
+    loaded = load_single_file(base, dtype)
+    for component, original in vars(models).items():
+        want = {k: v.to(dtype) for k, v in original.state_dict().items()}
+        got = getattr(loaded, component).state_dict()
+        assert got.keys() == want.keys(), component
+        moved = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not moved, f"{component}: {moved[:3]}"
+    return loaded
 
 
 @pytest.fixture(scope="module")
 def sd1_file(tmp_path_factory):
-    """(checkpoint, its narrow configs, the pipeline it was written from): an SD1.x single file of SD1's layout."""
-    folder = tmp_path_factory.mktemp("sd1-single-file")
-    configs = narrow_configs(folder / "configs")
-    pipeline = seeded_models(configs)
-    checkpoint = folder / "sd1-layout.safetensors"
-    save_file(ldm_checkpoint(pipeline), checkpoint)
-    return checkpoint, configs, pipeline
+    """(checkpoint, its narrow configs, the models it was written from): an SD1.x single file of SD1's layout."""
+    return write_single_file(tmp_path_factory.mktemp("sd1-single-file"), "SD1.x", torch.float16)
 
 
 @pytest.fixture
@@ -307,21 +284,9 @@ def narrow_sd1(sd1_file, monkeypatch):
 
 
 def test_the_file_loads_through_from_single_file_with_every_weight_where_it_was(narrow_sd1):
-    """The layout written here and diffusers' conversion agree: every parameter of U-Net, VAE and text encoder comes
-    back bitwise (float16, as stored), none missing, none extra."""
-    from lora_harness.bases.single_file import inspect_single_file, load_single_file
-
     checkpoint, original = narrow_sd1
-    base = inspect_single_file(str(checkpoint), checkpoint)
-    assert (base.family, base.model_type, base.dtype) == ("SD1.x", "v1", "float16")
-    loaded = load_single_file(base, torch.float16)
+    loaded = assert_loads_where_it_was(checkpoint, original, "SD1.x", "v1", torch.float16)
     assert type(loaded.scheduler).__name__ == "PNDMScheduler"  # the carried scheduler config
-    for component in ("unet", "vae", "text_encoder"):
-        want = {k: v.to(torch.float16) for k, v in getattr(original, component).state_dict().items()}
-        got = getattr(loaded, component).state_dict()
-        assert got.keys() == want.keys(), component
-        moved = [k for k in want if not torch.equal(got[k], want[k])]
-        assert not moved, f"{component}: {moved[:3]}"
 
 
 def kohya_adapter(pipeline, path: Path, **metadata) -> Path:
@@ -412,30 +377,12 @@ def test_the_carried_configs_build_the_published_architectures():
     """Parameter counts of the models the carried configs describe (built on the meta device: no memory), against the
     published ones: SD1.5's U-Net 859,520,964, SD2.1's 865,910,724, SDXL's 2,567,463,684, SD's VAE 83,653,863,
     CLIP ViT-L's text encoder 123,060,480, SD2's OpenCLIP-H (23 layers) 340,387,840, SDXL's OpenCLIP-bigG 694,659,840."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from lora_harness.bases.memory import family_weights
 
-    from lora_harness.bases.single_file import CONFIG_FOLDERS
-
-    def count(model) -> int:
-        return sum(p.numel() for p in model.parameters())
-
+    vae, clip_l = 83_653_863, 123_060_480
     published = {
-        ("SD1.x", "unet"): 859_520_964,
-        ("SD2.x", "unet"): 865_910_724,
-        ("SDXL", "unet"): 2_567_463_684,
-        ("SD1.x", "text_encoder"): 123_060_480,
-        ("SD2.x", "text_encoder"): 340_387_840,
-        ("SDXL", "text_encoder"): 123_060_480,
-        ("SDXL", "text_encoder_2"): 694_659_840,
-        **{(family, "vae"): 83_653_863 for family in ("SD1.x", "SD2.x", "SDXL")},
+        "SD1.x": {"unet": 859_520_964, "vae": vae, "text_encoder": clip_l},
+        "SD2.x": {"unet": 865_910_724, "vae": vae, "text_encoder": 340_387_840},
+        "SDXL": {"unet": 2_567_463_684, "vae": vae, "text_encoder": clip_l, "text_encoder_2": 694_659_840},
     }
-    builders = {
-        "unet": lambda folder: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder)),
-        "vae": lambda folder: AutoencoderKL.from_config(AutoencoderKL.load_config(folder)),
-        "text_encoder": lambda folder: CLIPTextModel(CLIPTextConfig.from_pretrained(folder)),
-        "text_encoder_2": lambda folder: CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder)),
-    }
-    with torch.device("meta"):
-        built = {(f, c): count(builders[c](Path(CONFIG_FOLDERS[f]) / c)) for f, c in published}
-    assert built == published
+    assert {family: family_weights(family).parameters for family in published} == published

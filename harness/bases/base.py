@@ -57,6 +57,23 @@ def resolve_dtype(choice: str, device: str, base_model: str, base_path: Path | N
     return "float32", f"--dtype auto on {device}: float32; the base is stored in {stored}"
 
 
+def resolve_offload(requested: bool, device: str) -> tuple[bool, str]:
+    """(whether the pipeline runs with diffusers' model CPU offload, why). Offload keeps every model on the CPU and
+    moves each onto the accelerator while the pipeline runs it, so a base larger than GPU memory fits; with no CUDA
+    device there is nothing to move onto, and the run says so rather than ignoring the option."""
+    if not requested:
+        return False, f"not requested: every model on {device}"
+    if device.startswith("cuda"):
+        return True, (
+            f"requested; used: diffusers' model CPU offload onto {device} (each model on the CPU until the pipeline "
+            "runs it)"
+        )
+    return False, (
+        f"requested; not used: no CUDA device (--device {device}); model CPU offload moves each model onto a CUDA "
+        f"device while it runs, so every model stays on {device}"
+    )
+
+
 def stored_dtype(base_model: str, folder: Path) -> str:
     """The dtype most of the denoiser's stored tensors hold, read from the safetensors headers (no weights read)."""
     from safetensors import safe_open
@@ -114,7 +131,12 @@ def load_base(config: HarnessConfig) -> BaseModel:
         # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
         # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.
         pipeline = _load_folder(config.base_path, dtype)
-    pipeline.to(config.device)
+    if config.offload:
+        # diffusers places the models itself (each on the CPU, hooked to move onto the device while it runs): a
+        # `pipeline.to(device)` after this would undo the offload.
+        pipeline.enable_model_cpu_offload(device=config.device)
+    else:
+        pipeline.to(config.device)
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):  # built from configs they start in training mode: T5's dropout
             component.eval()

@@ -107,7 +107,8 @@ class HarnessSession:
         from lora_harness.bases.base import load_base
 
         self.progress.line(
-            f"loading base model {self.config.base_model}, {self.config.dtype} ({self.config.dtype_choice})"
+            f"loading base model {self.config.base_model}, {self.config.dtype} ({self.config.dtype_choice}); "
+            f"offload {self.config.offload_choice}"
         )
         base = load_base(self.config)
         denoiser_of(base.pipeline).register_forward_pre_hook(self._count_forward)
@@ -158,7 +159,7 @@ class HarnessSession:
             "guidance_scale": plan.guidance_scale,
             "size": plan.size,
             "scheduler": scheduler_identity(pipeline.scheduler),
-            "device": str(pipeline.device),
+            "device": str(pipeline._execution_device),  # under model CPU offload `pipeline.device` says cpu
             "dtype": str(denoiser_of(pipeline).dtype),
         }
         return RenderService(
@@ -290,7 +291,7 @@ class HarnessSession:
         from lora_harness.bases.base import load_base
 
         self.progress.line(f"{who} changed {len(names)} base parameters: restoring them from {self.config.base_model}")
-        fresh = load_base(replace(self.config, device="cpu")).pipeline
+        fresh = load_base(replace(self.config, device="cpu", offload=False)).pipeline
         left = self.watch.restore(names, base_parameters(fresh))
         if left:
             raise RuntimeError(
