@@ -102,7 +102,7 @@ class LycorisNetwork:
         for module in self.modules.values():
             module.multiplier = multiplier
             module.org_forward = module.org_module[0].forward
-        return forwards_swapped([(module.org_module[0], module.forward) for module in self.modules.values()])
+        return forwards_swapped([(module.org_module[0], module) for module in self.modules.values()])
 
     def watch(self, name: str, mark):
         """A forward hook on the module's layer that calls `mark` when the layer ran LyCORIS's forward."""

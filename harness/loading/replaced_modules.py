@@ -27,8 +27,7 @@ class ReplacedModules:
     file_keys: dict[str, dict[str, str]] = field(default_factory=dict)  # "component.module" -> parameter -> file key
 
     def active(self, scale: float):
-        swaps = [(original, replacement.forward) for original, replacement in self.modules.values()]
-        return forwards_swapped(swaps if scale != 0 else [])
+        return forwards_swapped(list(self.modules.values()) if scale != 0 else [])
 
     def watch(self, name: str, mark):
         """A forward hook on the base's module that calls `mark` when it ran the replacement."""
