@@ -177,11 +177,19 @@ PLAIN_SCRIPT = Path(__file__).with_name("plain_mechanical.py")
 MECHANICAL = "wiring or frozen_base or param_budget or pixel_diff"
 
 
-def whole_process(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+# A user's environment holds the harness and its declared dependencies (`pip install lora-harness`), not this
+# repository's test extra, whose pytest plugins (hypothesis, xdist, pytest-html, anyio) would load into every run
+# here: hypothesis alone added 1.8 s to a 23 s SD1.5 run (its import and its terminal summary).
+AS_A_USER = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+USER_PLUGINS = ("-p", "lora_harness.plugin", "-p", "pytest_benchmark.plugin")  # the entry points it installs
+
+
+def whole_process(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak resident MiB) of one child process, from its own rusage."""
     started = time.perf_counter()
     with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        environment = {**os.environ, **(env or {})}
+        process = subprocess.Popen(command, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env=environment)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     assert process.returncode == 0, log.read_text()[-3000:]
@@ -190,7 +198,8 @@ def whole_process(command: list[str], cwd: Path, log: Path) -> tuple[float, floa
 
 def test_mechanical_checks_against_the_plain_script(benchmark, kohya_adapter, tmp_path):
     """The harness's four mechanical checks on one adapter, as a user runs them (`pytest --adapter …`, no render
-    cache), against the plain script making the same renders, as whole processes, alternating in one sitting.
+    cache, the plugins a user's installation has), against the plain script making the same renders, as whole
+    processes, alternating in one sitting.
     LORA_BENCH_SIZE (0: native) and LORA_BENCH_STEPS set the renders, LORA_BENCH_PAIRS the number of pairs."""
     size, steps = os.environ.get("LORA_BENCH_SIZE", "0"), os.environ.get("LORA_BENCH_STEPS", "4")
     pairs = int(os.environ.get("LORA_BENCH_PAIRS", "3"))
@@ -202,6 +211,7 @@ def test_mechanical_checks_against_the_plain_script(benchmark, kohya_adapter, tm
         "-q",
         "-p",
         "no:cacheprovider",
+        *USER_PLUGINS,
         "--adapter",
         str(kohya_adapter),
         "--base-model",
@@ -218,8 +228,8 @@ def test_mechanical_checks_against_the_plain_script(benchmark, kohya_adapter, tm
     def alternate() -> dict:
         figures = {"harness": [], "plain": []}
         for pair in range(pairs):
-            for name, command in (("plain", plain), ("harness", harness)):
-                figures[name].append(whole_process(command, tmp_path, tmp_path / f"{name}-{pair}.log"))
+            for name, command, env in (("plain", plain, None), ("harness", harness, AS_A_USER)):
+                figures[name].append(whole_process(command, tmp_path, tmp_path / f"{name}-{pair}.log", env))
         return figures
 
     figures = benchmark.pedantic(alternate, rounds=1, iterations=1)
