@@ -203,3 +203,18 @@ def test_dora_and_multiplicative_lycoris_modules_are_judged_per_weight_norm(tmp_
     else:
         assert health.weight_norm == pytest.approx(float(layer.weight.double().norm()))
         assert health.compared == pytest.approx(health.frobenius / health.weight_norm)
+
+
+@pytest.mark.parametrize("shape", [(40, 400), (400, 40), (60, 90)], ids=["wide", "tall", "near-square"])
+def test_singular_values_through_the_gram_matrix_equal_the_svds(shape):
+    """A ΔW of rank 8 plus noise: its large and its small singular values (10⁴ times smaller) as the SVD has them."""
+    from lora_harness.verdicts.weight_health import matrix_singular_values
+
+    generator = torch.Generator().manual_seed(0)
+    rows, columns = shape
+    low_rank = torch.randn(rows, 8, generator=generator, dtype=torch.float64) @ torch.randn(
+        8, columns, generator=generator, dtype=torch.float64
+    )
+    matrix = low_rank + 1e-3 * torch.randn(rows, columns, generator=generator, dtype=torch.float64)
+    expected = torch.linalg.svdvals(matrix)
+    assert torch.allclose(matrix_singular_values(matrix), expected, rtol=1e-6, atol=0)

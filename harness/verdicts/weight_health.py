@@ -81,7 +81,7 @@ def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHeal
         w2 = flat["lokr_w2"] if "lokr_w2" in flat else flat["lokr_w2_a"] @ flat["lokr_w2_b"]
         singular = torch.outer(torch.linalg.svdvals(w1), torch.linalg.svdvals(w2)).flatten() * abs(factors.scale)
     else:
-        singular = torch.linalg.svdvals(_module_delta(factors.module))
+        singular = matrix_singular_values(_module_delta(factors.module))
     health = _from_spectrum(module, block, singular, rank=0)
     if factors.algo.split(" ")[0] in MULTIPLICATIVE or "DoRA" in factors.algo:
         weight = factors.module.org_module[0].weight
@@ -113,7 +113,10 @@ def _module_delta(module) -> torch.Tensor:
     added = _added(module, probe, lambda out: out)
     predicted = _apply(layer, probe, candidate)
     factor = float((added * predicted).sum() / (predicted * predicted).sum()) if predicted.any() else 0.0
-    if (added - factor * predicted).norm() <= 1e-3 * max(float(added.norm()), 1e-12):
+    # What the forward adds is a difference of two outputs: below the dtype's rounding of the output (an SD1.5 LoHa
+    # Tucker conv: 1e-4 of an output of norm 214 in float32) the forward can tell nothing finer, the columns less so.
+    resolution = torch.finfo(weight.dtype).eps * float(layer(probe).norm())
+    if (added - factor * predicted).norm() <= max(1e-3 * float(added.norm()), resolution, 1e-12):
         return (factor * candidate.double()).cpu().reshape(weight.shape[0], -1)
     probes, read = _probes(layer)
     columns = torch.cat([_added(module, probes[i : i + 1024], read) for i in range(0, len(probes), 1024)])
@@ -166,6 +169,17 @@ def _from_spectrum(module: str, block: str, singular: torch.Tensor, rank: int) -
         rank=rank,
         finite=True,
     )
+
+
+def matrix_singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values of a float64 matrix. A wide one (a convolution's [out, in·kh·kw]) through the eigenvalues of
+    its Gram matrix on the short side: a 1280 × 11520 ΔW of SD1.5 takes 0.5 s so, 9 s through its SVD (one core); float64 keeps
+    the squared values exact far below what the norms and the effective rank read."""
+    short, long = sorted(matrix.shape)
+    if long < 4 * short:
+        return torch.linalg.svdvals(matrix)
+    gram = matrix @ matrix.T if matrix.shape[0] == short else matrix.T @ matrix
+    return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(0)
 
 
 def singular_values(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
