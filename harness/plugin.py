@@ -5,6 +5,7 @@ Imports nothing heavy at import time, so `pytest --help` and runs without `--ada
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args_source = pytest.Config.ArgsSource.ARGS
     else:
         config.args = [*config.args, *check_files]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session leaves with the run: what its start() froze out of the garbage collector's sight (the base) is
+    ordinary garbage again, freed by the collections pytest runs next (in-process runs, as the tests make, free it)."""
+    if session_key in config.stash:
+        del config.stash[session_key]
+        gc.unfreeze()
 
 
 @pytest.hookimpl(tryfirst=True)
