@@ -68,7 +68,7 @@ class HarnessSession:
         self.config = config
         self.registry = registry  # what each check needs and how it is judged
         self.hook = hook if hook is not None else standalone_hooks()  # config.hook: the plugins' pytest_lora_* hooks
-        self.previous = previous  # regression.Previous, with --compare-to
+        # `previous`: regression.Previous, with --compare-to; only the policy reads it
         self.policy = CheckPolicy(registry, previous, config.compare_tolerances, lambda: self.controls)
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
