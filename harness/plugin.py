@@ -320,6 +320,44 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After an adapter's last check (its item's own fixtures first), the adapter comes off the base, before the next
+    one loads; after the last item, the session's closing digest. Both raise into this item's teardown report."""
+    try:
+        return (yield)
+    finally:
+        harness = item.config.stash.get(session_key, None)
+        if harness is not None:
+            _after_teardown(item, nextitem, harness)
+
+
+def _after_teardown(item: pytest.Item, nextitem: pytest.Item | None, harness) -> None:
+    spec = _adapter_spec(item)
+    try:
+        if spec is not None and (nextitem is None or _adapter_spec(nextitem) != spec):
+            _unload(item, harness, spec)
+    finally:
+        if nextitem is None:
+            harness.close()
+
+
+def _unload(item: pytest.Item, harness, spec) -> None:
+    """Unload the adapter, and record the verdicts it took again (frozen_base's, with the unloading as a stage) on
+    this teardown's report; one now worse than its test reported fails this teardown."""
+    from lora_harness.reports.terminal import visible
+    from lora_harness.verdicts.results import ERROR, FAILED
+
+    worse = []
+    for adapter, retake, result in harness.unload(spec):
+        item.config.hook.pytest_lora_check_result(result=result, adapter=adapter)
+        report_records.record(item, result.to_dict(), adapter.record, junit=check_name(item) == result.check)
+        if result.status in (FAILED, ERROR) and result.status != retake.first.status:
+            worse.append(f"{result.adapter} {result.check}, once unloaded: {result.message}")
+    if worse:
+        pytest.fail(visible("; ".join(worse)), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     session = item.config.stash.get(session_key, None)
@@ -334,7 +372,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         recorded.append((report_records.RESULT, result))
         item.user_properties.extend(report_records.junit_properties(result))
         report.user_properties = list(item.user_properties)
-    attached = list(recorded) if report.when != "teardown" else []
+    attached = list(recorded)
     for kind, value in attached:
         if kind == report_records.RESULT and item.config.pluginmanager.hasplugin("html"):
             _add_html_extras(report, value, session.config.report_dir)

@@ -2,7 +2,7 @@
 
 from lora_harness.config.check_registry import BUILTIN
 
-# In collection order: frozen_base runs last for its adapter (tests/test_check_registry.py pins the order).
+# In collection order: frozen_base last for its adapter, after what it judges (tests/test_check_registry.py pins it).
 CHECKS = tuple(spec.name for spec in BUILTIN.in_collection_order())
 NEEDS_CORPUS = tuple(spec.name for spec in BUILTIN if spec.needs_corpus)  # skipped, saying why, without a corpus
 # Without --clip-model the CLIP checks never gate: the embedded base reports the self-test CLIP's figures as skipped,

@@ -40,7 +40,7 @@ def test_the_built_in_checks_keep_their_order_renders_gates_and_tolerances():
         "kid",
         "cmmd",
         "mode_collapse",
-        "frozen_base",  # last for its adapter: it unloads it
+        "frozen_base",  # last for its adapter: it judges what the others left in the base
     ]
     assert [path.name for path in BUILTIN.module_paths()] == [
         "test_wiring.py",
@@ -179,7 +179,7 @@ def test_a_check_added_through_the_registry_alone_is_collected_ordered_compared_
     result.assert_outcomes(passed=3)
     folder = pytester.path / "lora-report"
     document = json.loads((folder / "results.json").read_text())
-    # collected after the built-in checks, before frozen_base, which unloads the adapter
+    # collected after the built-in checks, before frozen_base, which judges what they left in the base
     assert [r["check"] for r in document["results"]] == ["param_budget", "tensor_count", "frozen_base"]
     record = document["results"][1]
     assert record["status"] == "passed" and record["value"] == 64 and record["details"]["amended_by"] == "conftest"
@@ -215,7 +215,7 @@ def test_a_plugin_check_named_like_a_built_in_one_is_a_usage_error(pytester):
 
 
 def test_a_registry_lists_its_specs_in_the_order_given():
-    first, second = CheckSpec("b", "test_b.py"), CheckSpec("a", "test_a.py", unloads_adapter=True)
+    first, second = CheckSpec("b", "test_b.py"), CheckSpec("a", "test_a.py", after_other_checks=True)
     registry = CheckRegistry((first, second, CheckSpec("c", "test_c.py")))
     assert registry.names == ("b", "a", "c") and registry["a"] is second
     assert [spec.name for spec in registry.in_collection_order()] == ["b", "c", "a"]

@@ -78,3 +78,52 @@ def test_a_write_through_data_that_no_counter_sees_fails_the_run_at_its_closing_
     result.assert_outcomes(passed=1, errors=1)  # frozen_base's evidence was blind to it; the session's end is not
     closing = f"*1 base parameters differ from the session's first digests at its end, first {OUTSIDE}:*"
     result.stdout.fnmatch_lines([closing])
+
+
+# A plugin check collected after frozen_base (after_other_checks, registered after it) that writes the base in place.
+SCRIBBLER_CONFTEST = """
+from pathlib import Path
+
+from lora_harness.config.check_registry import CheckSpec
+
+
+def pytest_lora_checks(config):
+    return [CheckSpec("scribble", "test_scribble.py", folder=Path(__file__).parent / "extra", after_other_checks=True)]
+"""
+SCRIBBLER = """
+import torch
+
+from lora_harness.verdicts.results import verdict
+
+
+def test_scribble(adapter, harness, record_check):
+    if adapter.name == "changer.safetensors":
+        with torch.no_grad():
+            harness.base.pipeline.unet.conv_in.weight.add_(0.01)
+    record_check(adapter, harness.run_check(adapter, "scribble", lambda: verdict(adapter.name, "scribble", True, 0, 0, "", {})))
+"""
+
+
+def test_a_change_after_frozen_base_ran_fails_it_once_the_adapter_is_unloaded(pytester, write_lora):
+    """frozen_base's verdict is taken again after its adapter's last check: the unloading is a stage it judges.
+    The change is restored before the next adapter loads, whose verdict it does not touch."""
+    pytester.makeconftest(SCRIBBLER_CONFTEST)
+    (pytester.path / "extra").mkdir()
+    (pytester.path / "extra" / "test_scribble.py").write_text(SCRIBBLER)
+    adapters = [write_lora("kohya", "changer.safetensors"), write_lora("kohya", "clean.safetensors")]
+    selected = ("-k", "frozen_base or scribble", "--junitxml", "junit.xml")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *FAST[:-2], *selected, *_adapter_args(adapters))
+    result.assert_outcomes(passed=4, errors=1)  # the changer's last check (scribble) errors at its teardown
+    message = f"*changer.safetensors frozen_base, once unloaded: 1 base parameters changed after unloading: {OUTSIDE}*"
+    result.stdout.fnmatch_lines([message])
+    document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
+    records = {(r["adapter"], r["check"]): r for r in document["results"]}
+    scribbled = records[("changer.safetensors", "frozen_base")]
+    assert scribbled["status"] == "failed" and scribbled["details"]["changed"] == {"after unloading": [OUTSIDE]}
+    assert records[("clean.safetensors", "frozen_base")]["status"] == "passed"  # restored before it loaded
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count('name="lora_status" value="failed"') == 0  # scribble's own properties were left as its own
+
+
+def _adapter_args(paths) -> list[str]:
+    return [argument for path in paths for argument in ("--adapter", str(path))]

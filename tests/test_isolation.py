@@ -132,3 +132,34 @@ def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pyteste
     # the crash is an error of its own adapter's checks, nothing more
     assert {status for (adapter, _), (status, *_) in verdicts.items() if adapter == "crash.safetensors"} == {"error"}
     assert "no attribute 'groups'" in verdicts[("crash.safetensors", "wiring")][2]
+
+
+# Interleaves the adapters' checks (a plugin reordering items, or xdist's plain `load` distribution, does this): each
+# adapter is then unloaded after every check and loaded again before its next.
+INTERLEAVING = """
+def pytest_collection_modifyitems(items):
+    def adapter(item):
+        return item.callspec.params["adapter_spec"].name
+
+    first = [item for item in items if adapter(item) == "first.safetensors"]
+    second = [item for item in items if adapter(item) != "first.safetensors"]
+    items[:] = [item for pair in zip(first, second) for item in pair]
+"""
+
+
+def test_adapters_whose_checks_interleave_are_loaded_again_and_keep_their_verdicts(pytester, write_lora):
+    adapters = [
+        "--adapter",
+        write_lora("kohya", "first.safetensors"),
+        "--adapter",
+        write_lora("peft", "second", rank=2),
+    ]
+    fast = ("-p", "no:cacheprovider", "--reference-steps", "0", *SETTINGS)
+    pytester.runpytest_inprocess(*adapters, *fast).assert_outcomes(passed=10)
+    together, _ = _verdicts(pytester)
+    pytester.makeconftest(INTERLEAVING)
+    result = pytester.runpytest_inprocess(*adapters, *fast)
+    result.assert_outcomes(passed=10)
+    interleaved, _ = _verdicts(pytester)
+    assert interleaved == together
+    result.stdout.fnmatch_lines(["*loading adapter second again: its checks did not run one after another*"])

@@ -26,7 +26,7 @@ class CheckSpec:
     needs_corpus: bool = False  # without --reference-images it skips before rendering
     higher_is_better: bool | None = None  # --compare-to's direction of better; None: not compared
     tolerance: float | None = None  # --compare-to's default relative regression in the bad direction
-    unloads_adapter: bool = False  # takes its adapter out of the base, so it is collected after the other checks
+    after_other_checks: bool = False  # collected after its adapter's other checks: it judges what they left behind
 
     def __post_init__(self):
         if (self.higher_is_better is None) != (self.tolerance is None):
@@ -76,8 +76,8 @@ class CheckRegistry:
         return CheckRegistry((*self.specs, *extra))
 
     def in_collection_order(self) -> tuple[CheckSpec, ...]:
-        """Report order, those that unload their adapter last: an adapter's other checks still need it loaded."""
-        return tuple(sorted(self.specs, key=lambda spec: spec.unloads_adapter))
+        """Report order, those that judge what the other checks left behind after them."""
+        return tuple(sorted(self.specs, key=lambda spec: spec.after_other_checks))
 
     def module_paths(self) -> list[Path]:
         """The check modules in collection order, each once (fid, kid and cmmd share one)."""
@@ -101,14 +101,15 @@ BUILTIN = CheckRegistry(
             higher_is_better=True,
             tolerance=0.0,
         ),
-        # Renders only for its "after rendering" stage; its verdict is about the base's parameters, not pixels.
+        # Renders only for its "after rendering" stage; its verdict is about the base's parameters, not pixels: after
+        # the adapter's other checks rendered what they needed, and again once the adapter is unloaded.
         CheckSpec(
             "frozen_base",
             "test_frozen_base.py",
             renders=frozenset({(ADAPTED, MAIN)}),
             higher_is_better=False,
             tolerance=0.0,
-            unloads_adapter=True,
+            after_other_checks=True,
         ),
         CheckSpec("param_budget", "test_param_budget.py", higher_is_better=False, tolerance=0.10),
         CheckSpec(

@@ -11,9 +11,9 @@ import pytest
 
 @pytest.hookspec
 def pytest_lora_checks(config: pytest.Config):
-    """CheckSpecs (harness/config/check_registry.py) to run beside the harness's own, collected after them (one that unloads
-    its adapter: last) and listed after them in the reports. Called once, when the plugin configures: implement it
-    in a plugin or in the rootdir's conftest.py.
+    """CheckSpecs (harness/config/check_registry.py) to run beside the harness's own, collected after them (one with
+    `after_other_checks`: after every other check of its adapter) and listed after them in the reports. Called once,
+    when the plugin configures: implement it in a plugin or in the rootdir's conftest.py.
 
         from pathlib import Path
         from lora_harness.config.check_registry import CheckSpec

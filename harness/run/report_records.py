@@ -10,18 +10,24 @@ BASE = "base"
 CONTROLS = "controls"
 COSTS = "costs"  # U-Net calls and render-cache traffic since the previous report, by adapter
 
-item_records = pytest.StashKey[list]()  # what a check recorded on its item, copied onto its call report
+item_records = pytest.StashKey[list]()  # what a check recorded on its item, copied onto its next report
+JUNIT_PROPERTIES = ("lora_check", "lora_status", "lora_value", "lora_threshold")
 
 
 def records(report) -> list:
     return getattr(report, ATTRIBUTE, None) or []
 
 
+def record(item: pytest.Item, result: dict, adapter: dict, junit: bool = True) -> None:
+    """`result` and its adapter's record onto the item's next report; with `junit`, its plain values in the item's
+    JUnit properties, in place of an earlier verdict's (a verdict taken again at teardown)."""
+    item.stash.setdefault(item_records, []).extend([(RESULT, result), (ADAPTER, adapter)])
+    if not junit:
+        return
+    kept = [prop for prop in item.user_properties if prop[0] not in JUNIT_PROPERTIES]
+    item.user_properties[:] = kept + junit_properties(result)
+
+
 def junit_properties(result: dict) -> list[tuple[str, object]]:
     """The few plain values a JUnit reader wants per test."""
-    return [
-        ("lora_check", result["check"]),
-        ("lora_status", result["status"]),
-        ("lora_value", result["value"]),
-        ("lora_threshold", result["threshold"]),
-    ]
+    return list(zip(JUNIT_PROPERTIES, (result["check"], result["status"], result["value"], result["threshold"])))

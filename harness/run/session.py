@@ -1,8 +1,8 @@
 """HarnessSession: the run's state, kept in `config.stash`, and the order of its stages. `prepare` takes the checks
 collected; `start` loads the base, trains the reference overfit where it is needed and renders the baselines, once,
 before the first adapter touches the base; adapters then load one at a time, their renders come from the render
-service, and `run_check` is the policy every verdict passes through. The controls decide whether any verdict can
-be trusted."""
+service, `run_check` is the policy every verdict passes through, and `unload` (after an adapter's last check) takes
+each off the base again. The controls decide whether any verdict can be trusted."""
 
 from __future__ import annotations
 
@@ -43,10 +43,20 @@ class LoadedAdapter:
     skipped: str | None = None
     defects: list[str] = field(default_factory=list)  # what is wrong with the file: fails every check
     stages: dict[str, Evidence] = field(default_factory=dict)  # what frozen_base found at each stage
+    retakes: list[Retake] = field(default_factory=list)  # verdicts taken again once it is unloaded
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+@dataclass
+class Retake:
+    """A verdict taken again once its adapter is off the base: the unloading is a stage it judges (frozen_base)."""
+
+    check: str
+    evaluate: Callable[[], CheckResult]
+    first: CheckResult  # the verdict its test reported
 
 
 @dataclass
@@ -69,24 +79,27 @@ class HarnessSession:
         self.registry = registry  # what each check needs and how it is judged
         self.hook = hook if hook is not None else standalone_hooks()  # config.hook: the plugins' pytest_lora_* hooks
         # `previous`: regression.Previous, with --compare-to; only the policy reads it
-        self.policy = CheckPolicy(registry, previous, config.compare_tolerances, lambda: self.controls)
+        self.policy = CheckPolicy(registry, previous, config.compare_tolerances, self.run_controls)
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
         self.checks: list[str] | None = None  # the checks collected (prepare); None: all of them
+        self.needs = self._needs()
         self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
         self._loaded: dict[str, LoadedAdapter] = {}
+        self._unloaded: set[str] = set()  # an adapter whose checks did not run together is loaded again, and says so
         self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
         # made by start(), in this order
         self.base = None
         self.rendering: RenderService | None = None
         self.reference_run = None  # the reference overfit's training run, where it was needed
         self.after_training: Evidence | None = None  # the full digest after the reference's training
+        self.controls_run: Controls | None = None  # the controls' outcome, once run_controls ran
         self.started = False
 
     def prepare(self, checks: list[str] | None) -> None:
         """The checks collected (pytest_collection_finish) decide the render plan and whether the controls run."""
         self.checks = checks
-        self.__dict__.pop("needs", None)
+        self.needs = self._needs()
 
     def start(self) -> None:
         """What happens once, before the first adapter touches the base, in this order: the base loads and is
@@ -178,8 +191,8 @@ class HarnessSession:
             self.progress,
         )
 
-    @cached_property
-    def needs(self) -> RenderNeeds:
+    def _needs(self) -> RenderNeeds:
+        """What the checks collected ask to be rendered, and whether the controls run."""
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
         features = {INCEPTION} if self.config.inception_weights is not None else set()
         # A CLIP is there when one is named or the embedded base brings its self-test one (one a pytest_lora_feature_model
@@ -238,7 +251,8 @@ class HarnessSession:
                 return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=REFERENCE_SKIPPED)
             path = run.reference_dir if spec.name == REFERENCE else run.control_dir
         record = {"name": spec.name, "path": str(path)}
-        self.progress.line(f"loading adapter {spec.name}")
+        again = " again: its checks did not run one after another" if spec.name in self._unloaded else ""
+        self.progress.line(f"loading adapter {spec.name}{again}")
         try:
             adapter_file = read_adapter(path)
             record.update(sha256=adapter_file.sha256, metadata=_metadata(adapter_file))
@@ -274,7 +288,7 @@ class HarnessSession:
             if self.needs.prompt_sets(BASE_AGAIN):
                 self.base_renders_again()
             if self.needs.controls and gated & set(self.checks if self.checks is not None else self.registry.names):
-                self.controls  # noqa: B018
+                self.run_controls()
         except Exception:  # noqa: BLE001 - raised again, in its own check's record, when that check renders
             pass
 
@@ -319,17 +333,23 @@ class HarnessSession:
                 "base; run each adapter alone (-k ADAPTER) to find the one that writes them"
             )
 
-    def unload(self, spec: AdapterSpec) -> None:
+    def after_unloading(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult], first) -> None:
+        """`check`'s verdict (`first`) taken again by `evaluate` once `adapter` is unloaded (see `unload`)."""
+        adapter.retakes.append(Retake(check, evaluate, first))
+
+    def unload(self, spec: AdapterSpec) -> list[tuple[LoadedAdapter, Retake, CheckResult]]:
+        """The adapter off the base, which is then held to the first digests (and restored where it differs),
+        after its last check and before the next adapter loads. Returns the verdicts taken again (after_unloading)."""
         loaded = self._loaded.pop(spec.name, None)
         if loaded is None:
-            return
-        if loaded.application is None:  # refused or skipped: nothing to take out, but it may have run on the base
-            if self.base is not None:
-                self._settle(spec.name, self.record_stage(loaded, "after unloading"))
-            return
-        self._take_out(spec.slot)
-        self.rendering.forget(spec.slot)
-        self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+            return []
+        self._unloaded.add(spec.name)
+        if loaded.application is not None:  # refused or skipped: nothing to take out, but it may have run on the base
+            self._take_out(spec.slot)
+            self.rendering.forget(spec.slot)
+        if self.base is not None:
+            self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+        return [(loaded, retake, self.run_check(loaded, retake.check, retake.evaluate)) for retake in loaded.retakes]
 
     def _take_out(self, slot: str) -> None:
         """The adapter in `slot` off the base: peft's layers removed, LyCORIS's and replaced modules let go."""
@@ -455,14 +475,14 @@ class HarnessSession:
         """`evaluate()` through the policy every verdict passes (harness/run/check_policy.py)."""
         return self.policy.run(adapter, check, evaluate)
 
-    @property
-    def controls_run(self) -> Controls | None:
-        """The controls' outcome once something asked for them; None before."""
-        return self.__dict__.get("controls")
+    def run_controls(self) -> Controls:
+        """The reference must pass and the untrained twin must fail: else the run cannot tell good from bad. Run once,
+        by start()'s baselines or the first check gated on them; one that raised is run again by the next."""
+        if self.controls_run is None:
+            self.controls_run = self._controls()
+        return self.controls_run
 
-    @cached_property
-    def controls(self) -> Controls:
-        """The reference must pass and the untrained twin must fail: else the run cannot tell good from bad."""
+    def _controls(self) -> Controls:
         if self.config.reference_steps == 0:
             return Controls(SKIPPED, REFERENCE_SKIPPED)
         if not self.needs.controls:
