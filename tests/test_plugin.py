@@ -316,3 +316,30 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
         assert all("no CLIP weights: pass --clip-model ARCH:PATH" in m for m in clip_skips) and len(clip_skips) == 2
         assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
         assert document["base"]["unet_params"] == 792_964
+
+
+class _BaseSpy:
+    """A plugin that keeps a weak reference to the base a run loaded, to see whether the base outlives the run."""
+
+    def __init__(self):
+        self.bases = []
+
+    def pytest_lora_adapter_loaded(self, harness, adapter):
+        import weakref
+
+        self.bases.append(weakref.ref(harness.base.pipeline.unet))
+
+
+def test_a_run_in_process_leaves_nothing_frozen_and_frees_its_base(tmp_path, monkeypatch, write_lora):
+    """The base is frozen out of the garbage collector's sight while the run lasts (pytest's own last collections
+    skip it); the run's end releases it, so a process that calls pytest.main again does not keep the old base.
+    pytest.main itself, as a notebook or a script calls it (pytester's records would hold the run's objects)."""
+    import gc
+
+    monkeypatch.chdir(tmp_path)
+    spy = _BaseSpy()
+    adapter = str(write_lora("kohya", "a.safetensors"))
+    args = ["-q", "-p", "no:cacheprovider", "--adapter", adapter, *FAST, "-k", "wiring", "--rootdir", str(tmp_path)]
+    assert pytest.main(args, plugins=[spy]) == pytest.ExitCode.OK
+    assert gc.get_freeze_count() == 0
+    assert len(spy.bases) == 1 and spy.bases[0]() is None  # collected by the run's own end, not by this test

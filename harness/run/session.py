@@ -109,8 +109,8 @@ class HarnessSession:
             return
         if self.base is None:
             self.base = self._load_base()
-            # The base lives as long as the session: out of the garbage collector's sight (until pytest_unconfigure),
-            # the full collections pytest runs at its end (5, 1.6 s on SD1.5) no longer walk its objects.
+            # The base lives as long as the session: out of the garbage collector's sight (until the plugin releases
+            # the session, after pytest's own last collections), no full collection walks its objects again.
             gc.collect()
             gc.freeze()
         if self.rendering is None:
