@@ -325,13 +325,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     """After an adapter's last check (its item's own fixtures first), the adapter comes off the base, before the next
-    one loads; after the last item, the session's closing digest. Both raise into this item's teardown report."""
+    one loads; after the last item, the session's closing digest. Both raise into this item's teardown report. A run
+    that stops here (an interrupt, pytest.exit) leaves them to pytest_sessionfinish."""
+    harness = item.config.stash.get(session_key, None)
     try:
-        return (yield)
-    finally:
-        harness = item.config.stash.get(session_key, None)
+        result = yield
+    except (KeyboardInterrupt, pytest.exit.Exception):
+        raise
+    except BaseException:  # a fixture's teardown failed (pytest.fail included): the adapter still comes off
         if harness is not None:
             _after_teardown(item, nextitem, harness)
+        raise
+    if harness is not None:
+        _after_teardown(item, nextitem, harness)
+    return result
 
 
 def _after_teardown(item: pytest.Item, nextitem: pytest.Item | None, harness) -> None:
@@ -346,18 +353,44 @@ def _after_teardown(item: pytest.Item, nextitem: pytest.Item | None, harness) ->
 
 def _unload(item: pytest.Item, harness, spec) -> None:
     """Unload the adapter, and record the verdicts it took again (frozen_base's, with the unloading as a stage) on
-    this teardown's report; one now worse than its test reported fails this teardown."""
+    this teardown's report, for results.json (JUnit: on the check's own test case when this is it, as it is unless
+    items are reordered or a plugin check follows it). One that now fails or errs where its test reported another
+    status fails this teardown; so does an unloading that raised, its error recorded as theirs."""
     from lora_harness.reports.terminal import visible
+    from lora_harness.run.session import UnloadFailed
     from lora_harness.verdicts.results import ERROR, FAILED
 
+    try:
+        retaken, failure = harness.unload(spec), None
+    except UnloadFailed as error:
+        retaken, failure = error.retaken, error
     worse = []
-    for adapter, retake, result in harness.unload(spec):
+    for adapter, retake, result in retaken:
         item.config.hook.pytest_lora_check_result(result=result, adapter=adapter)
         report_records.record(item, result.to_dict(), adapter.record, junit=check_name(item) == result.check)
         if result.status in (FAILED, ERROR) and result.status != retake.first.status:
             worse.append(f"{result.adapter} {result.check}, once unloaded: {result.message}")
+    if failure is not None:
+        raise failure
     if worse:
         pytest.fail(visible("; ".join(worse)), pytrace=False)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the results table's last write
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run that stopped before its last teardown (-x, --maxfail, an interrupt) still has its adapters taken off
+    and its closing digest taken; what they find is printed, as the run has already failed or stopped."""
+    harness = session.config.stash.get(session_key, None)
+    if harness is None or harness.closed:
+        return
+    try:
+        harness.finish()
+    except Exception as error:  # noqa: BLE001 - sessionfinish must not raise: the reports are still to be written
+        from lora_harness.reports.terminal import visible
+
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(visible(f"lora-harness: at the run's end: {error}"), red=True)
 
 
 @pytest.hookimpl(wrapper=True)

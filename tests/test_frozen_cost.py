@@ -80,6 +80,45 @@ def test_a_write_through_data_that_no_counter_sees_fails_the_run_at_its_closing_
     result.stdout.fnmatch_lines([closing])
 
 
+def test_a_run_interrupted_mid_check_still_takes_its_closing_digest(pytester, write_lora):
+    """A stop mid-check (pytest.exit, as Ctrl-C) skips the item's teardown: pytest_sessionfinish takes the adapter off
+    and the last digest."""
+    interrupting = (
+        CHANGES_OUTSIDE.format(change="weight.data.add_(0.01)")
+        + """
+
+def pytest_lora_check_result(result, adapter):
+    import pytest
+
+    pytest.exit("stopped mid-check")
+"""
+    )
+    pytester.makeconftest(interrupting)
+    result = _run(pytester, write_lora("kohya", "sly.safetensors"))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    closing = f"*lora-harness: at the run's end: 1 base parameters differ from the session's first digests*{OUTSIDE}*"
+    result.stdout.fnmatch_lines([closing])
+    document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
+    assert document["run"]["status"] == "interrupted"
+
+
+def test_an_unloading_that_cannot_restore_the_base_is_frozen_base_s_error(pytester, write_lora):
+    """A parameter removed from the base cannot be put back: the re-taken verdict is an error saying so."""
+    pytester.makeconftest(
+        CHANGES_OUTSIDE.replace("weight = ", "unet = ")
+        .replace(".conv_in.weight", "")
+        .format(change="unet.conv_in.bias = None")
+    )
+    result = _run(pytester, write_lora("kohya", "remover.safetensors"))
+    result.assert_outcomes(failed=1, errors=1)  # frozen_base fails on the missing bias, its teardown on the restore
+    record = _frozen(pytester)
+    assert record["status"] == "error"
+    assert record["message"].startswith(
+        "unloading remover.safetensors raised RuntimeError: remover.safetensors changed"
+    )
+    assert "could not be restored" in record["message"] and "unet.conv_in.bias" in record["message"]
+
+
 # A plugin check collected after frozen_base (after_other_checks, registered after it) that writes the base in place.
 SCRIBBLER_CONFTEST = """
 from pathlib import Path

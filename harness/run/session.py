@@ -66,6 +66,15 @@ class Controls:
     details: dict = field(default_factory=dict)
 
 
+class UnloadFailed(RuntimeError):
+    """Unloading raised, so the base may not be the one first digested: the verdicts to take again are errors saying
+    so, carried here for the teardown to record."""
+
+    def __init__(self, message: str, retaken: list):
+        super().__init__(message)
+        self.retaken = retaken
+
+
 class HarnessSession:
     def __init__(
         self,
@@ -95,6 +104,7 @@ class HarnessSession:
         self.after_training: Evidence | None = None  # the full digest after the reference's training
         self.controls_run: Controls | None = None  # the controls' outcome, once run_controls ran
         self.started = False
+        self.closed = False
 
     def prepare(self, checks: list[str] | None) -> None:
         """The checks collected (pytest_collection_finish) decide the render plan and whether the controls run."""
@@ -320,10 +330,11 @@ class HarnessSession:
             )
 
     def close(self) -> None:
-        """The session's last full digest: a change written around the cheap evidence (through `.data` or a shared
-        buffer) still ends the run named. Raises naming what changed."""
-        if self.base is None:
+        """The session's last full digest, once: a change written around the cheap evidence (through `.data` or a
+        shared buffer) still ends the run named. Raises naming what changed."""
+        if self.base is None or self.closed:
             return
+        self.closed = True
         names = self.watch.full().changed
         if names:
             raise RuntimeError(
@@ -339,17 +350,39 @@ class HarnessSession:
 
     def unload(self, spec: AdapterSpec) -> list[tuple[LoadedAdapter, Retake, CheckResult]]:
         """The adapter off the base, which is then held to the first digests (and restored where it differs),
-        after its last check and before the next adapter loads. Returns the verdicts taken again (after_unloading)."""
+        after its last check and before the next adapter loads. Returns the verdicts taken again (after_unloading);
+        raises UnloadFailed, carrying them as errors, when the adapter could not be taken off or the base restored."""
         loaded = self._loaded.pop(spec.name, None)
         if loaded is None:
             return []
         self._unloaded.add(spec.name)
-        if loaded.application is not None:  # refused or skipped: nothing to take out, but it may have run on the base
-            self._take_out(spec.slot)
-            self.rendering.forget(spec.slot)
-        if self.base is not None:
-            self._settle(spec.name, self.record_stage(loaded, "after unloading"))
-        return [(loaded, retake, self.run_check(loaded, retake.check, retake.evaluate)) for retake in loaded.retakes]
+        try:
+            if loaded.application is not None:
+                self._take_out(spec.slot)
+                self.rendering.forget(spec.slot)
+            if self.base is not None:  # a refused or skipped adapter has nothing to take out, but it ran on the base
+                self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+        except Exception as error:
+            message = f"unloading {spec.name} raised {type(error).__name__}: {error}"
+            failed = [
+                (loaded, retake, CheckResult(loaded.name, retake.check, ERROR, message=message))
+                for retake in loaded.retakes
+            ]
+            raise UnloadFailed(message, failed) from error
+        return [(loaded, retake, self._retaken(loaded, retake)) for retake in loaded.retakes]
+
+    def _retaken(self, loaded: LoadedAdapter, retake: Retake) -> CheckResult:
+        try:
+            return self.run_check(loaded, retake.check, retake.evaluate)
+        except Exception as error:  # noqa: BLE001 - recorded as the check's error, as a raise in its test would be
+            return CheckResult(loaded.name, retake.check, ERROR, message=f"{type(error).__name__}: {error}")
+
+    def finish(self) -> None:
+        """What the last item's teardown does, for a run that stopped before it (-x, --maxfail, an interrupt): every
+        adapter still loaded taken off, then the closing digest."""
+        for loaded in list(self._loaded.values()):
+            self.unload(loaded.spec)
+        self.close()
 
     def _take_out(self, slot: str) -> None:
         """The adapter in `slot` off the base: peft's layers removed, LyCORIS's and replaced modules let go."""
