@@ -276,10 +276,13 @@ def _release_session(config: pytest.Config) -> None:
     """The session leaves with the run. What its start() froze out of the garbage collector's sight (the base and
     every module imported by then) stays frozen through pytest's own last collections (five, in its unraisable-
     exception check, a cleanup registered after this one and so run before it: 0.2 s each on SD1.5 unfrozen), then
-    is ordinary garbage again, collected once so that an in-process run (the tests make them) frees the base."""
+    is ordinary garbage again, collected once so that an in-process run (the tests make them) frees the base.
+    (Registered in pytest_configure, which runs before the built-in plugins' as this plugin registers after them.)"""
+    harness = config.stash[session_key]
     del config.stash[session_key]
-    gc.unfreeze()
-    gc.collect()
+    if harness.base is not None:  # an xdist controller never loads one
+        gc.unfreeze()
+        gc.collect()
 
 
 @pytest.hookimpl(tryfirst=True)
