@@ -278,9 +278,9 @@ def _release_session(config: pytest.Config) -> None:
     exception check, a cleanup registered after this one and so run before it: 0.2 s each on SD1.5 unfrozen), then
     is ordinary garbage again, collected once so that an in-process run (the tests make them) frees the base.
     (Registered in pytest_configure, which runs before the built-in plugins' as this plugin registers after them.)"""
-    harness = config.stash[session_key]
+    froze = config.stash[session_key].base is not None  # an xdist controller never loads one
     del config.stash[session_key]
-    if harness.base is not None:  # an xdist controller never loads one
+    if froze:
         gc.unfreeze()
         gc.collect()
 
