@@ -166,3 +166,24 @@ def test_a_change_after_frozen_base_ran_fails_it_once_the_adapter_is_unloaded(py
 
 def _adapter_args(paths) -> list[str]:
     return [argument for path in paths for argument in ("--adapter", str(path))]
+
+
+def test_a_change_after_frozen_base_ran_is_judged_when_its_adapter_s_checks_are_split_up(pytester, write_lora):
+    """Checks of two adapters interleaved (tests/test_isolation.py's reordering conftest): the adapter is loaded again
+    for its later checks, and frozen_base, taken again at each unloading, still judges what they changed."""
+    from tests.test_isolation import INTERLEAVING
+
+    pytester.makeconftest(SCRIBBLER_CONFTEST + INTERLEAVING)
+    (pytester.path / "extra").mkdir()
+    (pytester.path / "extra" / "test_scribble.py").write_text(
+        SCRIBBLER.replace("changer.safetensors", "first.safetensors")
+    )
+    adapters = [write_lora("kohya", "first.safetensors"), write_lora("kohya", "second.safetensors")]
+    selected = ("-k", "frozen_base or scribble")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *FAST[:-2], *selected, *_adapter_args(adapters))
+    result.assert_outcomes(passed=4, errors=1)  # first's scribble: its teardown's re-taken frozen_base fails
+    result.stdout.fnmatch_lines(["*loading adapter first.safetensors again*"])
+    document = json.loads((pytester.path / "lora-report" / "results.json").read_text())
+    records = {(r["adapter"], r["check"]): r for r in document["results"]}
+    assert records[("first.safetensors", "frozen_base")]["details"]["changed"] == {"after unloading": [OUTSIDE]}
+    assert records[("second.safetensors", "frozen_base")]["status"] == "passed"

@@ -95,7 +95,9 @@ class HarnessSession:
         self.needs = self._needs()
         self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
         self._loaded: dict[str, LoadedAdapter] = {}
-        self._unloaded: set[str] = set()  # an adapter whose checks did not run together is loaded again, and says so
+        # Unloaded adapters, by name: one whose checks did not run together is loaded again (and says so), keeping
+        # what frozen_base found and takes again.
+        self._unloaded: dict[str, LoadedAdapter] = {}
         self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
         # made by start(), in this order
         self.base = None
@@ -246,11 +248,15 @@ class HarnessSession:
         self.start()
         if spec.name not in self._loaded:
             try:
-                self._loaded[spec.name] = self._load(spec)
+                loaded = self._load(spec)
             except Exception:
                 if self.base is not None:  # what a crash half-way through injection wrote is put back
                     self._settle(f"{spec.name}, whose loading raised", self.watch.cheap(set()))
                 raise
+            earlier = self._unloaded.get(spec.name)
+            if earlier is not None:  # its checks were split up: frozen_base's evidence and re-take carry on
+                loaded.stages, loaded.retakes = earlier.stages, earlier.retakes
+            self._loaded[spec.name] = loaded
         return self._loaded[spec.name]
 
     def _load(self, spec: AdapterSpec) -> LoadedAdapter:
@@ -306,8 +312,16 @@ class HarnessSession:
         """The base against the session's first digests, for frozen_base: digests of the parameters of the modules
         the adapter targets and of any parameter whose version counter or storage moved (harness/bases/digests.py)."""
         modules = set(adapter.application.lora_layers) if adapter.application else set()
-        adapter.stages[stage] = self.watch.cheap(modules)
-        return adapter.stages[stage]
+        evidence = self.watch.cheap(modules)
+        earlier = adapter.stages.get(stage)
+        # A stage seen again (the adapter loaded again): what either look found stands. The new look is returned, so
+        # that only what changed since is restored.
+        adapter.stages[stage] = (
+            evidence
+            if earlier is None
+            else Evidence(sorted({*earlier.changed, *evidence.changed}), earlier.digested + evidence.digested)
+        )
+        return evidence
 
     def _settle(self, who: str, evidence: Evidence) -> None:
         """Isolation: a base that differs from the first digests is restored before the next adapter loads."""
@@ -355,7 +369,7 @@ class HarnessSession:
         loaded = self._loaded.pop(spec.name, None)
         if loaded is None:
             return []
-        self._unloaded.add(spec.name)
+        self._unloaded[spec.name] = loaded
         try:
             if loaded.application is not None:
                 self._take_out(spec.slot)
