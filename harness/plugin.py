@@ -407,9 +407,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.failed and not has_result and call.excinfo is not None and report.when in ("setup", "call"):
         # A crash inside a check still becomes a record: the report must say what happened.
         message = f"{call.excinfo.typename}: {call.excinfo.value}"
-        result = _error_record(_adapter_spec(item), check_name(item), message)
-        recorded.append((report_records.RESULT, result))
-        item.user_properties.extend(report_records.junit_properties(result))
+        report_records.record(item, _error_record(_adapter_spec(item), check_name(item), message), None)
         report.user_properties = list(item.user_properties)
     attached = list(recorded)
     for kind, value in attached:

@@ -18,10 +18,14 @@ def records(report) -> list:
     return getattr(report, ATTRIBUTE, None) or []
 
 
-def record(item: pytest.Item, result: dict, adapter: dict, junit: bool = True) -> None:
-    """`result` and its adapter's record onto the item's next report; with `junit`, its plain values in the item's
-    JUnit properties, in place of an earlier verdict's (a verdict taken again at teardown)."""
-    item.stash.setdefault(item_records, []).extend([(RESULT, result), (ADAPTER, adapter)])
+def record(item: pytest.Item, result: dict, adapter: dict | None, junit: bool = True) -> None:
+    """`result` and its adapter's record (None: none to add, as for a crash) onto the item's next report; with
+    `junit`, its plain values in the item's JUnit properties, in place of an earlier verdict's (a verdict taken again
+    at teardown)."""
+    recorded = item.stash.setdefault(item_records, [])
+    recorded.append((RESULT, result))
+    if adapter is not None:
+        recorded.append((ADAPTER, adapter))
     if not junit:
         return
     kept = [prop for prop in item.user_properties if prop[0] not in JUNIT_PROPERTIES]

@@ -371,11 +371,10 @@ class HarnessSession:
             return []
         self._unloaded[spec.name] = loaded
         try:
-            if loaded.application is not None:
+            if loaded.application is not None:  # a refused or skipped one has nothing to take out, but ran on the base
                 self._take_out(spec.slot)
                 self.rendering.forget(spec.slot)
-            if self.base is not None:  # a refused or skipped adapter has nothing to take out, but it ran on the base
-                self._settle(spec.name, self.record_stage(loaded, "after unloading"))
+            self._settle(spec.name, self.record_stage(loaded, "after unloading"))
         except Exception as error:
             message = f"unloading {spec.name} raised {type(error).__name__}: {error}"
             failed = [
