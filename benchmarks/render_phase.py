@@ -10,7 +10,8 @@ from pathlib import Path
 from plain_mechanical import render_states
 
 from lora_harness.bases.base import load_base
-from lora_harness.config.config import AdapterSpec, HarnessConfig, resolve_base
+from lora_harness.bases.resolve import resolve_base
+from lora_harness.config.config import AdapterSpec, HarnessConfig
 from lora_harness.config.options import ParamBudget
 from lora_harness.rendering.renders import GUIDANCE_SCALE
 from lora_harness.run.session import HarnessSession

@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "base_model",
             "MODEL",
             "tiny",
-            "Base: `tiny`, `tiny-sdxl`, `tiny-flux` or `tiny-sd3` (embedded), a local diffusers folder, or a hub id already in the local cache.",
+            "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in the README), a local diffusers folder, a single-file checkpoint, or a hub id already in the local cache. Default: tiny.",
         ),
         (
             "--render-size",
@@ -490,6 +490,7 @@ class ReportHooks:
 def _harness_config(config: pytest.Config, registry: CheckRegistry):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from lora_harness.bases.base import resolve_dtype, resolve_offload
+    from lora_harness.bases.resolve import resolve_base
     from lora_harness.config import options
     from lora_harness.config.config import (
         DEFAULT_PROMPTS,
@@ -497,7 +498,6 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
         adapter_specs,
         image_folder,
         read_lines,
-        resolve_base,
         resolve_device,
         writable_folder,
     )

@@ -8,15 +8,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_harness.bases.families import Signature, denoiser_of, pipeline_signature
-from lora_harness.config.config import TINY, TINY_FLUX, TINY_SD3, TINY_SDXL, ConfigError, HarnessConfig
-
-EMBEDDED_FAMILIES = {
-    TINY: "tiny (SD1.x-shaped)",
-    TINY_SDXL: "tiny (SDXL-shaped)",
-    TINY_FLUX: "tiny (Flux-shaped)",
-    TINY_SD3: "tiny (SD3-shaped)",
-}
+from lora_harness.bases.families import (
+    DENOISER_COMPONENTS,
+    EMBEDDED,
+    Signature,
+    default_guidance,
+    denoiser_of,
+    pipeline_signature,
+)
+from lora_harness.config.config import ConfigError, HarnessConfig
 
 
 @dataclass
@@ -83,7 +83,7 @@ def stored_dtype(base_model: str, folder: Path) -> str:
 
         return inspect_single_file(base_model, folder).dtype
     index = json.loads((folder / "model_index.json").read_text())
-    component = "unet" if "unet" in index else "transformer"
+    component = next(component for component in DENOISER_COMPONENTS if component in index)
     files = sorted((folder / component).glob("*.safetensors"), key=lambda path: (path.name.count(".") > 1, path.name))
     if not files:
         raise ConfigError(
@@ -106,20 +106,12 @@ def stored_dtype(base_model: str, folder: Path) -> str:
 def load_base(config: HarnessConfig) -> BaseModel:
     import torch
 
-    from lora_harness.rendering.renders import default_guidance
-
     dtype = getattr(torch, config.dtype)
     single_file = None
     if config.base_path is None:
-        from lora_harness.bases import tiny_base
-
-        builders = {
-            TINY: tiny_base.build_tiny_pipeline,
-            TINY_SDXL: tiny_base.build_tiny_sdxl_pipeline,
-            TINY_FLUX: tiny_base.build_tiny_flux_pipeline,
-            TINY_SD3: tiny_base.build_tiny_sd3_pipeline,
-        }
-        pipeline = builders[config.base_model]()  # built in float32; diffusers warns on every cast, even to it
+        pipeline = EMBEDDED[
+            config.base_model
+        ].tiny.build()  # built in float32; diffusers warns on every cast, even to it
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
     elif config.base_single_file is not None:
@@ -148,7 +140,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,
-        family=EMBEDDED_FAMILIES.get(config.base_model) or signature.family,
+        family=EMBEDDED[config.base_model].tiny.label if config.base_path is None else signature.family,
         signature=signature,
         unet_params=sum(p.numel() for p in denoiser.parameters()),
         native_size=latent_size * pipeline.vae_scale_factor,

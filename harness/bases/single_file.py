@@ -14,67 +14,27 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from lora_harness.bases.families import FAMILIES
+from lora_harness.bases.families.family import SingleFile
+from lora_harness.bases.families.unet import LDM_UNET
 from lora_harness.config.config import ConfigError
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-LDM_UNET = "model.diffusion_model."
 # A1111's legacy short hash, and Kohya's `ss_sd_model_hash`: SHA-256 of the 64 KiB at 1 MiB, first 8 hex digits.
 LEGACY_HASH_OFFSET = 0x100000
 LEGACY_HASH_BYTES = 0x10000
 A1111_SHORT_HASH = 10  # A1111's newer short form: the file's SHA-256, first 10 hex digits
 
-
-@dataclass(frozen=True)
-class CarriedFamily:
-    """What lora-harness carries to build a family's pipeline from one file, and what the file must hold."""
-
-    pipeline: str  # the diffusers pipeline class
-    configs: str  # its folder in base_configs/
-    parts: dict  # what the file must hold for the pipeline: a name per key prefix
-    tokenizers: dict  # each CLIP tokenizer by component name, with its padding token (SD2's OpenCLIP pads with "!")
-
-
-CARRIED = {
-    "SD1.x": CarriedFamily(
-        "StableDiffusionPipeline",
-        "sd1",
-        {LDM_UNET: "U-Net", "first_stage_model.": "VAE", "cond_stage_model.transformer.": "CLIP ViT-L text encoder"},
-        {"tokenizer": None},
-    ),
-    "SD2.x": CarriedFamily(
-        "StableDiffusionPipeline",
-        "sd2",
-        {LDM_UNET: "U-Net", "first_stage_model.": "VAE", "cond_stage_model.model.": "OpenCLIP ViT-H text encoder"},
-        {"tokenizer": "!"},
-    ),
-    "SDXL": CarriedFamily(
-        "StableDiffusionXLPipeline",
-        "sdxl",
-        {
-            LDM_UNET: "U-Net",
-            "first_stage_model.": "VAE",
-            "conditioner.embedders.0.transformer.": "CLIP ViT-L text encoder",
-            "conditioner.embedders.1.model.": "OpenCLIP ViT-bigG text encoder",
-        },
-        {"tokenizer": None, "tokenizer_2": "!"},
-    ),
-}
+# What lora-harness carries to build each family's pipeline from one file, by family name.
+CARRIED: dict[str, SingleFile] = {family.name: family.single_file for family in FAMILIES if family.single_file}
+PIPELINES = {family.name: family.pipelines[0] for family in FAMILIES}
 # Where each carried family's configs live; tests point a family at configs of narrow widths.
 CONFIG_FOLDERS = {
     family: Path(__file__).parent / "base_configs" / carried.configs for family, carried in CARRIED.items()
 }
 # diffusers' model types (`infer_diffusers_model_type`) of the families lora-harness checks.
-MODEL_TYPES = {
-    "v1": "SD1.x",
-    "v2": "SD2.x",
-    "xl_base": "SDXL",
-    "sd3": "SD3",
-    "sd35_medium": "SD3",
-    "sd35_large": "SD3",
-    "flux-dev": "Flux",
-    "flux-schnell": "Flux",
-}
+MODEL_TYPES = {model_type: family.name for family in FAMILIES for model_type in family.model_types}
 # diffusers answers "v1" for any file it does not recognise; an SD1.x U-Net has this key.
 SD1_KEY = LDM_UNET + "output_blocks.11.0.skip_connection.weight"
 # The MMDiT families' text encoders in single files (SD3's and ComfyUI's all-in-one layout).
@@ -85,7 +45,7 @@ MMDIT_PARTS = {
     "first_stage_model.": "VAE",
     "vae.": "VAE",
 }
-SUPPORTED = "SD1.x, SD2.x and SDXL checkpoints as AUTOMATIC1111 and ComfyUI save them"
+SUPPORTED = f"{', '.join(CARRIED)} checkpoints as AUTOMATIC1111 and ComfyUI save them"
 
 
 @dataclass(frozen=True)
@@ -98,7 +58,7 @@ class SingleFileBase:
     dtype: str  # what most of the U-Net's tensors are stored in
 
     @property
-    def carried(self) -> CarriedFamily:
+    def carried(self) -> SingleFile:
         return CARRIED[self.family]
 
     def record(self) -> dict:
@@ -233,17 +193,12 @@ def load_single_file(base: SingleFileBase, dtype):
         if pad is not None:
             tokenizer.pad_token = pad
         tokenizers[name] = tokenizer
-    if base.carried.pipeline == "StableDiffusionPipeline":
-        # A validation run judges the adapter's pixels, not content; the checker would black out images.
-        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    else:
-        extra = {"add_watermarker": False}  # SDXL's invisible watermark changes pixels, and needs another package
-    pipeline_class = getattr(diffusers, base.carried.pipeline)
+    pipeline_class = getattr(diffusers, PIPELINES[base.family])
     return pipeline_class.from_single_file(
         str(base.path),
         config=str(CONFIG_FOLDERS[base.family]),
         local_files_only=True,
         torch_dtype=dtype,
         **tokenizers,
-        **extra,
+        **base.carried.pipeline_kwargs,
     )

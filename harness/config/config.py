@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,11 +12,6 @@ from lora_harness.config.options import ParamBudget
 from lora_harness.config.shard import Shard
 
 REFERENCE = "reference"
-TINY = "tiny"
-TINY_SDXL = "tiny-sdxl"
-TINY_FLUX = "tiny-flux"
-TINY_SD3 = "tiny-sd3"
-EMBEDDED_BASES = (TINY, TINY_SDXL, TINY_FLUX, TINY_SD3)  # built locally from configs with seeded weights
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
     "a watercolor painting of a lighthouse at dusk",
@@ -150,75 +144,6 @@ def adapter_specs(values: list[str]) -> tuple[AdapterSpec, ...]:
         seen.add(unique)
         specs.append(AdapterSpec(unique, path, slot=f"adapter_{len(specs)}" if path else REFERENCE))
     return tuple(specs)
-
-
-SUPPORTED_PIPELINES = {
-    "StableDiffusionPipeline": "SD1.x, SD2.x",
-    "StableDiffusionXLPipeline": "SDXL",
-    "FluxPipeline": "Flux",
-    "StableDiffusion3Pipeline": "SD3, SD3.5",
-}
-EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
-
-
-def resolve_base(base_model: str) -> Path | None:
-    """The local folder holding `base_model`, or the single-file checkpoint it names (its family told from its
-    header now, so a file that cannot serve is a usage error before any model loads); never downloads."""
-    if base_model in EMBEDDED_BASES:
-        return None
-    path = Path(base_model).expanduser()
-    if path.is_file():
-        from lora_harness.bases.single_file import inspect_single_file
-
-        inspect_single_file(base_model, path)
-        return path
-    looks_like_hub_id = (
-        base_model.count("/") == 1
-        and not base_model.startswith((".", "/", "~"))
-        and path.suffix.lower() not in (".safetensors", ".ckpt")  # a checkpoint file's name, not a repository
-    )
-    if not path.is_dir():
-        if not looks_like_hub_id:
-            raise ConfigError(
-                f"--base-model {base_model}: no such folder or file; pass a diffusers pipeline folder, a single-file checkpoint (.safetensors), a hub id or an embedded base ({EMBEDDED_NAMES})"
-            )
-        path = _cached_snapshot(base_model)
-    _check_pipeline(base_model, path)
-    return path
-
-
-def _cached_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except LocalEntryNotFoundError:
-        raise ConfigError(
-            f"--base-model {repo_id}: not in the local Hugging Face cache; lora-harness works offline and never "
-            f"downloads: fetch it once where there is a network (`hf download {repo_id}`) or pass a local folder"
-        ) from None
-
-
-def _check_pipeline(base_model: str, path: Path) -> None:
-    index_path = path / "model_index.json"
-    if not index_path.is_file():
-        raise ConfigError(
-            f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
-            f"pass a folder written by `save_pretrained`, a cached hub id or an embedded base ({EMBEDDED_NAMES})"
-        )
-    try:
-        pipeline_class = json.loads(index_path.read_text()).get("_class_name")
-    except (json.JSONDecodeError, AttributeError, OSError):
-        raise ConfigError(
-            f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again"
-        ) from None
-    if pipeline_class not in SUPPORTED_PIPELINES:
-        raise ConfigError(
-            f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
-            + ", ".join(f"{name} ({families})" for name, families in SUPPORTED_PIPELINES.items())
-            + " bases"
-        )
 
 
 def resolve_device(device: str, worker: int | None = None) -> str:

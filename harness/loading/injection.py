@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lora_harness.bases.families import UNET, Signature, is_denoiser, transformer_architecture
+from lora_harness.bases.families import UNET, Signature, adapter_signature, is_denoiser, width_modules
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.adapter_layout import (
     LAYER_TYPES,
@@ -304,22 +304,20 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
 
 
 def _signature(normalized: NormalizedAdapter) -> Signature | None:
-    """The family the adapter's denoiser keys were made for: the text width a U-Net's cross-attention keys read
-    (it tells SD1.x from SD2.x and SDXL), or the inner width a transformer's attention reads."""
+    """The family the adapter's denoiser keys were made for, from the width its width-reading modules take (a
+    U-Net's cross-attention keys read the text width, which tells SD1.x from SD2.x and SDXL; a transformer's
+    queries its inner width)."""
     roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
     widths = Counter()
     for target in roles:
-        unet_text_keys = target.component == "unet" and target.module.endswith(("attn2.to_k", "attn2.to_v"))
-        transformer_queries = target.component == "transformer" and target.module.endswith("attn.to_q")
-        width = _input_width(target, roles) if unet_text_keys or transformer_queries else None
+        reads_width = target.module.endswith(width_modules(target.component))
+        width = _input_width(target, roles) if reads_width else None
         if width is not None:
             widths[(target.component, width)] += 1
     if not widths:
         return None
     component, width = widths.most_common(1)[0][0]
-    if component == "unet":
-        return Signature(UNET, width)
-    return Signature(transformer_architecture(width, [t.module for t in roles if t.component == component]), width)
+    return adapter_signature(component, width, [t.module for t in roles if t.component == component])
 
 
 def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:

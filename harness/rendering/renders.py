@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from lora_harness.bases.families import scale_keyword
+from lora_harness.bases.families.family import GUIDANCE_SCALE
 from lora_harness.loading.lycoris import LycorisNetwork
 from lora_harness.loading.replaced_modules import ReplacedModules
-
-GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
-
-
-def default_guidance(pipeline) -> float:
-    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5)."""
-    default = inspect.signature(type(pipeline).__call__).parameters["guidance_scale"].default
-    return float(default) if isinstance(default, (int, float)) else GUIDANCE_SCALE
 
 
 @dataclass(frozen=True)
@@ -56,11 +49,7 @@ class Renderer:
         self.pipeline = pipeline
         self.plan = plan
         self.device = device
-        # The LoRA scale rides in `cross_attention_kwargs` for U-Net pipelines, `joint_attention_kwargs` for Flux.
-        parameters = inspect.signature(type(pipeline).__call__).parameters
-        self.scale_argument = (
-            "cross_attention_kwargs" if "cross_attention_kwargs" in parameters else "joint_attention_kwargs"
-        )
+        self.scale_argument = scale_keyword(pipeline)  # U-Nets: `cross_attention_kwargs`; MMDiTs: `joint_…`
         self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
         self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
 

@@ -1,7 +1,7 @@
 """The reference tiny overfit (positive control) and its untrained twin (negative control).
 
-A rank-4 LoRA on every attention projection of the denoiser (the modules per family are in `families`), trained
-with peft on one image and one caption with the family's own objective.
+A rank-4 LoRA on every attention projection of the denoiser (each family's `Reference.targets`), trained with peft
+on one image and one caption with the family's own objective (its `Reference.example`).
 Both are saved with peft's `save_pretrained` and checked through the same loader as any user's adapter.
 """
 
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_harness.bases.families import FLUX, REFERENCE_TARGETS, SD3, UNET, denoiser_of, pipeline_signature
-from lora_harness.rendering.renders import default_guidance
+from lora_harness.bases.families import denoiser_of, family_of_pipeline
 
 RANK = 4
 CAPTION = "a red sun over blue hills, lora-harness reference style"
@@ -46,18 +45,18 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
     from peft import LoraConfig, get_peft_model
 
     run = ReferenceRun(reference_dir=out_dir / "reference", control_dir=out_dir / "control-untrained")
-    architecture = pipeline_signature(pipeline).architecture
+    reference = family_of_pipeline(pipeline).reference
     denoiser = denoiser_of(pipeline)
     # Only the family's targets this base has (a Flux cut down to single-stream blocks has no text-stream projections).
     names = [name for name, _ in denoiser.named_modules()]
-    targets = [t for t in REFERENCE_TARGETS[architecture] if any(name.endswith(f".{t}") for name in names)]
+    targets = [t for t in reference.targets if any(name.endswith(f".{t}") for name in names)]
     config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, init_lora_weights=True)
     torch.manual_seed(SEED)
     model = get_peft_model(denoiser, config)
     try:
         model.save_pretrained(run.control_dir)  # peft's default init: B = 0, so it cannot change an image
         run.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        example = EXAMPLES[architecture](pipeline, size, device)
+        example = reference.example(pipeline, torch.from_numpy(reference_image(size)), CAPTION, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
         generator = torch.Generator(device).manual_seed(SEED)
         model.train()
@@ -78,106 +77,3 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
         model.unload()  # removes the LoRA layers and leaves the base module as it was
     denoiser.requires_grad_(False)
     return run
-
-
-@dataclass
-class DiffusionExample:
-    """The training image and caption for a U-Net: noised by the scheduler, predicting noise or velocity."""
-
-    latents: torch.Tensor
-    conditioning: dict
-    scheduler: object
-
-    @classmethod
-    @torch.no_grad()
-    def encode(cls, pipeline, size: int, device: str):
-        """The image's latents and the caption's conditioning, as the pipeline itself encodes a prompt."""
-        latents = _vae_latents(pipeline, size, device)
-        encoded = pipeline.encode_prompt(
-            prompt=CAPTION, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-        conditioning = {"encoder_hidden_states": encoded[0]}
-        if pipeline.unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size micro-conditioning
-            original_size, crop_top_left, target_size = (size, size), (0, 0), (size, size)
-            time_ids = torch.tensor(
-                [[*original_size, *crop_top_left, *target_size]], device=device, dtype=encoded[0].dtype
-            )
-            conditioning["added_cond_kwargs"] = {"text_embeds": encoded[2], "time_ids": time_ids}
-        return cls(latents * pipeline.vae.config.scaling_factor, conditioning, pipeline.scheduler)
-
-    def noised(self, noise, generator):
-        """(noisy latents, timestep, target) at a random training timestep."""
-        device = self.latents.device
-        timestep = torch.randint(0, self.scheduler.config.num_train_timesteps, (1,), generator=generator, device=device)
-        noisy = self.scheduler.add_noise(self.latents, noise, timestep)
-        if self.scheduler.config.get("prediction_type") == "v_prediction":  # SD2.x 768-v and its kin
-            return noisy, timestep, self.scheduler.get_velocity(self.latents, noise, timestep)
-        return noisy, timestep, noise
-
-    def predict(self, model, noisy, timestep):
-        return model(noisy, timestep, **self.conditioning).sample
-
-
-@dataclass
-class FlowExample:
-    """The training image and caption for an MMDiT: rectified flow, x_t = (1 - t) x_0 + t noise, predicting
-    noise - x_0, as diffusers' Flux and SD3 training scripts do."""
-
-    latents: torch.Tensor  # Flux: packed 2x2 patches [1, patches, 4 * channels]; SD3: [1, channels, h, w]
-    conditioning: dict
-    timestep_scale: float = 1.0  # Flux's transformer takes t in [0, 1], SD3's in [0, 1000]
-
-    @classmethod
-    @torch.no_grad()
-    def for_flux(cls, pipeline, size: int, device: str):
-        latents = _flow_latents(pipeline, size, device)
-        batch, channels, height, width = latents.shape
-        packed = pipeline._pack_latents(latents, batch, channels, height, width)
-        prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
-            prompt=CAPTION, prompt_2=None, device=device, num_images_per_prompt=1
-        )
-        conditioning = {
-            "encoder_hidden_states": prompt_embeds,
-            "pooled_projections": pooled,
-            "txt_ids": text_ids,
-            "img_ids": pipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, prompt_embeds.dtype),
-        }
-        if pipeline.transformer.config.guidance_embeds:  # guidance-distilled (FLUX.1-dev): its default guidance
-            conditioning["guidance"] = torch.full((1,), default_guidance(pipeline), device=device)
-        return cls(packed, conditioning)
-
-    @classmethod
-    @torch.no_grad()
-    def for_sd3(cls, pipeline, size: int, device: str):
-        prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
-            prompt=CAPTION,
-            prompt_2=None,
-            prompt_3=None,
-            device=device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-        )
-        conditioning = {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
-        return cls(_flow_latents(pipeline, size, device), conditioning, timestep_scale=1000.0)
-
-    def noised(self, noise, generator):
-        sigma = torch.rand((1,), generator=generator, device=self.latents.device, dtype=self.latents.dtype)
-        weight = sigma.reshape(-1, *[1] * (self.latents.ndim - 1))
-        return (1 - weight) * self.latents + weight * noise, sigma, noise - self.latents
-
-    def predict(self, model, noisy, sigma):
-        return model(hidden_states=noisy, timestep=sigma * self.timestep_scale, **self.conditioning).sample
-
-
-EXAMPLES = {UNET: DiffusionExample.encode, FLUX: FlowExample.for_flux, SD3: FlowExample.for_sd3}
-
-
-def _flow_latents(pipeline, size: int, device: str) -> torch.Tensor:
-    return (
-        _vae_latents(pipeline, size, device) - pipeline.vae.config.shift_factor
-    ) * pipeline.vae.config.scaling_factor
-
-
-def _vae_latents(pipeline, size: int, device: str) -> torch.Tensor:
-    pixels = torch.from_numpy(reference_image(size)).permute(2, 0, 1)[None].to(device, pipeline.vae.dtype)
-    return pipeline.vae.encode(pixels * 2 - 1).latent_dist.mean

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
-from lora_harness.bases.families import denoiser_of
+from lora_harness.bases.families import EMBEDDED_DEFAULT, denoiser_of
 from lora_harness.config.check_registry import BASE, BASE_AGAIN, BUILTIN, CLIP, HELDOUT, INCEPTION, MAIN, CheckRegistry
-from lora_harness.config.config import REFERENCE, TINY, AdapterSpec, HarnessConfig
+from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 from lora_harness.loading.injection import Application, apply_adapter, file_defects, remove_adapter
@@ -209,7 +209,7 @@ class HarnessSession:
         features = {INCEPTION} if self.config.inception_weights is not None else set()
         # A CLIP is there when one is named or the embedded base brings its self-test one (one a pytest_lora_feature_model
         # hook supplies on another base is used all the same; its renders are then made when first asked for).
-        if self.config.clip_model or self.config.base_model == TINY:
+        if self.config.clip_model or self.config.base_model == EMBEDDED_DEFAULT:
             features.add(CLIP)
         return RenderNeeds.of_checks(
             specs,
@@ -463,7 +463,7 @@ class HarnessSession:
         supplied = self.hook.pytest_lora_feature_model(harness=self, kind=CLIP)
         if supplied is not None:
             return supplied, ""
-        return load_clip(self.config.clip_model, embedded_default=self.config.base_model == TINY)
+        return load_clip(self.config.clip_model, embedded_default=self.config.base_model == EMBEDDED_DEFAULT)
 
     @cached_property
     def inception(self):

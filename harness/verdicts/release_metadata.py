@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from lora_harness.bases.families import claimed_lineage
 from lora_harness.verdicts.results import verdict
 
 CHECK = "release_metadata"
@@ -28,16 +29,6 @@ BASE_HASHES = {
     "ss_sd_model_hash": ("legacy_model_hash",),
 }
 HEX = re.compile(r"[0-9a-f]+")  # sd-scripts writes "NOFILE" or "IsADirectory" where it could not hash the base
-FAMILY_PREFIXES = (  # how trainers name the base they trained on
-    ("sdxl", "SDXL"),
-    ("stable-diffusion-xl", "SDXL"),
-    ("sd_v2", "SD2.x"),
-    ("stable-diffusion-v2", "SD2.x"),
-    ("sd_v1", "SD1.x"),
-    ("stable-diffusion-v1", "SD1.x"),
-    ("sd3", "SD3"),
-    ("flux", "Flux"),
-)
 
 
 def flat_metadata(metadata: dict) -> dict:
@@ -54,10 +45,9 @@ def flat_metadata(metadata: dict) -> dict:
 
 def claimed_family(flat: dict) -> str | None:
     for key in ("ss_base_model_version", "modelspec.architecture"):
-        value = str(flat.get(key, "")).lower()
-        for prefix, family in FAMILY_PREFIXES:
-            if value.startswith(prefix):
-                return family
+        family = claimed_lineage(str(flat.get(key, "")))
+        if family is not None:
+            return family
     if str(flat.get("ss_v2", "")).lower() == "true":
         return "SD2.x"
     return None

@@ -1,0 +1,191 @@
+"""The registry of model families: one module per family, each one `Family` (`family.py`) holding everything the
+harness knows of it. Every table elsewhere (supported pipelines, embedded bases, single-file types, lineages,
+blocks, reference targets, render keywords) is read from `FAMILIES` through the functions below.
+
+Adding a family: a module here with its `FAMILY` (a `TinyTwin` built in `tiny_base.py`), listed in `FAMILIES`,
+and its tests (see the README's "Adding a family").
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from lora_harness.bases.families import flux, sd1, sd2, sd3, sdxl
+from lora_harness.bases.families.family import Family, default_guidance
+
+FAMILIES: tuple[Family, ...] = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.FAMILY, sd3.FAMILY)
+
+UNET = sd1.FAMILY.denoiser.architecture
+FLUX = flux.FAMILY.denoiser.architecture
+SD3 = sd3.FAMILY.denoiser.architecture
+EMBEDDED: dict[str, Family] = {family.tiny.name: family for family in FAMILIES if family.tiny is not None}
+EMBEDDED_BASES = tuple(EMBEDDED)  # built locally from configs with seeded weights
+EMBEDDED_DEFAULT = sd1.FAMILY.tiny.name  # `--base-model`'s default: the one base with a self-test CLIP
+# The pipeline attributes that hold a denoiser, in the order they are looked for.
+DENOISER_COMPONENTS = tuple(dict.fromkeys(family.denoiser.component for family in FAMILIES))
+
+__all__ = [
+    "DENOISER_COMPONENTS",
+    "EMBEDDED",
+    "EMBEDDED_BASES",
+    "EMBEDDED_DEFAULT",
+    "FAMILIES",
+    "FLUX",
+    "SD3",
+    "UNET",
+    "Family",
+    "Signature",
+    "adapter_signature",
+    "architecture_family",
+    "block_of",
+    "claimed_lineage",
+    "default_guidance",
+    "denoiser_of",
+    "family_of_pipeline",
+    "is_denoiser",
+    "pipeline_signature",
+    "scale_keyword",
+    "supported_pipelines",
+    "width_modules",
+]
+
+
+def architecture_family(architecture: str) -> Family:
+    """The first family of a denoiser architecture: what families of one architecture share (denoiser, blocks,
+    reference) is read from it when the width names none of them."""
+    return next(family for family in FAMILIES if family.denoiser.architecture == architecture)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A denoiser architecture and the width that decides every LoRA shape on it: what tells a base's family, and
+    the family an adapter's keys were made for."""
+
+    architecture: str  # a `Denoiser.architecture`: "unet", "flux", "sd3"
+    width: int
+
+    @property
+    def named_family(self) -> Family | None:
+        """The family whose known widths hold this one, else the architecture's family when its lineage holds at
+        any width (an MMDiT's); None for a U-Net of no known width."""
+        of_architecture = [f for f in FAMILIES if f.denoiser.architecture == self.architecture]
+        exact = next((f for f in of_architecture if self.width in f.widths), None)
+        return exact or next((f for f in of_architecture if f.any_width), None)
+
+    @property
+    def family(self) -> str:
+        """What has this width: 'SD2.x', 'tiny SDXL', 'SD3.5 large'; 'unknown (cross-attention 320)'."""
+        for family in FAMILIES:
+            if family.denoiser.architecture == self.architecture and self.width in family.widths:
+                return family.widths[self.width]
+        return f"unknown ({self.width_label})"
+
+    @property
+    def width_label(self) -> str:
+        return f"{architecture_family(self.architecture).denoiser.width_label} {self.width}"
+
+    @property
+    def lineage(self) -> str | None:
+        """The family as trainers' metadata names it ('SD1.x', 'SDXL', 'Flux', ...); the tiny twins stand for the
+        family they are shaped like."""
+        family = self.named_family
+        return family.name if family is not None else None
+
+    def __str__(self) -> str:
+        """'SD2.x (cross-attention 1024)'."""
+        return f"{self.family} ({self.width_label})"
+
+
+def is_denoiser(component: str) -> bool:
+    return component in DENOISER_COMPONENTS
+
+
+def denoiser_of(pipeline):
+    """The pipeline's denoiser (U-Net or transformer)."""
+    return next(
+        getattr(pipeline, component)
+        for component in DENOISER_COMPONENTS
+        if getattr(pipeline, component, None) is not None
+    )
+
+
+def pipeline_signature(pipeline) -> Signature:
+    """The base's signature, from its denoiser's class and config."""
+    for family in FAMILIES:
+        denoiser = family.denoiser
+        model = getattr(pipeline, denoiser.component, None)
+        if model is not None and type(model).__name__ in denoiser.classes:
+            return Signature(denoiser.architecture, int(denoiser.width(model)))
+    raise ValueError(f"{type(pipeline).__name__}: its denoiser is none of the classes lora-harness knows")
+
+
+def family_of_pipeline(pipeline) -> Family:
+    """The base's family: by the width where it names one, else by the pipeline class, else by the architecture."""
+    signature = pipeline_signature(pipeline)
+    named = signature.named_family
+    if named is not None:
+        return named
+    by_class = [f for f in FAMILIES if type(pipeline).__name__ in f.pipelines]
+    return by_class[0] if by_class else architecture_family(signature.architecture)
+
+
+def adapter_signature(component: str, width: int, module_names) -> Signature | None:
+    """The signature an adapter's keys on `component` were made for, from the width its width-reading modules
+    take: the architecture whose families know that width, else the one whose distinctive modules the keys name,
+    else the one architecture on that component with no distinctive modules. None when nothing tells them apart."""
+    candidates = list(dict.fromkeys(f.denoiser for f in FAMILIES if f.denoiser.component == component))
+    known = [d for d in candidates if any(width in f.widths for f in FAMILIES if f.denoiser == d)]
+    if len(known) == 1:
+        return Signature(known[0].architecture, width)
+    marked = [d for d in candidates if any(m in name for m in d.distinctive_modules for name in module_names)]
+    plain = [d for d in candidates if not d.distinctive_modules]
+    chosen = marked if marked else plain
+    return Signature(chosen[0].architecture, width) if len(chosen) == 1 else None
+
+
+def width_modules(component: str) -> tuple[str, ...]:
+    """The module-name endings whose down matrix reads the width of a denoiser held in `component`."""
+    denoisers = dict.fromkeys(f.denoiser for f in FAMILIES if f.denoiser.component == component)
+    return tuple(dict.fromkeys(module for denoiser in denoisers for module in denoiser.width_modules))
+
+
+def block_of(module: str, architecture: str = UNET) -> str:
+    """'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'down/attn2';
+    'transformer.single_transformer_blocks.3.attn.to_q' (Flux) -> 'single/attn'; a text encoder's -> its component."""
+    parts = module.split(".")
+    if not is_denoiser(parts[0]):
+        return parts[0]
+    return architecture_family(architecture).blocks.of(parts)
+
+
+def claimed_lineage(value: str) -> str | None:
+    """The family a trainer's `ss_base_model_version` or `modelspec.architecture` value names ('sdxl_base_v1-0' ->
+    'SDXL'), by the longest prefix any family claims."""
+    value = value.lower()
+    claims = sorted(
+        ((prefix, family.name) for family in FAMILIES for prefix in family.lineage_prefixes),
+        key=lambda claim: -len(claim[0]),
+    )
+    return next((name for prefix, name in claims if value.startswith(prefix)), None)
+
+
+def supported_pipelines() -> dict[str, list[str]]:
+    """Each diffusers pipeline class lora-harness checks, with the families it covers."""
+    supported: dict[str, list[str]] = {}
+    for family in FAMILIES:
+        for pipeline in family.pipelines:
+            supported.setdefault(pipeline, []).append(family.name)
+    return supported
+
+
+SCALE_KEYWORDS = tuple(dict.fromkeys(family.rendering.scale_keyword for family in FAMILIES))
+
+
+def scale_keyword(pipeline) -> str:
+    """The `__call__` argument that carries the LoRA scale: the family's, else the first its `__call__` takes."""
+    for family in FAMILIES:
+        if type(pipeline).__name__ in family.pipelines:
+            return family.rendering.scale_keyword
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+    return next(keyword for keyword in SCALE_KEYWORDS if keyword in parameters)

@@ -1,0 +1,109 @@
+"""What the harness knows of a model family, as one declarative object per family (`Family`), and its parts.
+
+A family is a lineage trainers name (SD1.x, SDXL, Flux, ...). Families that share a denoiser architecture (the
+SD U-Nets) are told apart by the width that decides every LoRA shape: the text width a U-Net's cross-attention
+reads, or a transformer's inner width. An adapter's family is read the same way from its keys.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """The model an adapter mostly targets, and how its width is read from the model and from adapter keys."""
+
+    architecture: str  # shared by the families of one denoiser design: "unet", "flux", "sd3"
+    component: str  # the pipeline's attribute holding it
+    classes: tuple[str, ...]  # its diffusers model classes
+    width: Callable[[object], int]  # the width, from the model's config
+    width_label: str  # what the width is: "cross-attention", "transformer width"
+    width_modules: tuple[str, ...]  # module-name endings whose down matrix reads that width in an adapter
+    # Module-name fragments only this architecture has among those on the same component: they tell an adapter's
+    # architecture when its width is not a known one.
+    distinctive_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """How `param_budget` and `weight_health` group the denoiser's modules: 'stage/kind' in the family's own names."""
+
+    stages: dict[str, str]  # module-path part -> stage ("down_blocks" -> "down")
+    kinds: dict[str, str]  # module-path part -> kind of layer ("attn2" -> "attn2", "add_q_proj" -> "attn-text")
+
+    def of(self, denoiser_path: list[str]) -> str:
+        stage = next((self.stages[p] for p in denoiser_path if p in self.stages), "other")
+        kinds = [p.split("+")[0] for p in reversed(denoiser_path)]  # a fused module 'attn.add_q_proj+add_k_proj'
+        kind = next((self.kinds[p] for p in kinds if p in self.kinds), "other")
+        return f"{stage}/{kind}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference overfit: a rank-4 LoRA on `targets` (those the base has), trained on the family's objective.
+
+    `example(pipeline, pixels, caption, device)` encodes the training image and caption as the pipeline itself
+    would and returns a `TrainingExample` (`families/objectives.py`) that noises latents and predicts the target.
+    """
+
+    targets: tuple[str, ...]
+    objective: str  # in words, for the README and errors: "noise (or velocity)", "rectified flow"
+    example: Callable
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How the family's pipeline renders. Guidance is always the pipeline's own `__call__` default
+    (`default_guidance`)."""
+
+    scale_keyword: str  # the `__call__` argument carrying `{"scale": s}` to the LoRA layers
+
+
+GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion, for a pipeline whose `__call__` declares none
+
+
+def default_guidance(pipeline) -> float:
+    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5, SD3 7.0)."""
+    default = inspect.signature(type(pipeline).__call__).parameters["guidance_scale"].default
+    return float(default) if isinstance(default, (int, float)) else GUIDANCE_SCALE
+
+
+@dataclass(frozen=True)
+class TinyTwin:
+    """An embedded base: the family's pipeline at tiny widths with seeded weights, built offline."""
+
+    name: str  # what `--base-model` takes: "tiny-sdxl"
+    label: str  # the base's family in results.json: "tiny (SDXL-shaped)"
+    build: Callable[[], object]
+
+
+@dataclass(frozen=True)
+class SingleFile:
+    """What lora-harness carries to build the family's pipeline from one checkpoint file, and what it must hold."""
+
+    configs: str  # its folder in base_configs/
+    parts: dict[str, str]  # what the file must hold: a name per key prefix
+    tokenizers: dict[str, str | None]  # each CLIP tokenizer by component, with its padding token (OpenCLIP: "!")
+    # What its pipeline class is given besides: no safety checker (it would black out the pixels judged), no
+    # invisible watermark (it changes pixels, and needs another package).
+    pipeline_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the lineage, as the README and trainers' metadata name it: "SDXL"
+    pipelines: tuple[str, ...]  # the diffusers pipeline classes it covers
+    denoiser: Denoiser
+    widths: dict[int, str]  # width -> the name of what has it ({2048: "SDXL", 64: "tiny SDXL"})
+    reference: Reference
+    rendering: Rendering
+    blocks: Blocks
+    # Prefixes of what trainers write in `ss_base_model_version` / `modelspec.architecture` for it ("sdxl").
+    lineage_prefixes: tuple[str, ...] = ()
+    any_width: bool = False  # the lineage holds at any width (an MMDiT's), not only at `widths`
+    tiny: TinyTwin | None = None
+    model_types: tuple[str, ...] = ()  # diffusers' single-file detection names (`infer_diffusers_model_type`)
+    single_file: SingleFile | None = None  # None: single files of it are detected, not built offline

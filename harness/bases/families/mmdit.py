@@ -1,0 +1,20 @@
+"""What Flux's and SD3's MMDiT transformers share: attention over a text and an image stream in each block, with
+the text stream's projections named `add_*`. The reference overfit trains both streams' projections."""
+
+from __future__ import annotations
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+KINDS = {
+    "add_q_proj": "attn-text",
+    "add_k_proj": "attn-text",
+    "add_v_proj": "attn-text",
+    "to_add_out": "attn-text",
+    "attn": "attn",
+    "ff_context": "ff-text",
+    "ff": "ff",
+    "proj_mlp": "ff",
+}
+
+
+def inner_width(transformer) -> int:
+    return transformer.config.num_attention_heads * transformer.config.attention_head_dim

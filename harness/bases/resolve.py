@@ -1,0 +1,72 @@
+"""Where `--base-model` points: an embedded tiny twin, a local diffusers folder, a single-file checkpoint or a hub
+id in the local cache; a folder's pipeline class is checked against the family registry before any model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lora_harness.bases.families import EMBEDDED_BASES, supported_pipelines
+from lora_harness.bases.single_file import inspect_single_file
+from lora_harness.config.config import ConfigError
+
+EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
+
+
+def resolve_base(base_model: str) -> Path | None:
+    """The local folder holding `base_model`, or the single-file checkpoint it names (its family told from its
+    header now, so a file that cannot serve is a usage error before any model loads); never downloads."""
+    if base_model in EMBEDDED_BASES:
+        return None
+    path = Path(base_model).expanduser()
+    if path.is_file():
+        inspect_single_file(base_model, path)
+        return path
+    looks_like_hub_id = (
+        base_model.count("/") == 1
+        and not base_model.startswith((".", "/", "~"))
+        and path.suffix.lower() not in (".safetensors", ".ckpt")  # a checkpoint file's name, not a repository
+    )
+    if not path.is_dir():
+        if not looks_like_hub_id:
+            raise ConfigError(
+                f"--base-model {base_model}: no such folder or file; pass a diffusers pipeline folder, a single-file checkpoint (.safetensors), a hub id or an embedded base ({EMBEDDED_NAMES})"
+            )
+        path = _cached_snapshot(base_model)
+    _check_pipeline(base_model, path)
+    return path
+
+
+def _cached_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"--base-model {repo_id}: not in the local Hugging Face cache; lora-harness works offline and never "
+            f"downloads: fetch it once where there is a network (`hf download {repo_id}`) or pass a local folder"
+        ) from None
+
+
+def _check_pipeline(base_model: str, path: Path) -> None:
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise ConfigError(
+            f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
+            f"pass a folder written by `save_pretrained`, a cached hub id or an embedded base ({EMBEDDED_NAMES})"
+        )
+    try:
+        pipeline_class = json.loads(index_path.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        raise ConfigError(
+            f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again"
+        ) from None
+    supported = supported_pipelines()
+    if pipeline_class not in supported:
+        raise ConfigError(
+            f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
+            + ", ".join(f"{name} ({', '.join(families)})" for name, families in supported.items())
+            + " bases"
+        )
