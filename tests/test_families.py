@@ -219,12 +219,64 @@ def test_a_flux_adapter_on_sd3_and_an_sd3_adapter_on_flux_fail_wiring_naming_bot
     assert "made for tiny SD3 (transformer width 128), but the base is tiny Flux (transformer width 96)" in message
 
 
+@pytest.fixture(scope="module")
+def chroma_adapters(tmp_path_factory):
+    """Adapters for the embedded Chroma-shaped base: diffusers' layout as `ChromaPipeline.save_lora_weights`
+    writes it (Flux's loader; T5, Chroma's only text encoder, is left alone as trainers do), and PEFT's folder."""
+    from lora_harness.bases.tiny_base import build_tiny_chroma_pipeline
+    from lora_harness.fixtures.adapter_writers import make_pipeline_lora, write_adapter, write_diffusers_components
+
+    folder = tmp_path_factory.mktemp("chroma-adapters")
+    pipeline = build_tiny_chroma_pipeline()
+    loras = make_pipeline_lora(pipeline, seed=1)
+    assert set(loras) == {"transformer"}
+    return {
+        "diffusers": write_diffusers_components(loras, folder / "diffusers", 4, 8, type(pipeline)),
+        "peft": write_adapter("peft", loras["transformer"], folder / "peft", 4, 4),
+    }
+
+
+def test_chroma_adapters_pass_at_their_declared_scale_and_the_reference_trains_with_its_controls(
+    pytester, chroma_adapters
+):
+    adapters = [a for path in chroma_adapters.values() for a in ("--adapter", path)]
+    args = ("--base-model", "tiny-chroma", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess("--adapter", "reference", *adapters, *args, *MECHANICAL).assert_outcomes(passed=3 * 5)
+    document = results(pytester)
+    assert document["base"]["family"] == "tiny (Chroma-shaped)" and document["base"]["guidance_scale"] == 5.0
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    applied = {a["format"] if a["name"] != "reference" else "reference": a for a in document["adapters"]}
+    transformer_tensors = 2 * (8 + 3)  # one double-stream block (both streams) and one single-stream block
+    for adapter in applied.values():
+        assert adapter["tensors_applied"] == adapter["tensors"] == transformer_tensors
+        assert adapter["family"] == "tiny Chroma"
+    assert applied["diffusers"]["scale"] == 2.0 and applied["peft"]["scale"] == 1.0  # alpha 8 / 4, alpha 4 / 4
+    budget = records(pytester)[("peft", "param_budget")]
+    assert set(budget["details"]["per_block"]) == {"double/attn", "double/attn-text", "single/attn"}
+
+
+def test_chroma_and_flux_and_sd1_adapters_on_each_other_s_base_fail_wiring_naming_both(
+    pytester, chroma_adapters, flux_adapters, write_lora
+):
+    """The tiny twins differ in width (96 and 160), so the signature tells Flux from Chroma; at their real widths
+    (both 3072) attention-only keys fit either and are checked on the base given."""
+    message = wiring_failure(pytester, flux_adapters["peft-file"], "tiny-chroma")
+    assert "made for tiny Flux (transformer width 96), but the base is tiny Chroma (transformer width 160)" in message
+    message = wiring_failure(pytester, chroma_adapters["peft"], "tiny-flux")
+    assert "made for tiny Chroma (transformer width 160), but the base is tiny Flux (transformer width 96)" in message
+    message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-chroma")
+    assert "made for tiny (cross-attention 32), but the base is tiny Chroma (transformer width 160)" in message
+    message = wiring_failure(pytester, chroma_adapters["diffusers"])
+    assert "made for tiny Chroma (transformer width 160), but the base is tiny (cross-attention 32)" in message
+
+
 def test_each_family_trains_its_reference_on_its_own_objective():
     """The target a denoiser learns: noise (epsilon), velocity (v-prediction) or noise - x0 (rectified flow)."""
     import torch
     from diffusers import DDIMScheduler
 
-    from lora_harness.run.reference import DiffusionExample, FlowExample
+    from lora_harness.bases.families.objectives import NoisePrediction as DiffusionExample
+    from lora_harness.bases.families.objectives import RectifiedFlow as FlowExample
 
     latents, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     for prediction_type in ("epsilon", "v_prediction"):
@@ -244,7 +296,7 @@ def test_each_family_trains_its_reference_on_its_own_objective():
     assert torch.equal(target, noise - latents) and torch.allclose(noisy, (1 - sigma) * latents + sigma * noise)
 
 
-@pytest.mark.parametrize("base", ["tiny-sdxl", "tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("base", ["tiny-sdxl", "tiny-flux", "tiny-chroma", "tiny-sd3"])
 def test_the_readme_reference_run_on_each_family_base_is_green(pytester, base):
     """`pytest --adapter reference --base-model BASE`, as the README lists it: default settings, every check; the
     CLIP checks skip (no self-test CLIP off the embedded default) and so do the corpus checks."""

@@ -1,4 +1,4 @@
-"""The embedded bases: SD1.x-, SDXL-, Flux- and SD3-shaped pipelines built from configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma- and SD3-shaped pipelines built from configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -7,6 +7,7 @@ every adapter layout that targets their attention loads onto them; only the widt
 from __future__ import annotations
 
 import gzip
+import warnings
 from functools import lru_cache
 from importlib import resources
 
@@ -126,6 +127,39 @@ def build_tiny_flux_pipeline():
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
+    return pipeline
+
+
+def build_tiny_chroma_pipeline():
+    """Chroma-shaped: Flux's double- and single-stream blocks with their modulation pruned to one approximator
+    network, T5's token states alone (masked), rectified-flow Euler sampling with classifier-free guidance."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(SEED)
+    with warnings.catch_warnings():  # diffusers' Chroma imports Flux's position embedding by a name it deprecated
+        warnings.filterwarnings("ignore", message="`FluxPosEmbed` is deprecated", category=FutureWarning)
+        transformer = ChromaTransformer2DModel(
+            patch_size=1,
+            in_channels=4 * 4,  # the pipeline packs 2x2 latent pixels into one token
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=32,
+            num_attention_heads=5,  # 160 wide: another width than the tiny Flux's, so each tells the other apart
+            joint_attention_dim=32,
+            axes_dims_rope=(8, 12, 12),  # sums to the head width
+            approximator_num_channels=16,
+            approximator_hidden_dim=32,
+            approximator_layers=1,
+        )
+    tokenizer = t5_tokenizer()
+    pipeline = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flow_vae(),
+        text_encoder=_t5_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        transformer=transformer,
     )
     pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
     return pipeline

@@ -104,8 +104,12 @@ class HarnessConfig:
     @property
     def scale_zero_tolerance(self) -> float:
         """A render at LoRA scale 0 may differ from the base as two base renders may: the pipeline call that made
-        it can hold other prompts (or come from the cache), and batch shape changes float rounding."""
-        return self.determinism_tolerance
+        it can hold other prompts (or come from the cache), and batch shape changes float rounding. Computed in
+        float16 or bfloat16, the LoRA layers' presence alone changes which kernels run (measured on the CPU: 0.07
+        on the tiny SDXL in float16, with the layers switched off), so there it may differ by one rounding step
+        of a decoded pixel near 1, 255 x eps / 2 (float16 0.12, bfloat16 1.0)."""
+        half_step = {"float16": 255 * 2.0**-11, "bfloat16": 255 * 2.0**-8}.get(self.dtype, 0.0)
+        return max(self.determinism_tolerance, half_step)
 
     def settings(self) -> dict:
         """Every option in force, as plain JSON values, for results.json."""
@@ -125,6 +129,7 @@ class HarnessConfig:
         settings["param_budget"] = str(self.param_budget)
         settings["prompts"] = list(self.prompts)
         settings["determinism_tolerance"] = self.determinism_tolerance
+        settings["scale_zero_tolerance"] = self.scale_zero_tolerance
         settings["shard"] = str(self.shard) if self.shard else None
         return settings
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lora_harness.bases.families import UNET, Signature, adapter_signature, is_denoiser, width_modules
+from lora_harness.bases.families import UNET, Signature, is_denoiser, keys_signature, width_modules
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.adapter_layout import (
     LAYER_TYPES,
@@ -111,7 +111,7 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
     lora_modules = {target.qualified_module for target in normalized.targets.values()}
     replaced, saved_unmatched, saved_shapes = build_replacements(pipeline, adapter, normalized.replaced, lora_modules)
     unmatched, shape_mismatches = unmatched + saved_unmatched, shape_mismatches + saved_shapes
-    adapter_signature = _signature(normalized)
+    adapter_signature = _signature(normalized, base_signature)
     family = adapter_signature.family if adapter_signature else "unknown"
     if adapter_signature is not None and adapter_signature != base_signature:
         raise FamilyMismatch(
@@ -303,7 +303,7 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
     return (module.out_features, tensor.shape[1])
 
 
-def _signature(normalized: NormalizedAdapter) -> Signature | None:
+def _signature(normalized: NormalizedAdapter, base: Signature) -> Signature | None:
     """The family the adapter's denoiser keys were made for, from the width its width-reading modules take (a
     U-Net's cross-attention keys read the text width, which tells SD1.x from SD2.x and SDXL; a transformer's
     queries its inner width)."""
@@ -317,7 +317,7 @@ def _signature(normalized: NormalizedAdapter) -> Signature | None:
     if not widths:
         return None
     component, width = widths.most_common(1)[0][0]
-    return adapter_signature(component, width, [t.module for t in roles if t.component == component])
+    return keys_signature(component, width, [t.module for t in roles if t.component == component], base)
 
 
 def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from lora_harness.bases.families import flux, sd1, sd2, sd3, sdxl
+from lora_harness.bases.families import chroma, flux, sd1, sd2, sd3, sdxl
 from lora_harness.bases.families.family import Family, default_guidance
 
-FAMILIES: tuple[Family, ...] = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.FAMILY, sd3.FAMILY)
+FAMILIES: tuple[Family, ...] = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.FAMILY, chroma.FAMILY, sd3.FAMILY)
 
 UNET = sd1.FAMILY.denoiser.architecture
 FLUX = flux.FAMILY.denoiser.architecture
@@ -36,7 +36,7 @@ __all__ = [
     "UNET",
     "Family",
     "Signature",
-    "adapter_signature",
+    "keys_signature",
     "architecture_family",
     "block_of",
     "claimed_lineage",
@@ -82,6 +82,10 @@ class Signature:
         return f"unknown ({self.width_label})"
 
     @property
+    def known(self) -> bool:
+        return not self.family.startswith("unknown")
+
+    @property
     def width_label(self) -> str:
         return f"{architecture_family(self.architecture).denoiser.width_label} {self.width}"
 
@@ -93,8 +97,8 @@ class Signature:
         return family.name if family is not None else None
 
     def __str__(self) -> str:
-        """'SD2.x (cross-attention 1024)'."""
-        return f"{self.family} ({self.width_label})"
+        """'SD2.x (cross-attention 1024)'; 'unknown (cross-attention 320)'."""
+        return f"{self.family} ({self.width_label})" if self.known else self.family
 
 
 def is_denoiser(component: str) -> bool:
@@ -130,11 +134,15 @@ def family_of_pipeline(pipeline) -> Family:
     return by_class[0] if by_class else architecture_family(signature.architecture)
 
 
-def adapter_signature(component: str, width: int, module_names) -> Signature | None:
+def keys_signature(component: str, width: int, module_names, base: Signature) -> Signature | None:
     """The signature an adapter's keys on `component` were made for, from the width its width-reading modules
-    take: the architecture whose families know that width, else the one whose distinctive modules the keys name,
-    else the one architecture on that component with no distinctive modules. None when nothing tells them apart."""
+    take: the base's when its denoiser sits there with that width (Flux and Chroma share 3072 and their attention
+    names: such keys fit either), else the architecture whose families know that width, else the one whose
+    distinctive modules the keys name, else the one architecture on that component with no distinctive modules.
+    None when nothing tells them apart."""
     candidates = list(dict.fromkeys(f.denoiser for f in FAMILIES if f.denoiser.component == component))
+    if width == base.width and base.architecture in [d.architecture for d in candidates]:
+        return base
     known = [d for d in candidates if any(width in f.widths for f in FAMILIES if f.denoiser == d)]
     if len(known) == 1:
         return Signature(known[0].architecture, width)
