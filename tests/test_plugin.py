@@ -75,7 +75,18 @@ def _files(**contents):
         (
             ("--base-model", "pixart"),
             _files(**{"pixart/model_index.json": '{"_class_name": "PixArtAlphaPipeline"}'}),
-            "*a PixArtAlphaPipeline is not supported yet*",
+            "*a PixArtAlphaPipeline has no LoRA loader in diffusers*no LoRA adapter can be applied to it*",
+        ),
+        (
+            ("--base-model", "qwen"),
+            _files(**{"qwen/model_index.json": '{"_class_name": "QwenImagePipeline"}'}),
+            "*a QwenImagePipeline is not supported yet: diffusers loads LoRAs into it (QwenImageLoraLoaderMixin)*"
+            "ChromaPipeline (Chroma)*",
+        ),
+        (
+            ("--base-model", "made-up"),
+            _files(**{"made-up/model_index.json": '{"_class_name": "MadeUpPipeline"}'}),
+            "*a MadeUpPipeline is no pipeline class diffusers*has*",
         ),
         (("--prompts", "none.txt"), None, "*--prompts none.txt: no such file*"),
         (("--prompts", "empty.txt"), _files(**{"empty.txt": "\n  \n"}), "*--prompts empty.txt: the file is empty*"),

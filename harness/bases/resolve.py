@@ -65,8 +65,27 @@ def _check_pipeline(base_model: str, path: Path) -> None:
         ) from None
     supported = supported_pipelines()
     if pipeline_class not in supported:
+        checked = ", ".join(f"{name} ({', '.join(families)})" for name, families in supported.items())
         raise ConfigError(
-            f"--base-model {base_model}: a {pipeline_class} is not supported yet; lora-harness checks "
-            + ", ".join(f"{name} ({', '.join(families)})" for name, families in supported.items())
-            + " bases"
+            f"--base-model {base_model}: {_why_unsupported(str(pipeline_class))}; lora-harness checks {checked} bases"
         )
+
+
+def _why_unsupported(pipeline_class: str) -> str:
+    """Whether diffusers could load a LoRA into the pipeline at all: a class without a LoRA loader takes none."""
+    import diffusers
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    found = getattr(diffusers, pipeline_class, None)
+    if not isinstance(found, type):
+        return f"a {pipeline_class} is no pipeline class diffusers {diffusers.__version__} has"
+    if not issubclass(found, LoraBaseMixin):
+        return (
+            f"a {pipeline_class} has no LoRA loader in diffusers {diffusers.__version__} (it is no LoraBaseMixin), "
+            "so no LoRA adapter can be applied to it"
+        )
+    loader = next(base.__name__ for base in found.__mro__ if issubclass(base, LoraBaseMixin) and base is not found)
+    return (
+        f"a {pipeline_class} is not supported yet: diffusers loads LoRAs into it ({loader}), but lora-harness has no "
+        "family module for it (harness/bases/families/)"
+    )
