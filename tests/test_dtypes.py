@@ -266,3 +266,19 @@ def test_a_real_layout_half_precision_folder_passes_kohya_diffusers_and_peft_ada
     assert {a["format"] for a in document["adapters"]} == {"kohya", "diffusers", "peft"}
     for adapter in document["adapters"]:
         assert adapter["tensors_applied"] == adapter["tensors"] > 0, adapter["name"]
+
+
+def test_the_scale_zero_tolerance_allows_one_rounding_step_of_a_decoded_pixel_only_in_half_precision(tmp_path):
+    """float32 keeps the determinism tolerance (`--diff-floor` / 10); float16 and bfloat16 allow 255 x eps / 2,
+    what the LoRA layers' presence alone moves a half-precision render by (0.07 measured on the tiny SDXL)."""
+    import dataclasses
+
+    from tests.test_offload import offloaded_config
+
+    config = offloaded_config(tmp_path, "cpu")
+    tolerances = {
+        dtype: dataclasses.replace(config, dtype=dtype).scale_zero_tolerance
+        for dtype in ("float32", "float16", "bfloat16")
+    }
+    assert tolerances == {"float32": 0.05, "float16": 255 / 2**11, "bfloat16": 255 / 2**8}
+    assert dataclasses.replace(config, dtype="float16", diff_floor=5.0).scale_zero_tolerance == 0.5
