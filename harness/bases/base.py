@@ -109,9 +109,8 @@ def load_base(config: HarnessConfig) -> BaseModel:
     dtype = getattr(torch, config.dtype)
     single_file = None
     if config.base_path is None:
-        pipeline = EMBEDDED[
-            config.base_model
-        ].tiny.build()  # built in float32; diffusers warns on every cast, even to it
+        # Built in float32; diffusers warns on every cast, even to it.
+        pipeline = EMBEDDED[config.base_model].tiny.build()
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
     elif config.base_single_file is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lora_harness.bases.families import UNET, Signature, is_denoiser, keys_signature, width_modules
+from lora_harness.bases.families import UNET, WIDTH_MODULES, Signature, is_denoiser, keys_signature
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.adapter_layout import (
     LAYER_TYPES,
@@ -310,7 +310,7 @@ def _signature(normalized: NormalizedAdapter, base: Signature) -> Signature | No
     roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
     widths = Counter()
     for target in roles:
-        reads_width = target.module.endswith(width_modules(target.component))
+        reads_width = target.module.endswith(WIDTH_MODULES.get(target.component, ()))
         width = _input_width(target, roles) if reads_width else None
         if width is not None:
             widths[(target.component, width)] += 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lora_harness.bases.families import scale_keyword
+from lora_harness.bases.families import family_of_pipeline
 from lora_harness.bases.families.family import GUIDANCE_SCALE
 from lora_harness.loading.lycoris import LycorisNetwork
 from lora_harness.loading.replaced_modules import ReplacedModules
@@ -49,7 +49,8 @@ class Renderer:
         self.pipeline = pipeline
         self.plan = plan
         self.device = device
-        self.scale_argument = scale_keyword(pipeline)  # U-Nets: `cross_attention_kwargs`; MMDiTs: `joint_…`
+        # The keyword the family's pipeline carries the LoRA scale in (U-Nets `cross_attention_kwargs`, MMDiTs `joint_…`).
+        self.scale_argument = family_of_pipeline(pipeline).rendering.scale_keyword
         self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
         self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
 

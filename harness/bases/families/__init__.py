@@ -8,7 +8,6 @@ and its tests (see the README's "Adding a family").
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from lora_harness.bases.families import chroma, flux, sd1, sd2, sd3, sdxl
@@ -24,6 +23,13 @@ EMBEDDED_BASES = tuple(EMBEDDED)  # built locally from configs with seeded weigh
 EMBEDDED_DEFAULT = sd1.FAMILY.tiny.name  # `--base-model`'s default: the one base with a self-test CLIP
 # The pipeline attributes that hold a denoiser, in the order they are looked for.
 DENOISER_COMPONENTS = tuple(dict.fromkeys(family.denoiser.component for family in FAMILIES))
+# Per denoiser component, the module-name endings whose down matrix reads its width in an adapter.
+WIDTH_MODULES = {
+    component: tuple(
+        dict.fromkeys(m for f in FAMILIES if f.denoiser.component == component for m in f.denoiser.width_modules)
+    )
+    for component in DENOISER_COMPONENTS
+}
 
 __all__ = [
     "DENOISER_COMPONENTS",
@@ -45,9 +51,8 @@ __all__ = [
     "family_of_pipeline",
     "is_denoiser",
     "pipeline_signature",
-    "scale_keyword",
     "supported_pipelines",
-    "width_modules",
+    "WIDTH_MODULES",
 ]
 
 
@@ -66,24 +71,24 @@ class Signature:
     width: int
 
     @property
+    def _exact_family(self) -> Family | None:
+        """The family of this architecture whose known widths hold this one."""
+        return next(
+            (f for f in FAMILIES if f.denoiser.architecture == self.architecture and self.width in f.widths), None
+        )
+
+    @property
     def named_family(self) -> Family | None:
         """The family whose known widths hold this one, else the architecture's family when its lineage holds at
         any width (an MMDiT's); None for a U-Net of no known width."""
-        of_architecture = [f for f in FAMILIES if f.denoiser.architecture == self.architecture]
-        exact = next((f for f in of_architecture if self.width in f.widths), None)
-        return exact or next((f for f in of_architecture if f.any_width), None)
+        any_width = (f for f in FAMILIES if f.denoiser.architecture == self.architecture and f.any_width)
+        return self._exact_family or next(any_width, None)
 
     @property
     def family(self) -> str:
         """What has this width: 'SD2.x', 'tiny SDXL', 'SD3.5 large'; 'unknown (cross-attention 320)'."""
-        for family in FAMILIES:
-            if family.denoiser.architecture == self.architecture and self.width in family.widths:
-                return family.widths[self.width]
-        return f"unknown ({self.width_label})"
-
-    @property
-    def known(self) -> bool:
-        return not self.family.startswith("unknown")
+        exact = self._exact_family
+        return exact.widths[self.width] if exact else f"unknown ({self.width_label})"
 
     @property
     def width_label(self) -> str:
@@ -98,7 +103,7 @@ class Signature:
 
     def __str__(self) -> str:
         """'SD2.x (cross-attention 1024)'; 'unknown (cross-attention 320)'."""
-        return f"{self.family} ({self.width_label})" if self.known else self.family
+        return f"{self.family} ({self.width_label})" if self._exact_family else self.family
 
 
 def is_denoiser(component: str) -> bool:
@@ -152,12 +157,6 @@ def keys_signature(component: str, width: int, module_names, base: Signature) ->
     return Signature(chosen[0].architecture, width) if len(chosen) == 1 else None
 
 
-def width_modules(component: str) -> tuple[str, ...]:
-    """The module-name endings whose down matrix reads the width of a denoiser held in `component`."""
-    denoisers = dict.fromkeys(f.denoiser for f in FAMILIES if f.denoiser.component == component)
-    return tuple(dict.fromkeys(module for denoiser in denoisers for module in denoiser.width_modules))
-
-
 def block_of(module: str, architecture: str = UNET) -> str:
     """'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k' -> 'down/attn2';
     'transformer.single_transformer_blocks.3.attn.to_q' (Flux) -> 'single/attn'; a text encoder's -> its component."""
@@ -185,15 +184,3 @@ def supported_pipelines() -> dict[str, list[str]]:
         for pipeline in family.pipelines:
             supported.setdefault(pipeline, []).append(family.name)
     return supported
-
-
-SCALE_KEYWORDS = tuple(dict.fromkeys(family.rendering.scale_keyword for family in FAMILIES))
-
-
-def scale_keyword(pipeline) -> str:
-    """The `__call__` argument that carries the LoRA scale: the family's, else the first its `__call__` takes."""
-    for family in FAMILIES:
-        if type(pipeline).__name__ in family.pipelines:
-            return family.rendering.scale_keyword
-    parameters = inspect.signature(type(pipeline).__call__).parameters
-    return next(keyword for keyword in SCALE_KEYWORDS if keyword in parameters)

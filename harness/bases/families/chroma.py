@@ -11,7 +11,7 @@ import torch
 
 from lora_harness.bases import tiny_base
 from lora_harness.bases.families import flux, mmdit
-from lora_harness.bases.families.family import Denoiser, Family, Reference, Rendering, TinyTwin
+from lora_harness.bases.families.family import Family, Reference, TinyTwin
 from lora_harness.bases.families.objectives import RectifiedFlow, scaled_latents
 
 
@@ -36,19 +36,11 @@ def training_example(pipeline, pixels, caption: str, device: str) -> RectifiedFl
 FAMILY = Family(
     name="Chroma",
     pipelines=("ChromaPipeline",),
-    denoiser=Denoiser(
-        architecture="chroma",
-        component="transformer",
-        classes=("ChromaTransformer2DModel",),
-        width=mmdit.inner_width,
-        width_label="transformer width",
-        width_modules=("attn.to_q",),
-        distinctive_modules=("distilled_guidance_layer.",),
-    ),
+    denoiser=mmdit.denoiser("chroma", "ChromaTransformer2DModel", distinctive_modules=("distilled_guidance_layer.",)),
     widths={3072: "Chroma", 160: "tiny Chroma"},
     any_width=True,
-    reference=Reference(targets=mmdit.ATTENTION, objective="rectified flow", example=training_example),
-    rendering=Rendering(scale_keyword="joint_attention_kwargs"),
+    reference=Reference(targets=mmdit.ATTENTION, example=training_example),
+    rendering=mmdit.RENDERING,
     blocks=flux.FAMILY.blocks,
     lineage_prefixes=("chroma",),
     tiny=TinyTwin("tiny-chroma", "tiny (Chroma-shaped)", tiny_base.build_tiny_chroma_pipeline),

@@ -50,7 +50,6 @@ class Reference:
     """
 
     targets: tuple[str, ...]
-    objective: str  # in words, for the README and errors: "noise (or velocity)", "rectified flow"
     example: Callable
 
 

@@ -7,15 +7,7 @@ import torch
 
 from lora_harness.bases import tiny_base
 from lora_harness.bases.families import mmdit
-from lora_harness.bases.families.family import (
-    Blocks,
-    Denoiser,
-    Family,
-    Reference,
-    Rendering,
-    TinyTwin,
-    default_guidance,
-)
+from lora_harness.bases.families.family import Blocks, Family, Reference, TinyTwin, default_guidance
 from lora_harness.bases.families.objectives import RectifiedFlow, scaled_latents
 
 
@@ -41,19 +33,11 @@ def training_example(pipeline, pixels, caption: str, device: str) -> RectifiedFl
 FAMILY = Family(
     name="Flux",
     pipelines=("FluxPipeline",),
-    denoiser=Denoiser(
-        architecture="flux",
-        component="transformer",
-        classes=("FluxTransformer2DModel",),
-        width=mmdit.inner_width,
-        width_label="transformer width",
-        width_modules=("attn.to_q",),
-        distinctive_modules=("single_transformer_blocks.",),
-    ),
+    denoiser=mmdit.denoiser("flux", "FluxTransformer2DModel", distinctive_modules=("single_transformer_blocks.",)),
     widths={3072: "Flux", 96: "tiny Flux"},
     any_width=True,
-    reference=Reference(targets=mmdit.ATTENTION, objective="rectified flow", example=training_example),
-    rendering=Rendering(scale_keyword="joint_attention_kwargs"),
+    reference=Reference(targets=mmdit.ATTENTION, example=training_example),
+    rendering=mmdit.RENDERING,
     blocks=Blocks(stages={"transformer_blocks": "double", "single_transformer_blocks": "single"}, kinds=mmdit.KINDS),
     lineage_prefixes=("flux",),
     tiny=TinyTwin("tiny-flux", "tiny (Flux-shaped)", tiny_base.build_tiny_flux_pipeline),

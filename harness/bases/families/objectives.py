@@ -48,13 +48,9 @@ class RectifiedFlow:
         return model(hidden_states=noisy, timestep=sigma * self.timestep_scale, **self.conditioning).sample
 
 
-def vae_latents(pipeline, pixels: torch.Tensor, device: str) -> torch.Tensor:
-    """The VAE's latent mean of `pixels` ([H, W, 3] in [0, 1]), unscaled."""
-    image = pixels.permute(2, 0, 1)[None].to(device, pipeline.vae.dtype)
-    return pipeline.vae.encode(image * 2 - 1).latent_dist.mean
-
-
 def scaled_latents(pipeline, pixels: torch.Tensor, device: str) -> torch.Tensor:
-    """Latents as the denoiser sees them: shifted (where the VAE has a shift) and scaled by the VAE's factors."""
+    """The VAE's latent mean of `pixels` ([H, W, 3] in [0, 1]) as the denoiser sees it: shifted (where the VAE has
+    a shift) and scaled by the VAE's factors."""
+    image = pixels.permute(2, 0, 1)[None].to(device, pipeline.vae.dtype)
     shift = pipeline.vae.config.get("shift_factor") or 0.0
-    return (vae_latents(pipeline, pixels, device) - shift) * pipeline.vae.config.scaling_factor
+    return (pipeline.vae.encode(image * 2 - 1).latent_dist.mean - shift) * pipeline.vae.config.scaling_factor

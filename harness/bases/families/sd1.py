@@ -7,11 +7,8 @@ from lora_harness.bases.families.family import Family, SingleFile, TinyTwin
 FAMILY = Family(
     name="SD1.x",
     pipelines=("StableDiffusionPipeline",),
-    denoiser=unet.DENOISER,
+    **unet.PARTS,
     widths={768: "SD1.x", 32: "tiny"},
-    reference=unet.REFERENCE,
-    rendering=unet.RENDERING,
-    blocks=unet.BLOCKS,
     lineage_prefixes=("sd_v1", "stable-diffusion-v1"),
     tiny=TinyTwin("tiny", "tiny (SD1.x-shaped)", tiny_base.build_tiny_pipeline),
     model_types=("v1",),

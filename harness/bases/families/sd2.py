@@ -6,11 +6,8 @@ from lora_harness.bases.families.family import Family, SingleFile
 FAMILY = Family(
     name="SD2.x",
     pipelines=("StableDiffusionPipeline",),
-    denoiser=unet.DENOISER,
+    **unet.PARTS,
     widths={1024: "SD2.x"},
-    reference=unet.REFERENCE,
-    rendering=unet.RENDERING,
-    blocks=unet.BLOCKS,
     lineage_prefixes=("sd_v2", "stable-diffusion-v2"),
     model_types=("v2",),
     single_file=SingleFile(

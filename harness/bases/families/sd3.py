@@ -7,7 +7,7 @@ import torch
 
 from lora_harness.bases import tiny_base
 from lora_harness.bases.families import mmdit
-from lora_harness.bases.families.family import Blocks, Denoiser, Family, Reference, Rendering, TinyTwin
+from lora_harness.bases.families.family import Blocks, Family, Reference, TinyTwin
 from lora_harness.bases.families.objectives import RectifiedFlow, scaled_latents
 
 
@@ -29,18 +29,11 @@ def training_example(pipeline, pixels, caption: str, device: str) -> RectifiedFl
 FAMILY = Family(
     name="SD3",
     pipelines=("StableDiffusion3Pipeline",),
-    denoiser=Denoiser(
-        architecture="sd3",
-        component="transformer",
-        classes=("SD3Transformer2DModel",),
-        width=mmdit.inner_width,
-        width_label="transformer width",
-        width_modules=("attn.to_q",),
-    ),
+    denoiser=mmdit.denoiser("sd3", "SD3Transformer2DModel"),
     widths={1536: "SD3 medium", 2432: "SD3.5 large", 128: "tiny SD3"},
     any_width=True,
-    reference=Reference(targets=mmdit.ATTENTION, objective="rectified flow", example=training_example),
-    rendering=Rendering(scale_keyword="joint_attention_kwargs"),
+    reference=Reference(targets=mmdit.ATTENTION, example=training_example),
+    rendering=mmdit.RENDERING,
     blocks=Blocks(stages={"transformer_blocks": "joint"}, kinds=mmdit.KINDS),
     lineage_prefixes=("sd3", "stable-diffusion-3"),
     tiny=TinyTwin("tiny-sd3", "tiny (SD3-shaped)", tiny_base.build_tiny_sd3_pipeline),

@@ -8,11 +8,8 @@ from lora_harness.bases.families.family import Family, SingleFile, TinyTwin
 FAMILY = Family(
     name="SDXL",
     pipelines=("StableDiffusionXLPipeline",),
-    denoiser=unet.DENOISER,
+    **unet.PARTS,
     widths={2048: "SDXL", 64: "tiny SDXL"},
-    reference=unet.REFERENCE,
-    rendering=unet.RENDERING,
-    blocks=unet.BLOCKS,
     lineage_prefixes=("sdxl", "stable-diffusion-xl"),
     tiny=TinyTwin("tiny-sdxl", "tiny (SDXL-shaped)", tiny_base.build_tiny_sdxl_pipeline),
     model_types=("xl_base",),

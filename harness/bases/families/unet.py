@@ -36,7 +36,6 @@ BLOCKS = Blocks(
         "upsamplers": "resample",
     },
 )
-RENDERING = Rendering(scale_keyword="cross_attention_kwargs")
 
 
 @torch.no_grad()
@@ -54,8 +53,10 @@ def training_example(pipeline, pixels, caption: str, device: str) -> NoisePredic
     return NoisePrediction(scaled_latents(pipeline, pixels, device), conditioning, pipeline.scheduler)
 
 
-REFERENCE = Reference(
-    targets=("to_q", "to_k", "to_v", "to_out.0"),
-    objective="noise (velocity where the scheduler predicts v)",
-    example=training_example,
+# What every U-Net family's `Family` holds alike: `Family(name=..., **unet.PARTS, ...)`.
+PARTS = dict(
+    denoiser=DENOISER,
+    reference=Reference(targets=("to_q", "to_k", "to_v", "to_out.0"), example=training_example),
+    rendering=Rendering(scale_keyword="cross_attention_kwargs"),
+    blocks=BLOCKS,
 )
