@@ -84,6 +84,7 @@ def release_card(adapter: dict, document: dict) -> str:
     lines.append(f"- prompts: {'; '.join(text(prompt) for prompt in settings['prompts'])}")
     lines.append(f"- seeds per prompt: {settings['render_seeds']} (seeds 0..{settings['render_seeds'] - 1})")
     guidance = base.get("guidance_scale", "the base pipeline's default")  # known once the base is loaded
+    guidance = "none (the pipeline's default)" if guidance is None else guidance
     lines.append(f"- steps {settings['render_steps']}, guidance {guidance}, size {settings['render_size'] or 'native'}")
 
     lines += ["", "## N: Numeric validation", "", "| check | status | value | threshold |", "| --- | --- | --- | --- |"]

@@ -42,10 +42,20 @@ def test_every_family_s_pipeline_is_a_diffusers_pipeline_with_a_lora_loader():
 
 
 def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
-    assert families.EMBEDDED_BASES == ("tiny", "tiny-sdxl", "tiny-flux", "tiny-chroma", "tiny-sd3")
+    assert families.EMBEDDED_BASES == (
+        "tiny",
+        "tiny-sdxl",
+        "tiny-flux",
+        "tiny-chroma",
+        "tiny-sd3",
+        "tiny-qwen-image",
+        "tiny-z-image",
+    )
     assert EMBEDDED["tiny-chroma"].name == "Chroma" and families.EMBEDDED_DEFAULT == "tiny"
     assert families.supported_pipelines()["StableDiffusionPipeline"] == ["SD1.x", "SD2.x"]
     assert families.supported_pipelines()["ChromaPipeline"] == ["Chroma"]
+    assert families.supported_pipelines()["QwenImagePipeline"] == ["Qwen-Image"]
+    assert families.supported_pipelines()["ZImagePipeline"] == ["Z-Image"]
 
 
 @pytest.mark.parametrize(
@@ -61,6 +71,8 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         ("flux1", "Flux"),
         ("flux-1-dev/lora", "Flux"),
         ("chroma/lora", "Chroma"),  # sd-scripts' modelspec for Chroma
+        ("Qwen-Image/lora", "Qwen-Image"),  # musubi-tuner's modelspec
+        ("Z-Image/lora", "Z-Image"),
         ("Stable-Diffusion-XL-v1-base", "SDXL"),
         ("hunyuan-image-2.1", None),
     ],

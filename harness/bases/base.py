@@ -14,6 +14,7 @@ from lora_harness.bases.families import (
     Signature,
     default_guidance,
     denoiser_of,
+    family_of_pipeline,
     pipeline_signature,
 )
 from lora_harness.config.config import ConfigError, HarnessConfig
@@ -27,7 +28,9 @@ class BaseModel:
     signature: Signature
     unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
     native_size: int
-    guidance_scale: float  # the pipeline's own default, used for every render
+    guidance_scale: (
+        float | None
+    )  # the pipeline's own default (None: it guides by default with none), used for every render
     dtype: str  # what the denoiser computes in, as loaded
     single_file: dict | None = None  # a checkpoint file's path, detected family and hashes; None for other bases
 
@@ -134,15 +137,18 @@ def load_base(config: HarnessConfig) -> BaseModel:
     pipeline.set_progress_bar_config(disable=True)
     denoiser = denoiser_of(pipeline)
     signature = pipeline_signature(pipeline)
-    # Flux's transformer has no sample size; its pipeline holds the default.
-    latent_size = denoiser.config.get("sample_size") or pipeline.default_sample_size
+    # Flux's transformer has no sample size; its pipeline holds the default; Z-Image's holds none either.
+    latent_size = denoiser.config.get("sample_size") or getattr(pipeline, "default_sample_size", None)
+    native_size = (
+        latent_size * pipeline.vae_scale_factor if latent_size else family_of_pipeline(pipeline).rendering.native_size
+    )
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,
         family=EMBEDDED[config.base_model].tiny.label if config.base_path is None else signature.family,
         signature=signature,
         unet_params=sum(p.numel() for p in denoiser.parameters()),
-        native_size=latent_size * pipeline.vae_scale_factor,
+        native_size=native_size,
         guidance_scale=default_guidance(pipeline),
         dtype=str(denoiser.dtype).removeprefix("torch."),
         single_file=single_file,

@@ -1,4 +1,5 @@
-"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma- and SD3-shaped pipelines built from configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma-, SD3-, Qwen-Image- and Z-Image-shaped pipelines built from
+configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -7,6 +8,7 @@ every adapter layout that targets their attention loads onto them; only the widt
 from __future__ import annotations
 
 import gzip
+import json
 import warnings
 from functools import lru_cache
 from importlib import resources
@@ -198,6 +200,117 @@ def build_tiny_sd3_pipeline():
     )
 
 
+def build_tiny_qwen_image_pipeline():
+    """Qwen-Image-shaped: an MMDiT of joint (text and image) blocks with their own MLPs and modulation per stream over
+    packed 2x2 latent patches, Qwen2.5-VL's token states (the chat template's system prompt dropped), a video VAE
+    whose latents are normalized per channel, rectified-flow Euler sampling."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(SEED)
+    latent_channels = 4
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4 * latent_channels,  # the pipeline packs 2x2 latent pixels into one token
+        out_channels=latent_channels,
+        # The last block's text query and output feed nothing (its text stream is discarded), as in the real 60:
+        # three blocks keep those two of the reference's 24 projections under weight_health's 10% of zero ΔW.
+        num_layers=3,
+        attention_head_dim=64,
+        num_attention_heads=3,  # 192 wide: a width no other twin has
+        joint_attention_dim=16,  # the text encoder's width
+        axes_dims_rope=(16, 24, 24),  # sums to the head width
+    )
+    torch.manual_seed(SEED)
+    vae = AutoencoderKLQwenImage(
+        base_dim=24,
+        z_dim=latent_channels,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * latent_channels,
+        latents_std=[1.0] * latent_channels,
+    )
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(SEED + 2)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                **QWEN_TEXT,
+            ),
+            vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+            vocab_size=len(tokenizer),
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
+    pipeline = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
+    return pipeline
+
+
+def build_tiny_z_image_pipeline():
+    """Z-Image-shaped: a single-stream transformer over the image and caption tokens together (each refined by its
+    own blocks first), Qwen3's token states through the chat template, Flux's 16-channel VAE, rectified-flow Euler
+    sampling with classifier-free guidance."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(SEED)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=224,  # 7 heads of 32: a width no other twin has
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=7,
+        n_kv_heads=7,
+        cap_feat_dim=16,  # the text encoder's width
+        rope_theta=256.0,
+        axes_dims=(8, 12, 12),  # sums to the head width
+        axes_lens=(256, 32, 32),
+    )
+    with torch.no_grad():  # the padding tokens are left uninitialized (`torch.empty`) by the constructor
+        transformer.x_pad_token.normal_()
+        transformer.cap_pad_token.normal_()
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(SEED + 2)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            head_dim=8,
+            **QWEN_TEXT,
+        )
+    )
+    vae = _vae(
+        latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611
+    )
+    pipeline = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor  # its `__call__` defaults to 1024
+    return pipeline
+
+
 def _flow_vae():
     """The VAE of the rectified-flow families: no quant convs, latents shifted as well as scaled."""
     return _vae(
@@ -281,6 +394,57 @@ def t5_tokenizer():
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + c, -3.0) for c in characters] + [(c, -4.0) for c in characters]  # \u2581: a word's start
     return T5TokenizerFast(vocab=pieces, extra_ids=0)
+
+
+# What the Qwen chat templates hold besides the prompt: Qwen-Image's system prompt (the pipeline drops its 34 tokens
+# by position) and the turns Qwen3's template adds for Z-Image.
+QWEN_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
+    "<think>\n\n</think>\n\n"
+)
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# The tiny Qwen text encoders' widths, and their special tokens' ids ("<|endoftext|>": the BPE trainer puts it first).
+QWEN_TEXT = dict(
+    hidden_size=16,
+    intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
+# Qwen3's chat template for one user turn (its tool and system branches left out), thinking on unless disabled.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+@lru_cache(maxsize=1)
+def qwen_tokenizer():
+    """A byte-level BPE `Qwen2Tokenizer` with Qwen's special tokens and chat template: its merges are trained (by
+    `tokenizers`) on the templates' words, so each template splits into the tokens Qwen's own vocabulary gives
+    (Qwen-Image's 34 dropped tokens are the system prompt); prompts fall back to bytes. Nothing is downloaded."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bytes_only = Qwen2Tokenizer(vocab={symbol: i for i, symbol in enumerate(_bytes_to_unicode().values())}, merges=[])
+    backend = bytes_only.backend_tokenizer  # Qwen2's pre-tokenizer (its split pattern, then bytes)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(QWEN_SPECIAL),
+        show_progress=False,
+    )
+    backend.train_from_iterator([QWEN_TEMPLATE], trainer)
+    model = json.loads(backend.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
+    tokenizer.add_tokens(list(QWEN_SPECIAL), special_tokens=True)
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_harness.bases.families import is_denoiser
+from lora_harness.bases.families import DENOISER_COMPONENTS, family_of_pipeline, is_denoiser
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
 from lora_harness.loading.lycoris import is_lycoris_file, lycoris_kind
+from lora_harness.loading.traced_conversion import trace
 from lora_harness.loading.unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
@@ -41,6 +42,8 @@ PEFT_FOLDER = "peft"
 PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata
 DIFFUSERS = "diffusers"
 ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
+DIFFUSION_MODEL = "diffusion-model"  # ai-toolkit's and ComfyUI's: the transformer's names under `diffusion_model.`
+DIFFUSION_MODEL_PREFIX = "diffusion_model."
 LORA_METADATA_KEY = "lora_adapter_metadata"
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
@@ -98,7 +101,8 @@ UNCONVERTED_LAYOUTS = {
 }
 
 
-def detect_format(adapter: AdapterFile) -> str:
+def detect_format(adapter: AdapterFile, trainer_layouts: bool = False) -> str:
+    """The file's layout. `trainer_layouts`: the base's pipeline converts trainers' own layouts itself."""
     keys = list(adapter.tensors)
     if not keys:
         raise AdapterLoadError(f"{adapter.weights_path}: holds no tensors; save the adapter again")
@@ -146,9 +150,11 @@ def detect_format(adapter: AdapterFile) -> str:
         )
     if flux is not None:
         return flux
+    if trainer_layouts and all(k.startswith(DIFFUSION_MODEL_PREFIX) for k in keys):
+        return DIFFUSION_MODEL
     for marker, what in UNCONVERTED_LAYOUTS.items():
         example = next((k for k in keys if k.startswith(marker)), None)
-        if example is not None:
+        if example is not None and not trainer_layouts:
             raise AdapterLoadError(
                 f"{adapter.weights_path}: {what} (keys like `{example}`), which diffusers does not convert; "
                 "export it in diffusers' layout (`transformer.…lora_A.weight`) and check that file"
@@ -198,6 +204,32 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
             f"{adapter.weights_path}: diffusers' Flux conversion failed on it ({type(error).__name__}: {error}); a fused "
             "module's rows do not split the way Flux's do: the file is damaged or made for another model, export it again"
         ) from None
+    return _from_modules(adapter, layout, modules, converted, pipeline)
+
+
+def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
+    """A trainer's layout that the base's pipeline class converts itself, traced back to the file by value."""
+    loader = type(pipeline).__name__
+    try:
+        traced = trace(adapter.tensors, pipeline)
+    except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s own conversion of this {layout} layout failed "
+            f"({type(error).__name__}: {error}); the file is damaged or made for another model: export it again"
+        ) from None
+    if traced.invented:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} layers that no tensor of the "
+            f"file holds, first {', '.join(traced.invented[:3])}; lora-harness will not check what it cannot trace to the file"
+        )
+    return _from_modules(adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped)
+
+
+def _from_modules(
+    adapter: AdapterFile, layout: str, modules: dict[str, FluxModule], converted: dict, pipeline, untraced=()
+) -> NormalizedAdapter:
+    """The normalized adapter of a file whose tensors a conversion rewrote: each file module's targets are the
+    layers its update fills, and the proof compares updates (`flux_modules`)."""
     state_dicts = {c: _to_peft_keys(c, converted, pipeline) for c in COMPONENTS}
     targets, file_keys, by_first_layer, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
     for module in modules.values():
@@ -221,6 +253,7 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
         ranks=ranks,
         alphas=alphas,
         tensors=dict(adapter.tensors),
+        untraced=list(untraced),
         flux_modules=by_first_layer,
     )
 
@@ -240,9 +273,12 @@ def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
 
 
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
-    layout = detect_format(adapter)
+    converts = family_of_pipeline(pipeline).converts_trainer_layouts
+    layout = detect_format(adapter, trainer_layouts=converts)
     if layout in FLUX_LAYOUTS:
         return _normalize_flux(adapter, pipeline, layout)
+    if converts and layout in (KOHYA, DIFFUSION_MODEL) and not _names_a_unet(adapter.tensors):
+        return _normalize_traced(adapter, pipeline, layout)
     tensors = dict(adapter.tensors)
     lora_configs: dict[str, dict] = {}
     alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha
@@ -273,11 +309,11 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
             ) from None
     elif layout == PEFT_FOLDER:
         # peft's save_pretrained wraps one model; diffusers has no loader for that layout, so map it here.
-        component = _component_of(k.removeprefix("base_model.model.") for k in tensors)
+        component = _component_of((k.removeprefix("base_model.model.") for k in tensors), pipeline)
         prefixed = {f"{component}.{k.removeprefix('base_model.model.')}": v for k, v in tensors.items()}
         lora_configs[component] = _lora_config_kwargs(adapter.adapter_config)
     elif layout == PEFT_FILE:  # written by a denoiser's own save_lora_adapter
-        component = _component_of(tensors)
+        component = _component_of(tensors, pipeline)
         prefixed = {f"{component}.{k}": v for k, v in tensors.items()}
         lora_configs = _metadata_configs(adapter, default_component=component)
     elif layout == ATTN_PROCS:
@@ -430,16 +466,31 @@ def _flatten_kohya_magnitudes(adapter: AdapterFile, state_dicts: dict, file_key_
             state_dict[key] = flat
 
 
-def _component_of(keys) -> str:
-    """The model a file without component prefixes was saved from, told by its module names."""
+# A U-Net's top-level modules: a file naming them was saved from a U-Net, whatever the base is.
+UNET_PARTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding")
+
+
+def _names_a_unet(keys) -> bool:
+    """A Kohya file of an SD U-Net (diffusers' names, or SGM's as sd-scripts writes SDXL): converted as SD's loaders
+    do, whatever the base, so a wrong-family file is named for the family it was made for."""
+    parts = (*UNET_PARTS, "input_blocks", "middle_block", "output_blocks")
+    return any(key.startswith(tuple(f"lora_unet_{part}_" for part in parts)) for key in keys)
+
+
+def _component_of(keys, pipeline) -> str:
+    """The model a file without component prefixes was saved from, told by its module names: a text encoder's,
+    the base's denoiser when its top-level modules hold every key's, else a U-Net's or a transformer's."""
     keys = list(keys)
     if any(
         ".text_model." in k or k.startswith(("text_model.", "encoder.layers.")) or ".encoder.layers." in k for k in keys
     ):
         return "text_encoder"
-    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in keys):
-        return "transformer"
-    return "unet"
+    tops = {k.split(".")[0] for k in keys}
+    for component in DENOISER_COMPONENTS:
+        model = getattr(pipeline, component, None)
+        if model is not None and tops <= {name for name, _ in model.named_children()}:
+            return component
+    return "unet" if tops & set(UNET_PARTS) else "transformer"
 
 
 def _to_peft_keys(component: str, prefixed: dict, pipeline) -> dict[str, torch.Tensor]:

@@ -105,12 +105,7 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         return apply_lycoris(pipeline, base_signature, adapter, adapter_name)
     normalized = normalize(adapter, pipeline)
     _check_rank_pairs(adapter, normalized)
-    _check_config_targets(pipeline, adapter, normalized)
-    _refuse_base_rewriting_init(adapter, normalized)
-    accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
-    lora_modules = {target.qualified_module for target in normalized.targets.values()}
-    replaced, saved_unmatched, saved_shapes = build_replacements(pipeline, adapter, normalized.replaced, lora_modules)
-    unmatched, shape_mismatches = unmatched + saved_unmatched, shape_mismatches + saved_shapes
+    # The family first: another family's modules are missing from this base, and saying whose they are is the fix.
     adapter_signature = _signature(normalized, base_signature)
     family = adapter_signature.family if adapter_signature else "unknown"
     if adapter_signature is not None and adapter_signature != base_signature:
@@ -118,6 +113,12 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
             f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
             "pass the base it was trained on with --base-model"
         )
+    _check_config_targets(pipeline, adapter, normalized)
+    _refuse_base_rewriting_init(adapter, normalized)
+    accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
+    lora_modules = {target.qualified_module for target in normalized.targets.values()}
+    replaced, saved_unmatched, saved_shapes = build_replacements(pipeline, adapter, normalized.replaced, lora_modules)
+    unmatched, shape_mismatches = unmatched + saved_unmatched, shape_mismatches + saved_shapes
     if not accepted and not replaced.modules:
         raise AdapterLoadError(
             f"{adapter.weights_path}: none of its {len(normalized.tensor_keys)} LoRA tensors matches a module of the "

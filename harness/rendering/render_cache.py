@@ -29,7 +29,7 @@ class RenderKey:
     prompt: str
     seed: int
     steps: int
-    guidance_scale: float
+    guidance_scale: float | None
     size: int
     scheduler: str  # class name and config
     device: str

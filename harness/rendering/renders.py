@@ -23,7 +23,7 @@ class RenderPlan:
     seeds: tuple[int, ...]
     size: int
     steps: int
-    guidance_scale: float = GUIDANCE_SCALE
+    guidance_scale: float | None = GUIDANCE_SCALE  # None: the pipeline guides as it does by default
     batch_size: int = 16  # renders per pipeline call
 
     def jobs_for(self, prompts) -> list[tuple[str, int]]:
@@ -50,7 +50,9 @@ class Renderer:
         self.plan = plan
         self.device = device
         # The keyword the family's pipeline carries the LoRA scale in (U-Nets `cross_attention_kwargs`, MMDiTs `joint_…`).
-        self.scale_argument = family_of_pipeline(pipeline).rendering.scale_keyword
+        rendering = family_of_pipeline(pipeline).rendering
+        self.scale_argument = rendering.scale_keyword
+        self.call_arguments = rendering.call_arguments
         self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
         self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
 
@@ -103,6 +105,7 @@ class Renderer:
             guidance_scale=plan.guidance_scale,
             callback_on_step_end=step_end,
             output_type="np",
+            **self.call_arguments,
             **{self.scale_argument: None if adapter_name in (None, *self.lycoris) else {"scale": scale}},
         ).images
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_harness.bases.families import chroma, flux, sd1, sd2, sd3, sdxl
+from lora_harness.bases.families import chroma, flux, qwen_image, sd1, sd2, sd3, sdxl, z_image
 from lora_harness.bases.families.family import Family, default_guidance
 
-FAMILIES: tuple[Family, ...] = (sd1.FAMILY, sd2.FAMILY, sdxl.FAMILY, flux.FAMILY, chroma.FAMILY, sd3.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    sd1.FAMILY,
+    sd2.FAMILY,
+    sdxl.FAMILY,
+    flux.FAMILY,
+    chroma.FAMILY,
+    sd3.FAMILY,
+    qwen_image.FAMILY,
+    z_image.FAMILY,
+)
 
 UNET = sd1.FAMILY.denoiser.architecture
 FLUX = flux.FAMILY.denoiser.architecture

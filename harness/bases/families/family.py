@@ -59,15 +59,18 @@ class Rendering:
     (`default_guidance`)."""
 
     scale_keyword: str  # the `__call__` argument carrying `{"scale": s}` to the LoRA layers
+    native_size: int = 1024  # what `__call__` renders at by default, where neither pipeline nor denoiser says
+    call_arguments: dict = field(default_factory=dict)  # given to every `__call__` besides the render plan's
 
 
-GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion, for a pipeline whose `__call__` declares none
+GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion
 
 
-def default_guidance(pipeline) -> float:
-    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5, SD3 7.0)."""
+def default_guidance(pipeline) -> float | None:
+    """The guidance scale the pipeline's own `__call__` defaults to (SD 7.5, SDXL 5.0, Flux 3.5, SD3 7.0); None
+    where it defaults to none (Qwen-Image guides only when given a negative prompt)."""
     default = inspect.signature(type(pipeline).__call__).parameters["guidance_scale"].default
-    return float(default) if isinstance(default, (int, float)) else GUIDANCE_SCALE
+    return float(default) if isinstance(default, (int, float)) else None
 
 
 @dataclass(frozen=True)
@@ -105,4 +108,7 @@ class Family:
     any_width: bool = False  # the lineage holds at any width (an MMDiT's), not only at `widths`
     tiny: TinyTwin | None = None
     model_types: tuple[str, ...] = ()  # diffusers' single-file detection names (`infer_diffusers_model_type`)
+    # Its pipeline's own `lora_state_dict` converts its trainers' layouts (musubi-tuner's `lora_unet_…`, ai-toolkit's
+    # `diffusion_model.…`): such files are converted by it and traced back by value (`loading/traced_conversion.py`).
+    converts_trainer_layouts: bool = False
     single_file: SingleFile | None = None  # None: single files of it are detected, not built offline

@@ -1,0 +1,111 @@
+"""Files in a trainer's own layout that the base's pipeline class converts itself (musubi-tuner's `lora_unet_…`,
+ai-toolkit's `diffusion_model.…`), traced back to the file by value.
+
+The class's own `lora_state_dict` does the conversion, as its `load_lora_weights` would; it may rename, bake
+alpha / rank into the values, or cut a fused module's up matrix into its layers' rows. Each converted layer is
+traced to the file module whose down matrix its A is proportional to and whose up matrix holds its B (whole, or as
+a block of rows): what each file module means is then the layers it fills, and the proof compares updates there
+(`FluxModule`, as for Flux's community layouts). File modules the conversion dropped are named, never ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lora_harness.loading.flux_layouts import FluxModule
+
+FACTORS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
+# Prefixes trainers put before the denoiser's module path; what is left names a layer as diffusers does.
+TRAINER_PREFIXES = ("lora_unet_", "diffusion_model.", "transformer.")
+COSINE = 1 - 1e-4  # proportional: a rescaled copy, rounded in a half-precision file's dtype at worst
+
+
+@dataclass
+class TracedConversion:
+    converted: dict[str, torch.Tensor]  # "component.layer.lora_A.weight" -> tensor, as the class's loader takes them
+    modules: dict[str, FluxModule]  # file module -> the layers it fills
+    dropped: list[str]  # file keys of modules no converted layer came from
+    invented: list[str]  # converted layers traced to no file module
+
+
+def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
+    converted = type(pipeline).lora_state_dict({key: tensor.clone() for key, tensor in tensors.items()})
+    if isinstance(converted, tuple):  # (state dict, network alphas) for the classes that return both
+        converted = converted[0]
+    files = _file_modules(tensors)
+    by_name = {_plain(module): module for module in files}
+    filled: dict[str, list[tuple[int, str, str]]] = {}  # file module -> (row offset, component, layer)
+    invented = []
+    for a_key in [key for key in converted if key.endswith(".lora_A.weight")]:
+        component, layer = a_key.removesuffix(".lora_A.weight").split(".", 1)
+        a, b = converted[a_key], converted.get(a_key.replace(".lora_A.", ".lora_B."))
+        named = by_name.get(_plain(layer))
+        # The file module of the same name first; else any whose factors hold these (a renamed or fused module).
+        for module in ([named] if named else []) + [m for m in files if m != named]:
+            down, up = (tensors[key] for key in files[module])
+            offset = _row_offset(b, up) if b is not None and _proportional(a, down) else None
+            if offset is not None:
+                filled.setdefault(module, []).append((offset, component, layer))
+                break
+        else:
+            invented.append(f"{component}.{layer}")
+    modules = {}
+    for module, layers in filled.items():
+        down, up = files[module]
+        alpha = tensors.get(f"{module}.alpha")
+        rank = tensors[down].shape[0]
+        layers.sort()
+        modules[module] = FluxModule(
+            down=down,
+            up=up,
+            scale=1.0 if alpha is None else float(alpha) / rank,  # no alpha: alpha = rank, as Kohya's loaders read it
+            component=layers[0][1],
+            layers=tuple(layer for _, _, layer in layers),
+        )
+    dropped = [key for module, keys in files.items() if module not in modules for key in keys]
+    return TracedConversion(converted, modules, dropped, invented)
+
+
+def _file_modules(tensors) -> dict[str, tuple[str, str]]:
+    """File module -> (down key, up key)."""
+    modules = {}
+    for key in tensors:
+        for down_suffix, up_suffix in FACTORS:
+            module = key.removesuffix(down_suffix)
+            if module != key and module + up_suffix in tensors:
+                modules[module] = (key, module + up_suffix)
+    return modules
+
+
+def _plain(name: str) -> str:
+    """'lora_unet_transformer_blocks_0_attn_to_q' and 'transformer_blocks.0.attn.to_q' -> one spelling."""
+    for prefix in TRAINER_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name.replace(".", "_")
+
+
+def _proportional(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    norms = a.norm() * b.norm()
+    if norms == 0:
+        return bool(a.norm() == b.norm())  # both zero
+    return bool(a @ b / norms >= COSINE)
+
+
+def _row_offset(b: torch.Tensor, up: torch.Tensor) -> int | None:
+    """Where `b`'s rows sit in `up` (a rescaled copy of all of it, or of a block of its rows); None if nowhere."""
+    if b.shape[1:] != up.shape[1:] or b.shape[0] > up.shape[0]:
+        return None
+    if b.shape == up.shape:
+        return 0 if _proportional(b, up) else None
+    first = b[0].detach().double().flatten()
+    rows = up.detach().double().reshape(up.shape[0], -1)
+    cosines = rows @ first / (rows.norm(dim=1) * first.norm()).clamp_min(1e-30)
+    for offset in torch.nonzero(cosines >= COSINE).flatten().tolist():
+        if offset + b.shape[0] <= up.shape[0] and _proportional(b, up[offset : offset + b.shape[0]]):
+            return offset
+    return None
