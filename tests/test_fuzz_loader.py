@@ -142,12 +142,51 @@ def test_mutated_adapters_load_or_fail_clearly(layout, mutation, case):
         _mutate_bytes(_weights(target), mutation)
     else:
         _mutate_tensors(_weights(target), mutation)
-    pipeline = _pipeline()
+    _load_or_fail_clearly(target, _pipeline(), Signature(UNET, 32))
+
+
+TRAINER_FILES = Path(__file__).parent.parent / "fixtures" / "trainer_files"
+
+
+@lru_cache(maxsize=2)
+def _twin(family: str):
+    from lora_harness.bases.families import EMBEDDED
+
+    return EMBEDDED[f"tiny-{family}"].tiny.build()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    family=st.sampled_from(["qwen-image", "z-image"]),
+    mutation=st.one_of(byte_mutation, tensor_mutation),
+    case=st.integers(0, 2**31),
+)
+def test_mutated_trainer_files_converted_by_the_pipeline_load_or_fail_clearly(family, mutation, case):
+    """musubi-tuner's files, which the base pipeline's own `lora_state_dict` converts and the harness traces back."""
+    from lora_harness.bases.families import pipeline_signature
+
+    target = WORKDIR / "case" / f"{case}-musubi-{family}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TRAINER_FILES / f"musubi-{family}.safetensors", target)
+    if mutation[0] in ("flip", "truncate", "append", "header_size"):
+        _mutate_bytes(target, mutation)
+    else:
+        _mutate_tensors(target, mutation)
+    pipeline = _twin(family)
+    _load_or_fail_clearly(target, pipeline, pipeline_signature(pipeline))
+
+
+def _load_or_fail_clearly(target: Path, pipeline, signature) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(SECONDS_PER_LOAD)
     try:
         adapter = read_adapter(target)
-        application = apply_adapter(pipeline, Signature(UNET, 32), adapter, "fuzz")
+        application = apply_adapter(pipeline, signature, adapter, "fuzz")
         # Loaded: every tensor landed with its value, or the run names the file and what did not (a defect fails
         # every check of the adapter); never a partial load that passes.
         defects = file_defects(adapter.weights_path, application)

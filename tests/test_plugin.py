@@ -78,10 +78,15 @@ def _files(**contents):
             "*a PixArtAlphaPipeline has no LoRA loader in diffusers*no LoRA adapter can be applied to it*",
         ),
         (
+            ("--base-model", "sana"),
+            _files(**{"sana/model_index.json": '{"_class_name": "SanaPipeline"}'}),
+            "*a SanaPipeline is not supported yet: diffusers loads LoRAs into it (SanaLoraLoaderMixin)*"
+            "ChromaPipeline (Chroma)*ZImagePipeline (Z-Image)*",
+        ),
+        (
             ("--base-model", "qwen"),
             _files(**{"qwen/model_index.json": '{"_class_name": "QwenImagePipeline"}'}),
-            "*a QwenImagePipeline is not supported yet: diffusers loads LoRAs into it (QwenImageLoraLoaderMixin)*"
-            "ChromaPipeline (Chroma)*",
+            "*qwen/model_index.json names no denoiser (unet or transformer)*save the whole pipeline*",
         ),
         (
             ("--base-model", "made-up"),

@@ -113,3 +113,23 @@ def test_a_musubi_file_on_the_other_family_s_base_fails_wiring(pytester):
     """musubi's Qwen-Image file on Z-Image: Z-Image's conversion keeps its names, which land on nothing there."""
     message = wiring_failure(pytester, TRAINER_FILES / "musubi-qwen-image.safetensors", "tiny-z-image")
     assert "tiny Qwen-Image" in message and "tiny Z-Image" in message
+
+
+@pytest.mark.parametrize("base", list(BUILDERS))
+def test_an_ai_toolkit_file_lands_whole_through_the_pipeline_s_own_conversion(pytester, adapters, base, tmp_path):
+    """ai-toolkit's layout for Qwen-Image and Z-Image, written as its `save_lora` does: the PEFT names under
+    `diffusion_model.`, float16, no alpha (so scale 1) and no metadata."""
+    peft = load_file(Path(adapters[base]["peft"]) / "adapter_model.safetensors")
+    tensors = {
+        "diffusion_model." + key.removeprefix("base_model.model."): (2 * value if ".lora_B." in key else value).half()
+        for key, value in peft.items()
+    }
+    save_file(tensors, tmp_path / "ai-toolkit.safetensors")
+    pytester.runpytest_inprocess(
+        "--adapter", tmp_path / "ai-toolkit.safetensors", "--base-model", base, *FAST, *MECHANICAL
+    )
+    document = results(pytester)
+    assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    (adapter,) = document["adapters"]
+    assert adapter["format"] == "diffusion-model" and adapter["scale"] == 1.0
+    assert adapter["tensors_applied"] == adapter["tensors"] == TENSORS[base]["attention"]

@@ -86,7 +86,12 @@ def stored_dtype(base_model: str, folder: Path) -> str:
 
         return inspect_single_file(base_model, folder).dtype
     index = json.loads((folder / "model_index.json").read_text())
-    component = next(component for component in DENOISER_COMPONENTS if component in index)
+    component = next((component for component in DENOISER_COMPONENTS if component in index), None)
+    if component is None:
+        raise ConfigError(
+            f"--base-model {base_model}: {folder / 'model_index.json'} names no denoiser ({' or '.join(DENOISER_COMPONENTS)}); "
+            "the folder is incomplete: save the whole pipeline with `save_pretrained` or download it again"
+        )
     files = sorted((folder / component).glob("*.safetensors"), key=lambda path: (path.name.count(".") > 1, path.name))
     if not files:
         raise ConfigError(
