@@ -50,12 +50,14 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         "tiny-sd3",
         "tiny-qwen-image",
         "tiny-z-image",
+        "tiny-flux2",
     )
     assert EMBEDDED["tiny-chroma"].name == "Chroma" and families.EMBEDDED_DEFAULT == "tiny"
     assert families.supported_pipelines()["StableDiffusionPipeline"] == ["SD1.x", "SD2.x"]
     assert families.supported_pipelines()["ChromaPipeline"] == ["Chroma"]
     assert families.supported_pipelines()["QwenImagePipeline"] == ["Qwen-Image"]
     assert families.supported_pipelines()["ZImagePipeline"] == ["Z-Image"]
+    assert families.supported_pipelines()["Flux2KleinPipeline"] == ["Flux.2"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,8 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         ("chroma/lora", "Chroma"),  # sd-scripts' modelspec for Chroma
         ("Qwen-Image/lora", "Qwen-Image"),  # musubi-tuner's modelspec
         ("Z-Image/lora", "Z-Image"),
+        ("Flux.2-klein-4b/lora", "Flux.2"),  # musubi-tuner's modelspec: Flux.2, not Flux.1, by the longer prefix
+        ("Flux.1-dev/lora", "Flux"),
         ("Stable-Diffusion-XL-v1-base", "SDXL"),
         ("hunyuan-image-2.1", None),
     ],

@@ -6,8 +6,8 @@ import torch
 from lora_harness.bases.families import UNET, Signature
 from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import LAYOUTS
-from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.loading.injection import FamilyMismatch, apply_adapter
+from lora_harness.loading.adapter_file import AdapterLoadError, FamilyMismatch, read_adapter
+from lora_harness.loading.injection import apply_adapter
 
 TINY = Signature(UNET, 32)  # the embedded tiny base
 TENSORS = 64  # 16 attention projections x (A, B) in the tiny U-Net

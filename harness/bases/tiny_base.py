@@ -1,5 +1,5 @@
-"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma-, SD3-, Qwen-Image- and Z-Image-shaped pipelines built from
-configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma-, SD3-, Qwen-Image-, Z-Image- and Flux.2-shaped pipelines built
+from configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -206,7 +206,6 @@ def build_tiny_qwen_image_pipeline():
     whose latents are normalized per channel, rectified-flow Euler sampling."""
     from diffusers import (
         AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
         QwenImageTransformer2DModel,
     )
@@ -252,22 +251,16 @@ def build_tiny_qwen_image_pipeline():
             pad_token_id=0,
         )
     )
-    pipeline = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
+    return _flow_pipeline(
+        QwenImagePipeline, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
-    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
-    return pipeline
 
 
 def build_tiny_z_image_pipeline():
     """Z-Image-shaped: a single-stream transformer over the image and caption tokens together (each refined by its
     own blocks first), Qwen3's token states through the chat template, Flux's 16-channel VAE, rectified-flow Euler
     sampling with classifier-free guidance."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
     torch.manual_seed(SEED)
@@ -300,14 +293,64 @@ def build_tiny_z_image_pipeline():
     vae = _vae(
         latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611
     )
-    pipeline = ZImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
+    return _flow_pipeline(
+        ZImagePipeline, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
-    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor  # its `__call__` defaults to 1024
+
+
+def build_tiny_flux2_pipeline():
+    """Flux.2-Klein-shaped: double-stream blocks with modulation shared across blocks, single-stream blocks whose q,
+    k, v and MLP input are one fused projection, packed 2x2 patches of a VAE whose latents are normalized by its
+    batch norm, three of Qwen3's hidden states stacked per token, rectified-flow Euler sampling with guidance."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(SEED)
+    latent_channels = 4
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # the VAE's latents are patchified 2x2 into channels
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=32,
+        num_attention_heads=8,  # 256 wide: a width no other twin has
+        joint_attention_dim=3 * QWEN_TEXT["hidden_size"],  # three hidden states of the text encoder, stacked
+        axes_dims_rope=(8, 8, 8, 8),  # sums to the head width
+        guidance_embeds=False,  # Klein: undistilled guidance
+    )
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(SEED + 2)
+    # 27 layers: the pipeline stacks hidden states 9, 18 and 27, as Klein 4B's has them.
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(vocab_size=len(tokenizer), head_dim=8, **{**QWEN_TEXT, "num_hidden_layers": 27})
+    )
+    torch.manual_seed(SEED)
+    vae = AutoencoderKLFlux2(
+        sample_size=NATIVE_SIZE,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    return _flow_pipeline(
+        Flux2KleinPipeline, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+def _flow_pipeline(pipeline_class, **components):
+    """A rectified-flow pipeline with Euler sampling, rendering the twins' native size by default."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipeline = pipeline_class(scheduler=FlowMatchEulerDiscreteScheduler(), **components)
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor  # Z-Image's `__call__` defaults to 1024
     return pipeline
 
 

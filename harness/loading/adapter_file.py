@@ -22,6 +22,10 @@ class AdapterLoadError(Exception):
     """An adapter that cannot be read; the message names the file, what is wrong and the fix."""
 
 
+class FamilyMismatch(AdapterLoadError):
+    """The adapter was made for another model family than the base."""
+
+
 class LazyTensors(Mapping):
     """The file's tensors by key, each read when asked for and kept by nobody here: a pass over them that looks at
     one at a time holds one, however large the file. Read straight from the bytes the checked header places it at:

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_harness.bases.families import DENOISER_COMPONENTS, family_of_pipeline, is_denoiser
-from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.bases.families import (
+    DENOISER_COMPONENTS,
+    family_of_pipeline,
+    is_denoiser,
+    keys_signature,
+    pipeline_signature,
+)
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
 from lora_harness.loading.lycoris import is_lycoris_file, lycoris_kind
@@ -188,6 +194,17 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
             f"{', '.join(left_out[:3])} (it drops DoRA magnitudes, T5 text-encoder and norm-offset keys, and has no "
             "place for modules it does not know); lora-harness will not check a partial load: export the adapter without them"
         )
+    # Flux.2's trainers write BFL's names too: a file of another width is another family's, said before diffusers'
+    # Flux.1 conversion fails on its sizes.
+    widths = {adapter.tensors[m.down].shape[1] for m in modules.values() if m.layers[0].endswith("attn.to_q")}
+    base = pipeline_signature(pipeline)
+    if widths and base.width not in widths:
+        width = min(widths)
+        made_for = keys_signature("transformer", width, [], base) or f"a transformer {width} wide"
+        raise FamilyMismatch(
+            f"{adapter.weights_path}: made for {made_for}, but the base is {base}; "
+            "pass the base it was trained on with --base-model"
+        )
     single_stream_rows = [adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")]
     try:
         converted = convert(adapter.tensors)
@@ -275,10 +292,11 @@ def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     converts = family_of_pipeline(pipeline).converts_trainer_layouts
     layout = detect_format(adapter, trainer_layouts=converts)
+    # BFL's module names (Flux's community layouts) are Flux.2's trainers' names too: its own loader converts them.
+    if converts and layout in (KOHYA, DIFFUSION_MODEL, *FLUX_LAYOUTS) and not _names_a_unet(adapter.tensors):
+        return _normalize_traced(adapter, pipeline, layout)
     if layout in FLUX_LAYOUTS:
         return _normalize_flux(adapter, pipeline, layout)
-    if converts and layout in (KOHYA, DIFFUSION_MODEL) and not _names_a_unet(adapter.tensors):
-        return _normalize_traced(adapter, pipeline, layout)
     tensors = dict(adapter.tensors)
     lora_configs: dict[str, dict] = {}
     alphas_in_file: dict[str, float] = {}  # file key of a down/A tensor -> alpha

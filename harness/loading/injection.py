@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lora_harness.bases.families import UNET, WIDTH_MODULES, Signature, is_denoiser, keys_signature
-from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.adapter_layout import (
     LAYER_TYPES,
     LORA_BIAS,
@@ -65,6 +65,9 @@ class Application:
     architecture: str = UNET  # the base's denoiser architecture, which names its blocks
     network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
     replaced: ReplacedModules | None = None  # PEFT `modules_to_save`: whole modules, in while the adapter renders
+    # Where a conversion injected more than the file holds (a fused module's down matrix copied into each layer it
+    # fills): per "component.first layer" of each file module, the parameters the file holds for it.
+    file_module_params: dict[str, int] = field(default_factory=dict)
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
@@ -92,10 +95,6 @@ class Application:
             "lora_params": self.lora_params,
             "details": details,
         }
-
-
-class FamilyMismatch(AdapterLoadError):
-    """The adapter was made for another model family than the base."""
 
 
 def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
@@ -389,6 +388,10 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         **tensor_facts(adapter, normalized.tensor_keys),
         tensors_applied=applied,
         lora_params=lora_params,
+        file_module_params={
+            name: adapter.tensors[module.down].numel() + adapter.tensors[module.up].numel()
+            for name, module in normalized.flux_modules.items()
+        },
         rank=most_common(normalized.ranks.values()),
         alpha=most_common(normalized.alphas.values()),
         scale=most_common(scales.values()),

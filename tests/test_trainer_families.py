@@ -1,8 +1,10 @@
-"""Qwen-Image and Z-Image as users bring them: the embedded tiny twins (`tiny-qwen-image`, `tiny-z-image`), each
-family's reference overfit with its controls, adapters in diffusers' `save_lora_weights` layout, PEFT's folder and
-the files musubi-tuner's own network code writes (`fixtures/trainer_files/`), each proven tensor by tensor at its
-declared scale through the pipeline class's own conversion, and wrong-family controls both ways."""
+"""The families whose pipelines convert their trainers' layouts themselves (Qwen-Image, Z-Image, Flux.2), as users
+bring them: the embedded tiny twins, each family's reference overfit with its controls, adapters in diffusers'
+`save_lora_weights` layout, PEFT's folder, the files musubi-tuner's own network code writes
+(`fixtures/trainer_files/`) and ai-toolkit's layout, each proven at its declared scale through the pipeline class's own
+conversion, and wrong-family controls both ways."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,21 @@ FAST = ("--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 # Modules per twin, two tensors each: Qwen-Image's reference and peft adapters train the 8 attention projections of
 # 3 joint blocks; musubi trains every linear of a block but its modulation (14 per block). Z-Image: 4 attention
 # projections in 2 main and 2 refiner blocks; musubi 7 linears in each main block (refiners and modulation excluded).
+# Flux.2: 8 attention projections of its one double-stream block; musubi trains every linear of both blocks but
+# modulation and norms, in BFL's names (fused qkv, linear1): 10 modules.
 TENSORS = {
     "tiny-qwen-image": {"attention": 2 * 8 * 3, "musubi": 2 * 14 * 3},
     "tiny-z-image": {"attention": 2 * 4 * 4, "musubi": 2 * 7 * 2},
+    "tiny-flux2": {"attention": 2 * 8, "musubi": 2 * 10},
 }
-BUILDERS = {"tiny-qwen-image": "build_tiny_qwen_image_pipeline", "tiny-z-image": "build_tiny_z_image_pipeline"}
+BUILDERS = {
+    "tiny-qwen-image": "build_tiny_qwen_image_pipeline",
+    "tiny-z-image": "build_tiny_z_image_pipeline",
+    "tiny-flux2": "build_tiny_flux2_pipeline",
+}
+LABELS = {"tiny-qwen-image": "Qwen-Image", "tiny-z-image": "Z-Image", "tiny-flux2": "Flux.2"}
+GUIDANCE = {"tiny-qwen-image": None, "tiny-z-image": 5.0, "tiny-flux2": 4.0}
+MUSUBI_FORMAT = {"tiny-qwen-image": "kohya", "tiny-z-image": "kohya", "tiny-flux2": "kohya-flux"}
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +67,21 @@ def test_each_layout_lands_whole_at_its_declared_scale_and_the_reference_trains_
     failed = [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"]
     assert not failed
     assert document["controls"]["status"] == "passed", document["controls"]["message"]
-    label = base.removeprefix("tiny-").replace("qwen-image", "Qwen-Image").replace("z-image", "Z-Image")
+    label = LABELS[base]
     assert document["base"]["family"] == f"tiny ({label}-shaped)"
     # Qwen-Image's pipeline guides only when given a negative prompt: its default is none.
-    assert document["base"]["guidance_scale"] == {"tiny-qwen-image": None, "tiny-z-image": 5.0}[base]
+    assert document["base"]["guidance_scale"] == GUIDANCE[base]
+    musubi = MUSUBI_FORMAT[base]
     applied = {a["format"] if a["name"] != "reference" else "reference": a for a in document["adapters"]}
-    assert set(applied) == {"reference", "diffusers", "peft", "kohya"}
+    assert set(applied) == {"reference", "diffusers", "peft", musubi}
     for layout, adapter in applied.items():
-        expected = TENSORS[base]["musubi" if layout == "kohya" else "attention"]
+        expected = TENSORS[base]["musubi" if layout == musubi else "attention"]
         assert adapter["tensors_applied"] == adapter["tensors"] == expected, layout
         assert adapter["family"] == f"tiny {label}"
     # musubi's file declares alpha 1 / rank 2; diffusers' conversion bakes it into the values, and the proof
     # measures it back from what landed.
-    scales = {layout: applied[layout]["scale"] for layout in ("diffusers", "peft", "kohya")}
-    assert scales == {"diffusers": 2.0, "peft": 1.5, "kohya": 0.5}
+    scales = {layout: applied[layout]["scale"] for layout in ("diffusers", "peft", musubi)}
+    assert scales == {"diffusers": 2.0, "peft": 1.5, musubi: 0.5}
 
 
 def test_the_qwen_tokenizer_splits_qwen_image_s_template_as_qwen_s_vocabulary_does():
@@ -115,21 +128,47 @@ def test_a_musubi_file_on_the_other_family_s_base_fails_wiring(pytester):
     assert "tiny Qwen-Image" in message and "tiny Z-Image" in message
 
 
+def ai_toolkit_tensors(base: str, peft_folder: Path) -> dict[str, torch.Tensor]:
+    """ai-toolkit's layout, as its `save_lora` writes it: float16, no alpha (so scale 1), no metadata, under
+    `diffusion_model.`; diffusers' module names for Qwen-Image and Z-Image, BFL's for Flux.2 (after its own
+    conversion: musubi's modules, dotted, with PEFT's factor names)."""
+    if base == "tiny-flux2":
+        tensors = {}
+        for key, value in load_file(TRAINER_FILES / "musubi-flux2.safetensors").items():
+            if key.endswith(".alpha"):
+                continue
+            module, factor = key.removeprefix("lora_unet_").split(".lora_")
+            module = re.sub(r"^(double|single)_blocks_(\d+)_", r"\1_blocks.\2.", module)  # double_blocks.0.img_attn_qkv
+            module = re.sub(r"_(attn|mlp)_", r"_\1.", module)  # img_attn.qkv, img_mlp.0
+            tensors[f"diffusion_model.{module}.{'lora_A' if factor == 'down.weight' else 'lora_B'}.weight"] = value
+    else:
+        peft = load_file(peft_folder / "adapter_model.safetensors")
+        tensors = {"diffusion_model." + key.removeprefix("base_model.model."): value for key, value in peft.items()}
+    return {key: (2 * value if ".lora_B." in key else value).half().contiguous() for key, value in tensors.items()}
+
+
 @pytest.mark.parametrize("base", list(BUILDERS))
 def test_an_ai_toolkit_file_lands_whole_through_the_pipeline_s_own_conversion(pytester, adapters, base, tmp_path):
-    """ai-toolkit's layout for Qwen-Image and Z-Image, written as its `save_lora` does: the PEFT names under
-    `diffusion_model.`, float16, no alpha (so scale 1) and no metadata."""
-    peft = load_file(Path(adapters[base]["peft"]) / "adapter_model.safetensors")
-    tensors = {
-        "diffusion_model." + key.removeprefix("base_model.model."): (2 * value if ".lora_B." in key else value).half()
-        for key, value in peft.items()
-    }
-    save_file(tensors, tmp_path / "ai-toolkit.safetensors")
+    save_file(ai_toolkit_tensors(base, Path(adapters[base]["peft"])), tmp_path / "ai-toolkit.safetensors")
     pytester.runpytest_inprocess(
         "--adapter", tmp_path / "ai-toolkit.safetensors", "--base-model", base, *FAST, *MECHANICAL
     )
     document = results(pytester)
     assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
     (adapter,) = document["adapters"]
-    assert adapter["format"] == "diffusion-model" and adapter["scale"] == 1.0
-    assert adapter["tensors_applied"] == adapter["tensors"] == TENSORS[base]["attention"]
+    assert adapter["scale"] == 1.0 and adapter["family"] == f"tiny {LABELS[base]}"
+    expected = TENSORS[base]["musubi" if base == "tiny-flux2" else "attention"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == expected
+
+
+def test_flux2_and_flux1_files_in_bfl_names_on_each_other_s_base_fail_wiring_naming_both(pytester, tmp_path):
+    """Flux.1 and Flux.2 trainers both write BFL's module names (`lora_unet_double_blocks_0_img_attn_qkv`): each
+    family's own conversion reads them, and the width tells the families apart."""
+    from lora_harness.bases.tiny_base import build_tiny_flux_pipeline
+    from lora_harness.fixtures.adapter_writers import write_flux_community
+
+    flux1 = write_flux_community(build_tiny_flux_pipeline(), tmp_path / "kohya-flux1.safetensors", seed=1)
+    message = wiring_failure(pytester, flux1, "tiny-flux2")
+    assert "made for tiny Flux (transformer width 96), but the base is tiny Flux.2 (transformer width 256)" in message
+    message = wiring_failure(pytester, TRAINER_FILES / "musubi-flux2.safetensors", "tiny-flux")
+    assert "tiny Flux.2 (transformer width 256)" in message and "tiny Flux (transformer width 96)" in message
