@@ -52,6 +52,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("--render-steps", "render_steps", "N", "4", "Denoising steps per render. Default: 4."),
         ("--render-seeds", "render_seeds", "N", "2", "Seeds rendered per prompt. Default: 2."),
         (
+            "--render-frames",
+            "render_frames",
+            "N",
+            "5",
+            "Frames per render of a video base (Wan); its pipeline rounds the count to one it can make. Image bases "
+            "render one. Default: 5.",
+        ),
+        (
             "--render-batch-size",
             "render_batch_size",
             "N",
@@ -525,6 +533,7 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
             render_size=options.parse_render_size(value("render_size")) if value("render_size") else None,
             render_steps=options.parse_positive_int(value("render_steps"), "--render-steps"),
             render_seeds=options.parse_positive_int(value("render_seeds"), "--render-seeds"),
+            render_frames=options.parse_positive_int(value("render_frames"), "--render-frames"),
             render_batch_size=options.parse_positive_int(value("render_batch_size"), "--render-batch-size"),
             render_cache=_render_cache(config, value("render_cache")),
             prompts=prompts,

@@ -51,6 +51,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         "tiny-qwen-image",
         "tiny-z-image",
         "tiny-flux2",
+        "tiny-wan",
     )
     assert EMBEDDED["tiny-chroma"].name == "Chroma" and families.EMBEDDED_DEFAULT == "tiny"
     assert families.supported_pipelines()["StableDiffusionPipeline"] == ["SD1.x", "SD2.x"]
@@ -58,6 +59,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
     assert families.supported_pipelines()["QwenImagePipeline"] == ["Qwen-Image"]
     assert families.supported_pipelines()["ZImagePipeline"] == ["Z-Image"]
     assert families.supported_pipelines()["Flux2KleinPipeline"] == ["Flux.2"]
+    assert families.supported_pipelines()["WanPipeline"] == ["Wan"]
 
 
 @pytest.mark.parametrize(
@@ -77,6 +79,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         ("Z-Image/lora", "Z-Image"),
         ("Flux.2-klein-4b/lora", "Flux.2"),  # musubi-tuner's modelspec: Flux.2, not Flux.1, by the longer prefix
         ("Flux.1-dev/lora", "Flux"),
+        ("wan2.1/lora", "Wan"),  # musubi-tuner's modelspec for Wan 2.1 and 2.2
         ("Stable-Diffusion-XL-v1-base", "SDXL"),
         ("hunyuan-image-2.1", None),
     ],

@@ -135,6 +135,7 @@ def test_every_key_part_changes_the_cache_entry(tmp_path):
         "scheduler": "Euler:{}",
         "device": "cuda:0",
         "dtype": "torch.float16",
+        "frames": 9,
         "harness_version": "0.0.0",
     }
     assert set(changed) == set(key.__dict__)

@@ -25,15 +25,27 @@ TENSORS = {
     "tiny-qwen-image": {"attention": 2 * 8 * 3, "musubi": 2 * 14 * 3},
     "tiny-z-image": {"attention": 2 * 4 * 4, "musubi": 2 * 7 * 2},
     "tiny-flux2": {"attention": 2 * 8, "musubi": 2 * 10},
+    "tiny-wan": {"attention": 2 * 8 * 2, "musubi": 2 * 10 * 2},
 }
 BUILDERS = {
     "tiny-qwen-image": "build_tiny_qwen_image_pipeline",
     "tiny-z-image": "build_tiny_z_image_pipeline",
     "tiny-flux2": "build_tiny_flux2_pipeline",
+    "tiny-wan": "build_tiny_wan_pipeline",
 }
-LABELS = {"tiny-qwen-image": "Qwen-Image", "tiny-z-image": "Z-Image", "tiny-flux2": "Flux.2"}
-GUIDANCE = {"tiny-qwen-image": None, "tiny-z-image": 5.0, "tiny-flux2": 4.0}
-MUSUBI_FORMAT = {"tiny-qwen-image": "kohya", "tiny-z-image": "kohya", "tiny-flux2": "kohya-flux"}
+LABELS = {"tiny-qwen-image": "Qwen-Image", "tiny-z-image": "Z-Image", "tiny-flux2": "Flux.2", "tiny-wan": "Wan"}
+GUIDANCE = {"tiny-qwen-image": None, "tiny-z-image": 5.0, "tiny-flux2": 4.0, "tiny-wan": 5.0}
+MUSUBI_FORMAT = {"tiny-qwen-image": "kohya", "tiny-z-image": "kohya", "tiny-flux2": "kohya-flux", "tiny-wan": "kohya"}
+# Where ai-toolkit names the original modules (after its own conversion), musubi's names dotted: Kohya's
+# underscores -> the module path.
+ORIGINAL_NAMES = {
+    "tiny-flux2": ((r"^(double|single)_blocks_(\d+)_", r"\1_blocks.\2."), (r"_(attn|mlp)_", r"_\1.")),
+    "tiny-wan": (
+        (r"^blocks_(\d+)_", r"blocks.\1."),
+        (r"^(blocks\.\d+\.)(self|cross)_attn_", r"\1\2_attn."),
+        (r"ffn_", "ffn."),
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -130,16 +142,16 @@ def test_a_musubi_file_on_the_other_family_s_base_fails_wiring(pytester):
 
 def ai_toolkit_tensors(base: str, peft_folder: Path) -> dict[str, torch.Tensor]:
     """ai-toolkit's layout, as its `save_lora` writes it: float16, no alpha (so scale 1), no metadata, under
-    `diffusion_model.`; diffusers' module names for Qwen-Image and Z-Image, BFL's for Flux.2 (after its own
-    conversion: musubi's modules, dotted, with PEFT's factor names)."""
-    if base == "tiny-flux2":
+    `diffusion_model.`; diffusers' module names for Qwen-Image and Z-Image, the original ones for Flux.2 (BFL's) and
+    Wan after its own conversion (musubi's modules, dotted, with PEFT's factor names)."""
+    if base in ORIGINAL_NAMES:
         tensors = {}
-        for key, value in load_file(TRAINER_FILES / "musubi-flux2.safetensors").items():
+        for key, value in load_file(TRAINER_FILES / f"musubi-{base.removeprefix('tiny-')}.safetensors").items():
             if key.endswith(".alpha"):
                 continue
             module, factor = key.removeprefix("lora_unet_").split(".lora_")
-            module = re.sub(r"^(double|single)_blocks_(\d+)_", r"\1_blocks.\2.", module)  # double_blocks.0.img_attn_qkv
-            module = re.sub(r"_(attn|mlp)_", r"_\1.", module)  # img_attn.qkv, img_mlp.0
+            for pattern, replacement in ORIGINAL_NAMES[base]:
+                module = re.sub(pattern, replacement, module)  # double_blocks.0.img_attn.qkv; blocks.0.self_attn.q
             tensors[f"diffusion_model.{module}.{'lora_A' if factor == 'down.weight' else 'lora_B'}.weight"] = value
     else:
         peft = load_file(peft_folder / "adapter_model.safetensors")
@@ -157,7 +169,7 @@ def test_an_ai_toolkit_file_lands_whole_through_the_pipeline_s_own_conversion(py
     assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
     (adapter,) = document["adapters"]
     assert adapter["scale"] == 1.0 and adapter["family"] == f"tiny {LABELS[base]}"
-    expected = TENSORS[base]["musubi" if base == "tiny-flux2" else "attention"]
+    expected = TENSORS[base]["musubi" if base in ORIGINAL_NAMES else "attention"]
     assert adapter["tensors_applied"] == adapter["tensors"] == expected
 
 
@@ -172,3 +184,52 @@ def test_flux2_and_flux1_files_in_bfl_names_on_each_other_s_base_fail_wiring_nam
     assert "made for tiny Flux (transformer width 96), but the base is tiny Flux.2 (transformer width 256)" in message
     message = wiring_failure(pytester, TRAINER_FILES / "musubi-flux2.safetensors", "tiny-flux")
     assert "tiny Flux.2 (transformer width 256)" in message and "tiny Flux (transformer width 96)" in message
+
+
+def test_wan_and_image_family_adapters_on_each_other_s_base_fail_wiring_naming_both(pytester, adapters, write_lora):
+    message = wiring_failure(pytester, adapters["tiny-wan"]["diffusers"], "tiny-qwen-image")
+    assert (
+        "made for tiny Wan (transformer width 288), but the base is tiny Qwen-Image (transformer width 192)" in message
+    )
+    message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-wan")
+    assert "made for tiny (cross-attention 32), but the base is tiny Wan (transformer width 288)" in message
+    message = wiring_failure(pytester, adapters["tiny-wan"]["peft"])
+    assert "made for tiny Wan (transformer width 288), but the base is tiny (cross-attention 32)" in message
+
+
+def test_a_video_render_is_a_strip_of_every_frame_and_render_frames_sets_their_count(pytester, adapters):
+    """`--render-frames 9` on the Wan twin: each render holds 9 frames side by side, pixel_diff and its controls
+    compare them all, and results.json says how many."""
+    pytester.runpytest_inprocess(
+        "--adapter",
+        adapters["tiny-wan"]["kohya"],
+        "--base-model",
+        "tiny-wan",
+        "--render-frames",
+        "9",
+        *FAST,
+        "-k",
+        "pixel_diff",
+    ).assert_outcomes(passed=1)
+    document = results(pytester)
+    assert document["settings"]["render_frames"] == 9
+    strip = next((pytester.path / "lora-report" / "images").rglob("*-seed0.png"))
+    from PIL import Image
+
+    assert Image.open(strip).size == (9 * 64, 64)
+
+
+def test_a_video_s_features_are_its_frames_mean_each_frame_encoded_as_an_image():
+    import numpy as np
+
+    from lora_harness.rendering.renders import RenderSet
+
+    frames = np.stack([np.full((4, 4, 3), value, np.uint8) for value in (10, 20, 30)])  # one job, 3 frames
+    strip = frames.transpose(1, 0, 2, 3).reshape(1, 4, 12, 3)
+    rendered = RenderSet(images=strip, jobs=[("p", 0)])
+    assert rendered.frames == 3
+
+    def encode(images):  # one feature per image: its mean value, and how many images it was given
+        return torch.tensor([[float(image.mean()), len(images)] for image in images])
+
+    assert rendered.features(encode).tolist() == [[20.0, 3.0]]

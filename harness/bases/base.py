@@ -144,9 +144,9 @@ def load_base(config: HarnessConfig) -> BaseModel:
     signature = pipeline_signature(pipeline)
     # Flux's transformer has no sample size; its pipeline holds the default; Z-Image's holds none either.
     latent_size = denoiser.config.get("sample_size") or getattr(pipeline, "default_sample_size", None)
-    native_size = (
-        latent_size * pipeline.vae_scale_factor if latent_size else family_of_pipeline(pipeline).rendering.native_size
-    )
+    # A video pipeline's VAE also compresses time: its spatial factor is the one a frame's size is divided by.
+    vae_factor = getattr(pipeline, "vae_scale_factor", None) or pipeline.vae_scale_factor_spatial
+    native_size = latent_size * vae_factor if latent_size else family_of_pipeline(pipeline).rendering.native_size
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,

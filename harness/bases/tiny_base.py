@@ -1,5 +1,5 @@
-"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma-, SD3-, Qwen-Image-, Z-Image- and Flux.2-shaped pipelines built
-from configs with seeded weights.
+"""The embedded bases: SD1.x-, SDXL-, Flux-, Chroma-, SD3-, Qwen-Image-, Z-Image-, Flux.2- and Wan-shaped pipelines
+built from configs with seeded weights.
 
 Module names follow the real models (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, ...), so
 every adapter layout that targets their attention loads onto them; only the widths are tiny. Nothing is downloaded.
@@ -343,6 +343,57 @@ def build_tiny_flux2_pipeline():
     return _flow_pipeline(
         Flux2KleinPipeline, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
+
+
+def build_tiny_wan_pipeline():
+    """Wan-2.1-shaped (text to video): blocks of self-attention over 1x2x2 patches of every latent frame,
+    cross-attention to UMT5's token states and an MLP, a causal video VAE (8x spatial, 4x temporal) whose latents are
+    normalized per channel, rectified-flow Euler sampling with classifier-free guidance."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(SEED)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=9,  # 288 wide: a width no other twin has
+        attention_head_dim=32,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,  # the text encoder's width
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    torch.manual_seed(SEED)
+    # 16 channels at every level: fewer decode random weights to nearly flat frames that no adapter visibly moves.
+    vae = AutoencoderKLWan(
+        base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    tokenizer = t5_tokenizer()  # UMT5's tokenizer is T5's, over a larger vocabulary
+    torch.manual_seed(SEED + 2)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    )
+    pipeline = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),  # Wan's default flow shift for 480p
+        transformer=transformer,
+    )
+    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor_spatial  # its `__call__` renders 480p
+    return pipeline
 
 
 def _flow_pipeline(pipeline_class, **components):

@@ -58,6 +58,7 @@ class HarnessConfig:
     norm_outlier_k: float = 6.0  # robust z of log10 norm within a block; 6 MADs is far outside any healthy spread
     min_effective_rank_ratio: float = 0.0
     heldout_prompts: tuple[str, ...] = ()
+    render_frames: int = 5  # frames per render of a video pipeline (Wan); image pipelines render one
     clip_margin: float = 2.0
     clip_model: str | None = None  # ARCH:PATH of a local open_clip checkpoint
     train_captions: tuple[str, ...] = ()

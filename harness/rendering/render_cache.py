@@ -34,6 +34,7 @@ class RenderKey:
     scheduler: str  # class name and config
     device: str
     dtype: str
+    frames: int = 1
     harness_version: str = __version__
 
     def digest(self) -> str:

@@ -101,7 +101,8 @@ class RenderService:
     def render(self, what: str, slot: str | None, scale: float, jobs, watch=None) -> RenderSet:
         """`jobs` rendered now, by a `pytest_lora_render` hook or the pipeline, with a progress bar."""
         plan = self.plan
-        self.progress.line(f"rendering {what}: {len(jobs)} images, {plan.steps} steps, {plan.size}px")
+        renders = f"{len(jobs)} videos of {plan.frames} frames" if plan.frames > 1 else f"{len(jobs)} images"
+        self.progress.line(f"rendering {what}: {renders}, {plan.steps} steps, {plan.size}px")
         calls = -(-len(jobs) // plan.batch_size)
         with self.progress.bar(calls * plan.steps, f"rendering {what}") as advance:
             supplied = self.render_hook(slot=slot, scale=scale, jobs=jobs, watch=watch, on_step=advance)

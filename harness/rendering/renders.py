@@ -25,6 +25,7 @@ class RenderPlan:
     steps: int
     guidance_scale: float | None = GUIDANCE_SCALE  # None: the pipeline guides as it does by default
     batch_size: int = 16  # renders per pipeline call
+    frames: int = 1  # asked of a video pipeline; it may round the count to one it can make
 
     def jobs_for(self, prompts) -> list[tuple[str, int]]:
         return [(prompt, seed) for prompt in prompts for seed in self.seeds]
@@ -36,12 +37,29 @@ class RenderPlan:
 
 @dataclass
 class RenderSet:
-    """One image per job, as uint8 HxWx3 (what a user would save and look at)."""
+    """One image per job, as uint8 HxWx3 (what a user would save and look at). A video's frames sit side by side
+    in one strip (renders are square, so a strip W = frames x H wide holds W / H frames): every pixel comparison
+    covers every frame, and the report shows the strip."""
 
     images: np.ndarray  # [jobs, H, W, 3] uint8
     jobs: list[tuple[str, int]]
     nonfinite_jobs: list[tuple[str, int]] = field(default_factory=list)  # renders that produced NaN or Inf
     layers_run: set[str] = field(default_factory=set)  # LoRA layers whose forward ran during the render
+
+    @property
+    def frames(self) -> int:
+        return self.images.shape[2] // self.images.shape[1]
+
+    def features(self, encode, unit: bool = False) -> torch.Tensor:
+        """`encode`'s features (uint8 [N, H, W, 3] -> [N, D]) per job: a video's is the mean of its frames', each
+        frame encoded as an image (`unit`: renormalized, for cosine similarities)."""
+        if self.frames == 1:
+            return encode(self.images)
+        jobs, height, _, _ = self.images.shape
+        frames = self.images.reshape(jobs, height, self.frames, height, 3).transpose(0, 2, 1, 3, 4)
+        features = encode(np.ascontiguousarray(frames.reshape(-1, height, height, 3)))
+        mean = features.reshape(jobs, self.frames, -1).mean(dim=1)
+        return torch.nn.functional.normalize(mean, dim=-1) if unit else mean
 
 
 class Renderer:
@@ -52,7 +70,10 @@ class Renderer:
         # The keyword the family's pipeline carries the LoRA scale in (U-Nets `cross_attention_kwargs`, MMDiTs `joint_…`).
         rendering = family_of_pipeline(pipeline).rendering
         self.scale_argument = rendering.scale_keyword
-        self.call_arguments = rendering.call_arguments
+        self.call_arguments = dict(rendering.call_arguments)
+        self.video = rendering.video
+        if self.video:
+            self.call_arguments["num_frames"] = plan.frames
         self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
         self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
 
@@ -96,7 +117,7 @@ class Renderer:
             on_step()
             return tensors
 
-        return self.pipeline(
+        output = self.pipeline(
             prompt=[prompt for prompt, _ in jobs],
             generator=[torch.Generator(self.device).manual_seed(seed) for _, seed in jobs],
             height=plan.size,
@@ -107,7 +128,12 @@ class Renderer:
             output_type="np",
             **self.call_arguments,
             **{self.scale_argument: None if adapter_name in (None, *self.lycoris) else {"scale": scale}},
-        ).images
+        )
+        if not self.video:
+            return output.images
+        videos = output.frames  # [jobs, frames, H, W, 3], laid side by side: [jobs, H, frames x W, 3]
+        jobs_count, frames, height, width, _ = videos.shape
+        return videos.transpose(0, 2, 1, 3, 4).reshape(jobs_count, height, frames * width, 3)
 
     @contextlib.contextmanager
     def _only(self, adapter_name: str | None, scale: float):

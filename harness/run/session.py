@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
-from lora_harness.bases.families import EMBEDDED_DEFAULT, denoiser_of
+from lora_harness.bases.families import EMBEDDED_DEFAULT, denoiser_of, family_of_pipeline
 from lora_harness.config.check_registry import BASE, BASE_AGAIN, BUILTIN, CLIP, HELDOUT, INCEPTION, MAIN, CheckRegistry
 from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
@@ -181,6 +181,7 @@ class HarnessSession:
             config.render_steps,
             base.guidance_scale,
             config.render_batch_size,
+            config.render_frames if family_of_pipeline(base.pipeline).rendering.video else 1,
         )
         pipeline = base.pipeline
         identity = {  # the cache key's parts every render of the run shares
@@ -188,6 +189,7 @@ class HarnessSession:
             "steps": plan.steps,
             "guidance_scale": plan.guidance_scale,
             "size": plan.size,
+            "frames": plan.frames,
             "scheduler": scheduler_identity(pipeline.scheduler),
             "device": str(pipeline._execution_device),  # under model CPU offload `pipeline.device` says cpu
             "dtype": str(denoiser_of(pipeline).dtype),

@@ -27,8 +27,8 @@ def evaluate_clip_heldout(
         return CheckResult(adapter, CHECK, ERROR, None, -margin, message, details)
     base, adapted = renders(kept)
     texts = clip.text_features([prompt for prompt, _ in base.jobs])
-    base_scores = clip_scores(clip.image_features(base.images), texts)
-    adapted_scores = clip_scores(clip.image_features(adapted.images), texts)
+    base_scores = clip_scores(base.features(clip.image_features, unit=True), texts)
+    adapted_scores = clip_scores(adapted.features(clip.image_features, unit=True), texts)
     differences = adapted_scores - base_scores
     low, high = bootstrap_ci(differences)
     mean = float(differences.mean())

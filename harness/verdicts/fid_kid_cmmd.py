@@ -20,8 +20,8 @@ def evaluate_distance(check: str, adapter: str, features, renders, reference_ima
         message = f"{check} needs a reference corpus: pass --reference-images DIR with images of the style or subject"
         return CheckResult(adapter, check, SKIPPED, message=message)
     base, adapted = renders()
-    base_features = features.image_features(base.images)
-    adapted_features = features.image_features(adapted.images)
+    base_features = base.features(features.image_features)
+    adapted_features = adapted.features(features.image_features)
     reference = features.image_features(reference_images)
     details = {"model": features.label, "generated": len(base_features), "reference": len(reference)}
     if check == "kid":

@@ -28,8 +28,8 @@ def diversity(embeddings: torch.Tensor, jobs: list[tuple[str, int]]) -> dict[str
 def evaluate_mode_collapse(
     adapter: str, clip, base, adapted, floor: float, train_images, copy_similarity: float, heldout=None
 ):
-    base_diversity = diversity(clip.image_features(base.images), base.jobs)
-    adapted_diversity = diversity(clip.image_features(adapted.images), adapted.jobs)
+    base_diversity = diversity(base.features(clip.image_features, unit=True), base.jobs)
+    adapted_diversity = diversity(adapted.features(clip.image_features, unit=True), adapted.jobs)
     ratios = {
         axis: adapted_diversity[axis] / base_diversity[axis]
         for axis in base_diversity
@@ -42,7 +42,7 @@ def evaluate_mode_collapse(
     ]
     details = {"model": clip.label, "base": base_diversity, "adapted": adapted_diversity, "ratios": ratios}
     if train_images is not None and heldout is not None:
-        similarity = clip.image_features(heldout.images) @ clip.image_features(train_images).T
+        similarity = heldout.features(clip.image_features, unit=True) @ clip.image_features(train_images).T
         nearest = similarity.max(dim=1).values
         copies = [f"{p!r} seed {s}" for (p, s), v in zip(heldout.jobs, nearest.tolist()) if v > copy_similarity]
         details["nearest_training_similarity"] = nearest.tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_harness.bases.families import chroma, flux, flux2, qwen_image, sd1, sd2, sd3, sdxl, z_image
+from lora_harness.bases.families import chroma, flux, flux2, qwen_image, sd1, sd2, sd3, sdxl, wan, z_image
 from lora_harness.bases.families.family import Family, default_guidance
 
 FAMILIES: tuple[Family, ...] = (
@@ -23,6 +23,7 @@ FAMILIES: tuple[Family, ...] = (
     qwen_image.FAMILY,
     z_image.FAMILY,
     flux2.FAMILY,
+    wan.FAMILY,
 )
 
 UNET = sd1.FAMILY.denoiser.architecture

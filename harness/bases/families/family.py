@@ -61,6 +61,7 @@ class Rendering:
     scale_keyword: str  # the `__call__` argument carrying `{"scale": s}` to the LoRA layers
     native_size: int = 1024  # what `__call__` renders at by default, where neither pipeline nor denoiser says
     call_arguments: dict = field(default_factory=dict)  # given to every `__call__` besides the render plan's
+    video: bool = False  # its `__call__` takes `num_frames` and returns `.frames`
 
 
 GUIDANCE_SCALE = 7.5  # diffusers' default for Stable Diffusion

@@ -12,18 +12,12 @@ import torch
 from lora_harness.bases import tiny_base
 from lora_harness.bases.families import mmdit
 from lora_harness.bases.families.family import Blocks, Family, Reference, Rendering, TinyTwin
-from lora_harness.bases.families.objectives import RectifiedFlow
+from lora_harness.bases.families.objectives import RectifiedFlow, normalized_video_latents
 
 
 @torch.no_grad()
 def training_example(pipeline, pixels, caption: str, device: str) -> RectifiedFlow:
-    vae = pipeline.vae
-    frame = pixels.permute(2, 0, 1)[None, :, None].to(device, vae.dtype)  # [1, 3, 1 frame, H, W]
-    latents = vae.encode(frame * 2 - 1).latent_dist.mean
-    # Normalized per channel, as the pipeline's decode undoes.
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
-    latents = (latents - mean) / std
+    latents = normalized_video_latents(pipeline, pixels, device)  # [1, C, 1 frame, h, w]
     batch, channels, _, height, width = latents.shape
     packed = pipeline._pack_latents(latents, batch, channels, height, width)
     prompt_embeds, mask = pipeline.encode_prompt(prompt=caption, device=device, num_images_per_prompt=1)
