@@ -78,10 +78,10 @@ def _files(**contents):
             "*a PixArtAlphaPipeline has no LoRA loader in diffusers*no LoRA adapter can be applied to it*",
         ),
         (
-            ("--base-model", "sana"),
-            _files(**{"sana/model_index.json": '{"_class_name": "SanaPipeline"}'}),
-            "*a SanaPipeline is not supported yet: diffusers loads LoRAs into it (SanaLoraLoaderMixin)*"
-            "ChromaPipeline (Chroma)*ZImagePipeline (Z-Image)*",
+            ("--base-model", "img2img"),
+            _files(**{"img2img/model_index.json": '{"_class_name": "FluxImg2ImgPipeline"}'}),
+            "*a FluxImg2ImgPipeline renders from an image as well as a prompt*ChromaPipeline (Chroma)*"
+            "and any other text-to-image or text-to-video pipeline diffusers loads LoRAs into*",
         ),
         (
             ("--base-model", "qwen"),

@@ -64,28 +64,42 @@ def _check_pipeline(base_model: str, path: Path) -> None:
             f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again"
         ) from None
     supported = supported_pipelines()
-    if pipeline_class not in supported:
+    if pipeline_class in supported:
+        return
+    why = _why_unusable(str(pipeline_class))
+    if why is not None:
         checked = ", ".join(f"{name} ({', '.join(families)})" for name, families in supported.items())
         raise ConfigError(
-            f"--base-model {base_model}: {_why_unsupported(str(pipeline_class))}; lora-harness checks {checked} bases"
+            f"--base-model {base_model}: {why}; lora-harness checks {checked} bases, and any other text-to-image or "
+            "text-to-video pipeline diffusers loads LoRAs into"
         )
 
 
-def _why_unsupported(pipeline_class: str) -> str:
-    """Whether diffusers could load a LoRA into the pipeline at all: a class without a LoRA loader takes none."""
+# What a pipeline's call takes besides a prompt when it renders from an image or a video: the harness renders from
+# prompts alone, the same for the base and every adapter.
+CONDITIONING = ("image", "control_image", "mask_image", "video")
+
+
+def _why_unusable(pipeline_class: str) -> str | None:
+    """Why a pipeline class no family module covers cannot be checked; None when it can be (a text-to-image or
+    text-to-video pipeline with a LoRA loader: its family is made from the class, `families/generic.py`)."""
+    import inspect
+
     import diffusers
     from diffusers.loaders.lora_base import LoraBaseMixin
 
     found = getattr(diffusers, pipeline_class, None)
-    if not isinstance(found, type):
+    if not isinstance(found, type) or not issubclass(found, diffusers.DiffusionPipeline):
         return f"a {pipeline_class} is no pipeline class diffusers {diffusers.__version__} has"
     if not issubclass(found, LoraBaseMixin):
         return (
             f"a {pipeline_class} has no LoRA loader in diffusers {diffusers.__version__} (it is no LoraBaseMixin), "
             "so no LoRA adapter can be applied to it"
         )
-    loader = next(base.__name__ for base in found.__mro__ if issubclass(base, LoraBaseMixin) and base is not found)
-    return (
-        f"a {pipeline_class} is not supported yet: diffusers loads LoRAs into it ({loader}), but lora-harness has no "
-        "family module for it (harness/bases/families/)"
-    )
+    taken = [name for name in CONDITIONING if name in inspect.signature(found.__call__).parameters]
+    if taken:
+        return (
+            f"a {pipeline_class} renders from an {taken[0]} as well as a prompt, and lora-harness renders from prompts "
+            "alone: pass a folder of the text-to-image (or text-to-video) pipeline of the same model"
+        )
+    return None

@@ -32,6 +32,10 @@ from lora_harness.verdicts.wiring import evaluate_wiring
 
 CONTROL = AdapterSpec("control-untrained", None, slot="control_untrained")
 REFERENCE_SKIPPED = "--reference-steps 0: the reference overfit and its controls were not run"
+NO_FAMILY_MODULE = (
+    "{family} has no family module in lora-harness, so no reference overfit is trained for it: the reference and "
+    "its controls were not run; adapters for it get the checks that need no family knowledge"
+)
 
 
 @dataclass
@@ -226,7 +230,16 @@ class HarnessSession:
     def _reference_needed(self) -> bool:
         """Trained for the controls, or because the reference itself is checked (--adapter reference)."""
         checked = any(spec.is_reference for spec in self.config.checked_adapters)
-        return self.config.reference_steps > 0 and (self.needs.controls or checked)
+        return self._no_reference is None and (self.needs.controls or checked)
+
+    @property
+    def _no_reference(self) -> str | None:
+        """Why there is no reference overfit, once the base is loaded: --reference-steps 0, or a base whose family
+        was made from its pipeline class (no module says how to encode a training example for it)."""
+        if self.config.reference_steps == 0:
+            return REFERENCE_SKIPPED
+        family = family_of_pipeline(self.base.pipeline)
+        return NO_FAMILY_MODULE.format(family=family.name) if family.reference is None else None
 
     def _train_reference(self):
         """Trained once, before any adapter is loaded, so the base it leaves is the one every adapter sees."""
@@ -266,7 +279,7 @@ class HarnessSession:
         if path is None:  # the reference or its negative control
             run = self.reference_run
             if run is None:
-                return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=REFERENCE_SKIPPED)
+                return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=self._no_reference)
             path = run.reference_dir if spec.name == REFERENCE else run.control_dir
         record = {"name": spec.name, "path": str(path)}
         again = " again: its checks did not run one after another" if spec.name in self._unloaded else ""
@@ -531,8 +544,8 @@ class HarnessSession:
         return self.controls_run
 
     def _controls(self) -> Controls:
-        if self.config.reference_steps == 0:
-            return Controls(SKIPPED, REFERENCE_SKIPPED)
+        if self._no_reference is not None:
+            return Controls(SKIPPED, self._no_reference)
         if not self.needs.controls:
             return Controls(SKIPPED, "no selected check renders, so the controls were not needed")
         reference = self.adapter(AdapterSpec(REFERENCE, None))

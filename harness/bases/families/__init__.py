@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_harness.bases.families import chroma, flux, flux2, qwen_image, sd1, sd2, sd3, sdxl, wan, z_image
+from lora_harness.bases.families import chroma, flux, flux2, generic, qwen_image, sd1, sd2, sd3, sdxl, wan, z_image
 from lora_harness.bases.families.family import Family, default_guidance
 
 FAMILIES: tuple[Family, ...] = (
@@ -25,6 +25,14 @@ FAMILIES: tuple[Family, ...] = (
     flux2.FAMILY,
     wan.FAMILY,
 )
+
+# The families made from LoRA-loadable pipeline classes no module covers (`generic.py`), by pipeline class.
+_MADE: dict[str, Family] = {}
+
+
+def _families() -> tuple[Family, ...]:
+    return FAMILIES + tuple(_MADE.values())
+
 
 UNET = sd1.FAMILY.denoiser.architecture
 FLUX = flux.FAMILY.denoiser.architecture
@@ -70,7 +78,7 @@ __all__ = [
 def architecture_family(architecture: str) -> Family:
     """The first family of a denoiser architecture: what families of one architecture share (denoiser, blocks,
     reference) is read from it when the width names none of them."""
-    return next(family for family in FAMILIES if family.denoiser.architecture == architecture)
+    return next(family for family in _families() if family.denoiser.architecture == architecture)
 
 
 @dataclass(frozen=True)
@@ -85,14 +93,14 @@ class Signature:
     def _exact_family(self) -> Family | None:
         """The family of this architecture whose known widths hold this one."""
         return next(
-            (f for f in FAMILIES if f.denoiser.architecture == self.architecture and self.width in f.widths), None
+            (f for f in _families() if f.denoiser.architecture == self.architecture and self.width in f.widths), None
         )
 
     @property
     def named_family(self) -> Family | None:
         """The family whose known widths hold this one, else the architecture's family when its lineage holds at
         any width (an MMDiT's); None for a U-Net of no known width."""
-        any_width = (f for f in FAMILIES if f.denoiser.architecture == self.architecture and f.any_width)
+        any_width = (f for f in _families() if f.denoiser.architecture == self.architecture and f.any_width)
         return self._exact_family or next(any_width, None)
 
     @property
@@ -132,12 +140,28 @@ def denoiser_of(pipeline):
 
 def pipeline_signature(pipeline) -> Signature:
     """The base's signature, from its denoiser's class and config."""
+    made = _made_family(pipeline)
+    if made is not None:
+        return Signature(made.denoiser.architecture, made.denoiser.width(getattr(pipeline, made.denoiser.component)))
     for family in FAMILIES:
         denoiser = family.denoiser
         model = getattr(pipeline, denoiser.component, None)
         if model is not None and type(model).__name__ in denoiser.classes:
             return Signature(denoiser.architecture, int(denoiser.width(model)))
     raise ValueError(f"{type(pipeline).__name__}: its denoiser is none of the classes lora-harness knows")
+
+
+def _made_family(pipeline) -> Family | None:
+    """The family made from the pipeline's class when no module covers that class (`generic.py`)."""
+    name = type(pipeline).__name__
+    if name in supported_pipelines():
+        return None
+    if name not in _MADE:
+        made = generic.family_for(pipeline)
+        if made is None:
+            return None
+        _MADE[name] = made
+    return _MADE[name]
 
 
 def family_of_pipeline(pipeline) -> Family:
@@ -156,10 +180,10 @@ def keys_signature(component: str, width: int, module_names, base: Signature) ->
     names: such keys fit either), else the architecture whose families know that width, else the one whose
     distinctive modules the keys name, else the one architecture on that component with no distinctive modules.
     None when nothing tells them apart."""
-    candidates = list(dict.fromkeys(f.denoiser for f in FAMILIES if f.denoiser.component == component))
+    candidates = list(dict.fromkeys(f.denoiser for f in _families() if f.denoiser.component == component))
     if width == base.width and base.architecture in [d.architecture for d in candidates]:
         return base
-    known = [d for d in candidates if any(width in f.widths for f in FAMILIES if f.denoiser == d)]
+    known = [d for d in candidates if any(width in f.widths for f in _families() if f.denoiser == d)]
     if len(known) == 1:
         return Signature(known[0].architecture, width)
     marked = [d for d in candidates if any(m in name for m in d.distinctive_modules for name in module_names)]

@@ -101,7 +101,7 @@ class Family:
     pipelines: tuple[str, ...]  # the diffusers pipeline classes it covers
     denoiser: Denoiser
     widths: dict[int, str]  # width -> the name of what has it ({2048: "SDXL", 64: "tiny SDXL"})
-    reference: Reference
+    reference: Reference | None  # None: no reference overfit (a family made from a pipeline class, `generic.py`)
     rendering: Rendering
     blocks: Blocks
     # Prefixes of what trainers write in `ss_base_model_version` / `modelspec.architecture` for it ("sdxl").

@@ -1,0 +1,72 @@
+"""Any diffusers pipeline with a LoRA loader that no family module describes: a family made from the pipeline
+itself. Its adapters are converted and injected by the pipeline class's own loader and get the checks that need
+no family knowledge (wiring, frozen_base, param_budget, pixel_diff, weight_health, release_metadata, and the CLIP
+checks when a CLIP is given). There is no reference overfit (encoding a training example for the objective is a
+family module's knowledge), so no controls, and no width names: an adapter is checked on the base it is given."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+from lora_harness.bases.families.family import Blocks, Denoiser, Family, Rendering
+
+SCALE_KEYWORDS = ("attention_kwargs", "joint_attention_kwargs", "cross_attention_kwargs")
+DENOISERS = ("transformer", "unet", "prior")  # the attributes diffusers' pipelines hold their denoiser in
+WIDTH_MODULE = "attn.to_q"  # diffusers' `Attention`: its query reads the width every attention LoRA's A matrix does
+
+
+@dataclass(frozen=True)
+class ModulePathBlocks(Blocks):
+    """Blocks by module path, in the model's own names: its top-level part and the layer's parent module
+    ('transformer.joint_transformer_blocks.0.attn.to_q' -> 'joint_transformer_blocks/attn')."""
+
+    stages: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def of(self, denoiser_path: list[str]) -> str:
+        parts = [part for part in denoiser_path[1:] if not part.isdigit()]
+        return f"{parts[0]}/{parts[-2]}" if len(parts) > 1 else (parts[0] if parts else "other")
+
+
+def family_for(pipeline) -> Family | None:
+    """The family of a LoRA-loadable pipeline class no family module covers; None when it holds no denoiser."""
+    pipeline_class = type(pipeline)
+    component = next((c for c in DENOISERS if isinstance(getattr(pipeline, c, None), torch.nn.Module)), None)
+    if component is None:
+        return None
+    denoiser = getattr(pipeline, component)
+    name = pipeline_class.__name__.removesuffix("Pipeline")
+    call = inspect.signature(pipeline_class.__call__).parameters
+    height = call["height"].default if "height" in call else None
+    width = _width(denoiser)
+    return Family(
+        name=name,
+        pipelines=(pipeline_class.__name__,),
+        denoiser=Denoiser(
+            architecture=f"{name} (no family module)",
+            component=component,
+            classes=(type(denoiser).__name__,),
+            width=_width,
+            width_label="attention width",
+            width_modules=(WIDTH_MODULE,),
+        ),
+        widths={width: name},
+        reference=None,
+        rendering=Rendering(
+            scale_keyword=next((k for k in SCALE_KEYWORDS if k in call), SCALE_KEYWORDS[0]),
+            native_size=height if isinstance(height, int) else 1024,
+            video="num_frames" in call,
+        ),
+        blocks=ModulePathBlocks(),
+    )
+
+
+def _width(denoiser) -> int:
+    """The width its attention queries read (0 where it has no diffusers `Attention`)."""
+    return next(
+        (m.in_features for n, m in denoiser.named_modules() if n.endswith(WIDTH_MODULE) and hasattr(m, "in_features")),
+        0,
+    )
