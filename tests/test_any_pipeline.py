@@ -97,3 +97,22 @@ def test_the_reference_on_it_is_skipped_saying_why(pytester, auraflow):
 def test_an_adapter_for_another_model_fails_wiring_on_it(pytester, auraflow, write_lora):
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), str(auraflow["base"]))
     assert "made for tiny (cross-attention 32), but the base is AuraFlow" in message
+
+
+def test_a_pipeline_class_of_a_known_family_s_denoiser_checks_that_family_s_adapters(pytester, tmp_path, write_lora):
+    """A perturbed-attention-guidance pipeline of SD's U-Net (`StableDiffusionPAGPipeline`, no family module of its
+    own): an SD1.x adapter is that family's, rendered through the class's own call."""
+    from diffusers import StableDiffusionPAGPipeline
+
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+
+    StableDiffusionPAGPipeline.from_pipe(build_tiny_pipeline(), pag_applied_layers=["mid"]).save_pretrained(
+        tmp_path / "pag", safe_serialization=True
+    )
+    adapter = write_lora("kohya", "sd1.safetensors")
+    pytester.runpytest_inprocess("--adapter", adapter, "--base-model", tmp_path / "pag", *FAST, *MECHANICAL)
+    document = results(pytester)
+    assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    (loaded,) = document["adapters"]
+    assert loaded["tensors_applied"] == loaded["tensors"] and loaded["family"] == document["base"]["family"]
+    assert "no family module" in document["controls"]["message"]

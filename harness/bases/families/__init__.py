@@ -153,11 +153,13 @@ def pipeline_signature(pipeline) -> Signature:
 
 def _made_family(pipeline) -> Family | None:
     """The family made from the pipeline's class when no module covers that class (`generic.py`)."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
     name = type(pipeline).__name__
-    if name in supported_pipelines():
+    if name in supported_pipelines() or not isinstance(pipeline, LoraBaseMixin):
         return None
     if name not in _MADE:
-        made = generic.family_for(pipeline)
+        made = generic.family_for(pipeline, FAMILIES)
         if made is None:
             return None
         _MADE[name] = made
@@ -165,7 +167,11 @@ def _made_family(pipeline) -> Family | None:
 
 
 def family_of_pipeline(pipeline) -> Family:
-    """The base's family: by the width where it names one, else by the pipeline class, else by the architecture."""
+    """The base's family: the one made from its class where no module covers it; else by the width where it names
+    one, else by the pipeline class, else by the architecture."""
+    made = _made_family(pipeline)
+    if made is not None:
+        return made
     signature = pipeline_signature(pipeline)
     named = signature.named_family
     if named is not None:
@@ -180,10 +186,12 @@ def keys_signature(component: str, width: int, module_names, base: Signature) ->
     names: such keys fit either), else the architecture whose families know that width, else the one whose
     distinctive modules the keys name, else the one architecture on that component with no distinctive modules.
     None when nothing tells them apart."""
-    candidates = list(dict.fromkeys(f.denoiser for f in _families() if f.denoiser.component == component))
+    # The registry's families and the base's own when it was made from its class: never another run's.
+    relevant = FAMILIES + tuple(f for f in _MADE.values() if f.denoiser.architecture == base.architecture)
+    candidates = list(dict.fromkeys(f.denoiser for f in relevant if f.denoiser.component == component))
     if width == base.width and base.architecture in [d.architecture for d in candidates]:
         return base
-    known = [d for d in candidates if any(width in f.widths for f in _families() if f.denoiser == d)]
+    known = [d for d in candidates if any(width in f.widths for f in relevant if f.denoiser == d)]
     if len(known) == 1:
         return Signature(known[0].architecture, width)
     marked = [d for d in candidates if any(m in name for m in d.distinctive_modules for name in module_names)]

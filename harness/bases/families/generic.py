@@ -6,6 +6,7 @@ family module's knowledge), so no controls, and no width names: an adapter is ch
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 
@@ -15,7 +16,8 @@ from lora_harness.bases.families.family import Blocks, Denoiser, Family, Renderi
 
 SCALE_KEYWORDS = ("attention_kwargs", "joint_attention_kwargs", "cross_attention_kwargs")
 DENOISERS = ("transformer", "unet", "prior")  # the attributes diffusers' pipelines hold their denoiser in
-WIDTH_MODULE = "attn.to_q"  # diffusers' `Attention`: its query reads the width every attention LoRA's A matrix does
+# diffusers' `Attention` modules as transformers name them: the query reads the width an attention LoRA's A does.
+WIDTH_MODULES = ("attn.to_q", "attn1.to_q", "attention.to_q")
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,10 @@ class ModulePathBlocks(Blocks):
         return f"{parts[0]}/{parts[-2]}" if len(parts) > 1 else (parts[0] if parts else "other")
 
 
-def family_for(pipeline) -> Family | None:
-    """The family of a LoRA-loadable pipeline class no family module covers; None when it holds no denoiser."""
+def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
+    """The family of a LoRA-loadable pipeline class no family module covers; None when it holds no denoiser. A
+    class whose denoiser a known family has (LCM, PAG or panorama pipelines of SD's U-Net) is that family, rendered
+    through its own call; any other is named after its class."""
     pipeline_class = type(pipeline)
     component = next((c for c in DENOISERS if isinstance(getattr(pipeline, c, None), torch.nn.Module)), None)
     if component is None:
@@ -41,6 +45,17 @@ def family_for(pipeline) -> Family | None:
     name = pipeline_class.__name__.removesuffix("Pipeline")
     call = inspect.signature(pipeline_class.__call__).parameters
     height = call["height"].default if "height" in call else None
+    rendering = Rendering(
+        scale_keyword=next((k for k in SCALE_KEYWORDS if k in call), SCALE_KEYWORDS[0]),
+        native_size=height if isinstance(height, int) else 1024,
+        video="num_frames" in call,
+    )
+    same = next((f for f in known if type(denoiser).__name__ in f.denoiser.classes), None)
+    if same is not None:
+        # Its adapters are the known family's; its reference overfit encodes examples for that family's pipeline.
+        return dataclasses.replace(
+            same, pipelines=(pipeline_class.__name__,), reference=None, rendering=rendering, tiny=None, single_file=None
+        )
     width = _width(denoiser)
     return Family(
         name=name,
@@ -51,15 +66,11 @@ def family_for(pipeline) -> Family | None:
             classes=(type(denoiser).__name__,),
             width=_width,
             width_label="attention width",
-            width_modules=(WIDTH_MODULE,),
+            width_modules=WIDTH_MODULES,
         ),
         widths={width: name},
         reference=None,
-        rendering=Rendering(
-            scale_keyword=next((k for k in SCALE_KEYWORDS if k in call), SCALE_KEYWORDS[0]),
-            native_size=height if isinstance(height, int) else 1024,
-            video="num_frames" in call,
-        ),
+        rendering=rendering,
         blocks=ModulePathBlocks(),
     )
 
@@ -67,6 +78,6 @@ def family_for(pipeline) -> Family | None:
 def _width(denoiser) -> int:
     """The width its attention queries read (0 where it has no diffusers `Attention`)."""
     return next(
-        (m.in_features for n, m in denoiser.named_modules() if n.endswith(WIDTH_MODULE) and hasattr(m, "in_features")),
+        (m.in_features for n, m in denoiser.named_modules() if n.endswith(WIDTH_MODULES) and hasattr(m, "in_features")),
         0,
     )
