@@ -148,7 +148,7 @@ def test_mutated_adapters_load_or_fail_clearly(layout, mutation, case):
 TRAINER_FILES = Path(__file__).parent.parent / "fixtures" / "trainer_files"
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def _twin(family: str):
     from lora_harness.bases.families import EMBEDDED
 
@@ -162,12 +162,13 @@ def _twin(family: str):
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    family=st.sampled_from(["qwen-image", "z-image"]),
+    family=st.sampled_from(["qwen-image", "z-image", "flux2", "wan"]),
     mutation=st.one_of(byte_mutation, tensor_mutation),
     case=st.integers(0, 2**31),
 )
 def test_mutated_trainer_files_converted_by_the_pipeline_load_or_fail_clearly(family, mutation, case):
-    """musubi-tuner's files, which the base pipeline's own `lora_state_dict` converts and the harness traces back."""
+    """musubi-tuner's files (Qwen-Image, Z-Image, Flux.2's fused BFL names, Wan's original names), which the base
+    pipeline's own `lora_state_dict` converts and the harness traces back."""
     from lora_harness.bases.families import pipeline_signature
 
     target = WORKDIR / "case" / f"{case}-musubi-{family}.safetensors"
