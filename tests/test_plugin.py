@@ -89,6 +89,11 @@ def _files(**contents):
             "*qwen/model_index.json names no denoiser (unet or transformer)*save the whole pipeline*",
         ),
         (
+            ("--base-model", "t2v-sd"),
+            _files(**{"t2v-sd/model_index.json": '{"_class_name": "TextToVideoSDPipeline", "unet": []}'}),
+            "*a TextToVideoSDPipeline's call takes no callback_on_step_end, which lora-harness renders every image with*",
+        ),
+        (
             ("--base-model", "made-up"),
             _files(**{"made-up/model_index.json": '{"_class_name": "MadeUpPipeline"}'}),
             "*a MadeUpPipeline is no pipeline class diffusers*has*",

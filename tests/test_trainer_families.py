@@ -226,10 +226,23 @@ def test_a_video_s_features_are_its_frames_mean_each_frame_encoded_as_an_image()
 
     frames = np.stack([np.full((4, 4, 3), value, np.uint8) for value in (10, 20, 30)])  # one job, 3 frames
     strip = frames.transpose(1, 0, 2, 3).reshape(1, 4, 12, 3)
-    rendered = RenderSet(images=strip, jobs=[("p", 0)])
-    assert rendered.frames == 3
+    rendered = RenderSet(images=strip, jobs=[("p", 0)], frames=3)
 
     def encode(images):  # one feature per image: its mean value, and how many images it was given
         return torch.tensor([[float(image.mean()), len(images)] for image in images])
 
     assert rendered.features(encode).tolist() == [[20.0, 3.0]]
+
+
+def test_an_untrained_fused_module_is_traced_into_the_rows_it_fills_not_refused():
+    """musubi's Flux.2 file with one fused qkv module's up matrix all zero (untrained): each of q, k, v is traced to
+    its block of rows, so the zero up is reported as untrained instead of the file being refused."""
+    from lora_harness.bases.tiny_base import build_tiny_flux2_pipeline
+    from lora_harness.loading.traced_conversion import trace
+
+    tensors = load_file(TRAINER_FILES / "musubi-flux2.safetensors")
+    tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"].zero_()
+    traced = trace(tensors, build_tiny_flux2_pipeline())
+    assert traced.invented == [] and traced.dropped == []
+    fused = traced.modules["lora_unet_double_blocks_0_img_attn_qkv"]
+    assert fused.layers == tuple(f"transformer_blocks.0.attn.to_{p}" for p in "qkv")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lora_harness.bases.families import EMBEDDED_BASES, supported_pipelines
+from lora_harness.bases.families import DENOISER_COMPONENTS, EMBEDDED_BASES, supported_pipelines
+from lora_harness.bases.families.generic import SCALE_KEYWORDS
 from lora_harness.bases.single_file import inspect_single_file
 from lora_harness.config.config import ConfigError
 
@@ -58,7 +59,8 @@ def _check_pipeline(base_model: str, path: Path) -> None:
             f"pass a folder written by `save_pretrained`, a cached hub id or an embedded base ({EMBEDDED_NAMES})"
         )
     try:
-        pipeline_class = json.loads(index_path.read_text()).get("_class_name")
+        index = json.loads(index_path.read_text())
+        pipeline_class = index.get("_class_name")
     except (json.JSONDecodeError, AttributeError, OSError):
         raise ConfigError(
             f"--base-model {base_model}: {index_path} is not valid JSON; save the pipeline again"
@@ -66,7 +68,7 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     supported = supported_pipelines()
     if pipeline_class in supported:
         return
-    why = _why_unusable(str(pipeline_class))
+    why = _why_unusable(str(pipeline_class), index)
     if why is not None:
         checked = ", ".join(f"{name} ({', '.join(families)})" for name, families in supported.items())
         raise ConfigError(
@@ -78,9 +80,11 @@ def _check_pipeline(base_model: str, path: Path) -> None:
 # What a pipeline's call takes besides a prompt when it renders from an image or a video: the harness renders from
 # prompts alone, the same for the base and every adapter.
 CONDITIONING = ("image", "control_image", "mask_image", "video")
+# What the renderer gives every call (and the LoRA scale keyword, one of `generic.SCALE_KEYWORDS`).
+RENDER_ARGUMENTS = ("prompt", "height", "width", "num_inference_steps", "callback_on_step_end", "output_type")
 
 
-def _why_unusable(pipeline_class: str) -> str | None:
+def _why_unusable(pipeline_class: str, index: dict) -> str | None:
     """Why a pipeline class no family module covers cannot be checked; None when it can be (a text-to-image or
     text-to-video pipeline with a LoRA loader: its family is made from the class, `families/generic.py`)."""
     import inspect
@@ -96,10 +100,24 @@ def _why_unusable(pipeline_class: str) -> str | None:
             f"a {pipeline_class} has no LoRA loader in diffusers {diffusers.__version__} (it is no LoraBaseMixin), "
             "so no LoRA adapter can be applied to it"
         )
-    taken = [name for name in CONDITIONING if name in inspect.signature(found.__call__).parameters]
+    call = inspect.signature(found.__call__).parameters
+    taken = [name for name in CONDITIONING if name in call]
     if taken:
         return (
             f"a {pipeline_class} renders from an {taken[0]} as well as a prompt, and lora-harness renders from prompts "
             "alone: pass a folder of the text-to-image (or text-to-video) pipeline of the same model"
+        )
+    lacking = [name for name in RENDER_ARGUMENTS if name not in call]
+    if not any(keyword in call for keyword in SCALE_KEYWORDS):
+        lacking.append(f"LoRA scale keyword ({', '.join(SCALE_KEYWORDS)})")
+    if lacking:
+        return (
+            f"a {pipeline_class}'s call takes no {', '.join(lacking)}, which lora-harness renders every image with, "
+            "so it cannot render the base and each adapter alike"
+        )
+    if not any(component in index for component in DENOISER_COMPONENTS):
+        return (
+            f"a {pipeline_class} holds its denoiser in none of {', '.join(DENOISER_COMPONENTS)}, where lora-harness "
+            "looks for it"
         )
     return None

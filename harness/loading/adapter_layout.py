@@ -227,6 +227,12 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
 def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
     """A trainer's layout that the base's pipeline class converts itself, traced back to the file by value."""
     loader = type(pipeline).__name__
+    nonfinite = next((k for k, t in adapter.tensors.items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if nonfinite is not None:  # every proportion with NaN is NaN: such a file cannot be traced, only named
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {nonfinite} holds NaN or Inf, so what {loader}'s conversion made of it "
+            "cannot be traced to the file; the training diverged or the file is damaged: export a finite checkpoint"
+        )
     try:
         traced = trace(adapter.tensors, pipeline)
     except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
@@ -491,8 +497,12 @@ UNET_PARTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "t
 def _names_a_unet(keys) -> bool:
     """A Kohya file of an SD U-Net (diffusers' names, or SGM's as sd-scripts writes SDXL): converted as SD's loaders
     do, whatever the base, so a wrong-family file is named for the family it was made for."""
-    parts = (*UNET_PARTS, "input_blocks", "middle_block", "output_blocks")
-    return any(key.startswith(tuple(f"lora_unet_{part}_" for part in parts)) for key in keys)
+    parts = tuple(
+        f"lora_unet_{part}_"
+        for part in (*UNET_PARTS, "input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb")
+    )
+    unet_keys = [key for key in keys if key.startswith("lora_unet_")]
+    return bool(unet_keys) and all(key.startswith(parts) for key in unet_keys)
 
 
 def _component_of(keys, pipeline) -> str:

@@ -37,17 +37,22 @@ def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
     files = _file_modules(tensors)
     by_name = {_plain(module): module for module in files}
     filled: dict[str, list[tuple[int, str, str]]] = {}  # file module -> (row offset, component, layer)
+    rows_taken: dict[str, int] = {}  # file module -> rows of its up matrix that converted layers hold so far
     invented = []
     for a_key in [key for key in converted if key.endswith(".lora_A.weight")]:
         component, layer = a_key.removesuffix(".lora_A.weight").split(".", 1)
         a, b = converted[a_key], converted.get(a_key.replace(".lora_A.", ".lora_B."))
         named = by_name.get(_plain(layer))
-        # The file module of the same name first; else any whose factors hold these (a renamed or fused module).
-        for module in ([named] if named else []) + [m for m in files if m != named]:
+        # The file module of the same name first; else any whose factors hold these (a renamed or fused module)
+        # and whose up matrix has rows left: an all-zero pair matches any other, so a claimed module is skipped.
+        others = [m for m in files if m != named and rows_taken.get(m, 0) < tensors[files[m][1]].shape[0]]
+        for module in ([named] if named else []) + others:
             down, up = (tensors[key] for key in files[module])
-            offset = _row_offset(b, up) if b is not None and _proportional(a, down) else None
+            taken = rows_taken.get(module, 0)
+            offset = _row_offset(b, up, taken) if b is not None and _proportional(a, down) else None
             if offset is not None:
                 filled.setdefault(module, []).append((offset, component, layer))
+                rows_taken[module] = taken + b.shape[0]
                 break
         else:
             invented.append(f"{component}.{layer}")
@@ -65,6 +70,10 @@ def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
             layers=tuple(layer for _, _, layer in layers),
         )
     dropped = [key for module, keys in files.items() if module not in modules for key in keys]
+    # Keys of no factor pair (DoRA's `dora_scale`, Wan's `.diff` and `.diff_b`): the conversion may use or drop
+    # them, and nothing here traces them, so they are named rather than passed over.
+    factors = {key for keys in files.values() for key in keys}
+    dropped += [key for key in tensors if key not in factors and not key.endswith(".alpha")]
     return TracedConversion(converted, modules, dropped, invented)
 
 
@@ -96,16 +105,23 @@ def _proportional(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(a @ b / norms >= COSINE)
 
 
-def _row_offset(b: torch.Tensor, up: torch.Tensor) -> int | None:
-    """Where `b`'s rows sit in `up` (a rescaled copy of all of it, or of a block of its rows); None if nowhere."""
+def _row_offset(b: torch.Tensor, up: torch.Tensor, taken: int = 0) -> int | None:
+    """Where `b`'s rows sit in `up` (a rescaled copy of all of it, or of a block of its rows); None if nowhere.
+    An all-zero `b` sits in the next rows not yet `taken` when those are zero too (an untrained fused module)."""
     if b.shape[1:] != up.shape[1:] or b.shape[0] > up.shape[0]:
         return None
     if b.shape == up.shape:
         return 0 if _proportional(b, up) else None
-    first = b[0].detach().double().flatten()
     rows = up.detach().double().reshape(up.shape[0], -1)
+    nonzero = torch.nonzero(b.detach().double().reshape(b.shape[0], -1).norm(dim=1)).flatten().tolist()
+    if not nonzero:
+        block = rows[taken : taken + b.shape[0]]
+        return taken if len(block) == b.shape[0] and not block.any() else None
+    row = nonzero[0]  # matched through its first non-zero row, which sits `row` rows into the block
+    first = b[row].detach().double().flatten()
     cosines = rows @ first / (rows.norm(dim=1) * first.norm()).clamp_min(1e-30)
-    for offset in torch.nonzero(cosines >= COSINE).flatten().tolist():
-        if offset + b.shape[0] <= up.shape[0] and _proportional(b, up[offset : offset + b.shape[0]]):
+    for found in torch.nonzero(cosines >= COSINE).flatten().tolist():
+        offset = found - row
+        if 0 <= offset and offset + b.shape[0] <= up.shape[0] and _proportional(b, up[offset : offset + b.shape[0]]):
             return offset
     return None

@@ -56,7 +56,7 @@ class RenderService:
         if any((target.slot, scale, *job) not in self._images for job in jobs):
             planned = [p for name in self._planned_prompt_sets(target, scale) for p in self.prompt_sets[name]]
             self._fill(target, scale, self.plan.jobs_for(dict.fromkeys([*planned, *prompts])))
-        return _render_set([self._images[(target.slot, scale, *job)] for job in jobs], jobs)
+        return _render_set([self._images[(target.slot, scale, *job)] for job in jobs], jobs, self.renderer.video)
 
     def base_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs, never from a cache."""
@@ -112,10 +112,12 @@ class RenderService:
         return RenderKey(adapter_sha256=target.identity, scale=scale, prompt=prompt, seed=seed, **self.identity)
 
 
-def _render_set(renders: list[CachedRender], jobs) -> RenderSet:
+def _render_set(renders: list[CachedRender], jobs, video: bool) -> RenderSet:
+    images = np.stack([render.image for render in renders])
     return RenderSet(
-        images=np.stack([render.image for render in renders]),
+        images=images,
         jobs=jobs,
         nonfinite_jobs=[job for job, render in zip(jobs, renders) if not render.finite],
         layers_run={layer for render in renders for layer in render.layers_run},
+        frames=images.shape[2] // images.shape[1] if video else 1,  # a video's square frames, side by side
     )

@@ -38,26 +38,23 @@ class RenderPlan:
 @dataclass
 class RenderSet:
     """One image per job, as uint8 HxWx3 (what a user would save and look at). A video's frames sit side by side
-    in one strip (renders are square, so a strip W = frames x H wide holds W / H frames): every pixel comparison
-    covers every frame, and the report shows the strip."""
+    in one strip: every pixel comparison covers every frame, and the report shows the strip."""
 
-    images: np.ndarray  # [jobs, H, W, 3] uint8
+    images: np.ndarray  # [jobs, H, W, 3] uint8; a video's: [jobs, H, frames x W, 3]
     jobs: list[tuple[str, int]]
     nonfinite_jobs: list[tuple[str, int]] = field(default_factory=list)  # renders that produced NaN or Inf
     layers_run: set[str] = field(default_factory=set)  # LoRA layers whose forward ran during the render
-
-    @property
-    def frames(self) -> int:
-        return self.images.shape[2] // self.images.shape[1]
+    frames: int = 1  # frames per render, side by side
 
     def features(self, encode, unit: bool = False) -> torch.Tensor:
         """`encode`'s features (uint8 [N, H, W, 3] -> [N, D]) per job: a video's is the mean of its frames', each
         frame encoded as an image (`unit`: renormalized, for cosine similarities)."""
         if self.frames == 1:
             return encode(self.images)
-        jobs, height, _, _ = self.images.shape
-        frames = self.images.reshape(jobs, height, self.frames, height, 3).transpose(0, 2, 1, 3, 4)
-        features = encode(np.ascontiguousarray(frames.reshape(-1, height, height, 3)))
+        jobs, height, strip, _ = self.images.shape
+        width = strip // self.frames
+        frames = self.images.reshape(jobs, height, self.frames, width, 3).transpose(0, 2, 1, 3, 4)
+        features = encode(np.ascontiguousarray(frames.reshape(-1, height, width, 3)))
         mean = features.reshape(jobs, self.frames, -1).mean(dim=1)
         return torch.nn.functional.normalize(mean, dim=-1) if unit else mean
 
@@ -108,7 +105,8 @@ class Renderer:
         finite = np.isfinite(output).all(axis=(1, 2, 3))
         images = (np.nan_to_num(output, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
         nonfinite = [job for job, ok in zip(jobs, finite) if not ok]
-        return RenderSet(images=images, jobs=list(jobs), nonfinite_jobs=nonfinite, layers_run=ran)
+        frames = images.shape[2] // images.shape[1] if self.video else 1  # the renderer's frames are square
+        return RenderSet(images=images, jobs=list(jobs), nonfinite_jobs=nonfinite, layers_run=ran, frames=frames)
 
     def _call(self, jobs, adapter_name, scale, on_step) -> np.ndarray:
         plan = self.plan
@@ -131,7 +129,7 @@ class Renderer:
         )
         if not self.video:
             return output.images
-        videos = output.frames  # [jobs, frames, H, W, 3], laid side by side: [jobs, H, frames x W, 3]
+        videos = np.asarray(output.frames, dtype=np.float32)  # [jobs, frames, H, W, 3] -> [jobs, H, frames x W, 3]
         jobs_count, frames, height, width, _ = videos.shape
         return videos.transpose(0, 2, 1, 3, 4).reshape(jobs_count, height, frames * width, 3)
 

@@ -33,8 +33,8 @@ from lora_harness.verdicts.wiring import evaluate_wiring
 CONTROL = AdapterSpec("control-untrained", None, slot="control_untrained")
 REFERENCE_SKIPPED = "--reference-steps 0: the reference overfit and its controls were not run"
 NO_FAMILY_MODULE = (
-    "{family} has no family module in lora-harness, so no reference overfit is trained for it: the reference and "
-    "its controls were not run; adapters for it get the checks that need no family knowledge"
+    "{pipeline} has no family module in lora-harness, so no reference overfit is trained on it: the reference and "
+    "its controls were not run; adapters for it get the checks that need no training example"
 )
 
 
@@ -239,7 +239,7 @@ class HarnessSession:
         if self.config.reference_steps == 0:
             return REFERENCE_SKIPPED
         family = family_of_pipeline(self.base.pipeline)
-        return NO_FAMILY_MODULE.format(family=family.name) if family.reference is None else None
+        return NO_FAMILY_MODULE.format(pipeline=type(self.base.pipeline).__name__) if family.reference is None else None
 
     def _train_reference(self):
         """Trained once, before any adapter is loaded, so the base it leaves is the one every adapter sees."""

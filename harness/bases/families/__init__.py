@@ -26,8 +26,9 @@ FAMILIES: tuple[Family, ...] = (
     wan.FAMILY,
 )
 
-# The families made from LoRA-loadable pipeline classes no module covers (`generic.py`), by pipeline class.
-_MADE: dict[str, Family] = {}
+# The families made from LoRA-loadable pipeline classes no module covers (`generic.py`), by pipeline class,
+# denoiser class and width: two bases of one class at two widths are two families.
+_MADE: dict[tuple[str, str, int], Family] = {}
 
 
 def _families() -> tuple[Family, ...]:
@@ -156,14 +157,14 @@ def _made_family(pipeline) -> Family | None:
     from diffusers.loaders.lora_base import LoraBaseMixin
 
     name = type(pipeline).__name__
-    if name in supported_pipelines() or not isinstance(pipeline, LoraBaseMixin):
+    component = generic.denoiser_component(pipeline)
+    if name in supported_pipelines() or not isinstance(pipeline, LoraBaseMixin) or component is None:
         return None
-    if name not in _MADE:
-        made = generic.family_for(pipeline, FAMILIES)
-        if made is None:
-            return None
-        _MADE[name] = made
-    return _MADE[name]
+    denoiser = getattr(pipeline, component)
+    key = (name, type(denoiser).__name__, generic.attention_width(denoiser))
+    if key not in _MADE:
+        _MADE[key] = generic.family_for(pipeline, FAMILIES)
+    return _MADE[key]
 
 
 def family_of_pipeline(pipeline) -> Family:

@@ -15,7 +15,7 @@ import torch
 from lora_harness.bases.families.family import Blocks, Denoiser, Family, Rendering
 
 SCALE_KEYWORDS = ("attention_kwargs", "joint_attention_kwargs", "cross_attention_kwargs")
-DENOISERS = ("transformer", "unet", "prior")  # the attributes diffusers' pipelines hold their denoiser in
+DENOISERS = ("transformer", "unet")  # the attributes diffusers' pipelines hold their denoiser in
 # diffusers' `Attention` modules as transformers name them: the query reads the width an attention LoRA's A does.
 WIDTH_MODULES = ("attn.to_q", "attn1.to_q", "attention.to_q")
 
@@ -38,7 +38,7 @@ def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
     class whose denoiser a known family has (LCM, PAG or panorama pipelines of SD's U-Net) is that family, rendered
     through its own call; any other is named after its class."""
     pipeline_class = type(pipeline)
-    component = next((c for c in DENOISERS if isinstance(getattr(pipeline, c, None), torch.nn.Module)), None)
+    component = denoiser_component(pipeline)
     if component is None:
         return None
     denoiser = getattr(pipeline, component)
@@ -50,13 +50,17 @@ def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
         native_size=height if isinstance(height, int) else 1024,
         video="num_frames" in call,
     )
-    same = next((f for f in known if type(denoiser).__name__ in f.denoiser.classes), None)
+    same_class = [f for f in known if type(denoiser).__name__ in f.denoiser.classes]
+    # Of those, the one whose widths hold this denoiser's (an SDXL PAG pipeline is SDXL's, not SD1.x's).
+    same = next(
+        (f for f in same_class if f.denoiser.width(denoiser) in f.widths), same_class[0] if same_class else None
+    )
     if same is not None:
         # Its adapters are the known family's; its reference overfit encodes examples for that family's pipeline.
         return dataclasses.replace(
             same, pipelines=(pipeline_class.__name__,), reference=None, rendering=rendering, tiny=None, single_file=None
         )
-    width = _width(denoiser)
+    width = attention_width(denoiser)
     return Family(
         name=name,
         pipelines=(pipeline_class.__name__,),
@@ -64,7 +68,7 @@ def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
             architecture=f"{name} (no family module)",
             component=component,
             classes=(type(denoiser).__name__,),
-            width=_width,
+            width=attention_width,
             width_label="attention width",
             width_modules=WIDTH_MODULES,
         ),
@@ -75,7 +79,11 @@ def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
     )
 
 
-def _width(denoiser) -> int:
+def denoiser_component(pipeline) -> str | None:
+    return next((c for c in DENOISERS if isinstance(getattr(pipeline, c, None), torch.nn.Module)), None)
+
+
+def attention_width(denoiser) -> int:
     """The width its attention queries read (0 where it has no diffusers `Attention`)."""
     return next(
         (m.in_features for n, m in denoiser.named_modules() if n.endswith(WIDTH_MODULES) and hasattr(m, "in_features")),
