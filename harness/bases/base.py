@@ -28,9 +28,7 @@ class BaseModel:
     signature: Signature
     unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
     native_size: int
-    guidance_scale: (
-        float | None
-    )  # the pipeline's own default (None: it guides by default with none), used for every render
+    guidance_scale: float | None  # the pipeline's own default, used for every render (None: it has none)
     dtype: str  # what the denoiser computes in, as loaded
     single_file: dict | None = None  # a checkpoint file's path, detected family and hashes; None for other bases
 

@@ -103,7 +103,7 @@ def build_tiny_sdxl_pipeline():
 def build_tiny_flux_pipeline():
     """Flux-shaped: a transformer with double-stream (text and image) and single-stream blocks over packed 2x2
     latent patches, CLIP's pooled text and T5's token states, rectified-flow Euler sampling."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -121,23 +121,21 @@ def build_tiny_flux_pipeline():
     )
     tokenizer_2 = t5_tokenizer()
     text_encoder_2 = _t5_encoder(len(tokenizer_2))
-    pipeline = FluxPipeline(
+    return _flow_pipeline(
+        FluxPipeline,
         transformer=transformer,
         vae=_flow_vae(),
         text_encoder=_text_encoder(CLIPTextModel),
         tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
     )
-    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
-    return pipeline
 
 
 def build_tiny_chroma_pipeline():
     """Chroma-shaped: Flux's double- and single-stream blocks with their modulation pruned to one approximator
     network, T5's token states alone (masked), rectified-flow Euler sampling with classifier-free guidance."""
-    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
 
     torch.manual_seed(SEED)
     with warnings.catch_warnings():  # diffusers' Chroma imports Flux's position embedding by a name it deprecated
@@ -156,15 +154,13 @@ def build_tiny_chroma_pipeline():
             approximator_layers=1,
         )
     tokenizer = t5_tokenizer()
-    pipeline = ChromaPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+    return _flow_pipeline(
+        ChromaPipeline,
         vae=_flow_vae(),
         text_encoder=_t5_encoder(len(tokenizer)),
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor
-    return pipeline
 
 
 def build_tiny_sd3_pipeline():
