@@ -173,6 +173,35 @@ def test_an_ai_toolkit_file_lands_whole_through_the_pipeline_s_own_conversion(py
     assert adapter["tensors_applied"] == adapter["tensors"] == expected
 
 
+def test_wan_bias_differences_land_as_lora_biases_and_a_norm_difference_diffusers_drops_fails_wiring(
+    pytester, adapters, tmp_path
+):
+    """Wan's distillation LoRAs (lightx2v's, CausVid's) carry each layer's bias difference (`.diff_b`, 1-D) beside its
+    factors, and a norm's weight difference (`.diff`): diffusers' Wan conversion lands the first as the layer's LoRA
+    bias and drops the second, logging it. A valid file either way, never called damaged."""
+    tensors = ai_toolkit_tensors("tiny-wan", Path(adapters["tiny-wan"]["peft"]))
+    generator = torch.Generator().manual_seed(3)
+    for up in [key for key in tensors if key.endswith(".lora_B.weight")]:
+        rows = tensors[up].shape[0]
+        tensors[up.replace(".lora_B.weight", ".diff_b")] = (torch.randn(rows, generator=generator) / 100).half()
+    save_file(tensors, tmp_path / "wan-distill.safetensors")
+    pytester.runpytest_inprocess(
+        "--adapter", tmp_path / "wan-distill.safetensors", "--base-model", "tiny-wan", *FAST, *MECHANICAL
+    )
+    document = results(pytester)
+    assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    (adapter,) = document["adapters"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == TENSORS["tiny-wan"]["musubi"] * 3 // 2
+    budget = next(r for r in document["results"] if r["check"] == "param_budget")
+    assert budget["value"] == sum(tensor.numel() for tensor in tensors.values())
+
+    tensors["diffusion_model.blocks.0.norm3.diff"] = torch.zeros(288, dtype=torch.float16)
+    save_file(tensors, tmp_path / "wan-distill-norm.safetensors")
+    message = wiring_failure(pytester, tmp_path / "wan-distill-norm.safetensors", "tiny-wan")
+    assert "diffusion_model.blocks.0.norm3.diff -> nothing: the base's loader applies none of it" in message
+    assert "damaged" not in message
+
+
 def test_flux2_and_flux1_files_in_bfl_names_on_each_other_s_base_fail_wiring_naming_both(pytester, tmp_path):
     """Flux.1 and Flux.2 trainers both write BFL's module names (`lora_unet_double_blocks_0_img_attn_qkv`): each
     family's own conversion reads them, and the width tells the families apart."""

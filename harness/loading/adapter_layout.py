@@ -27,7 +27,7 @@ from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, Fam
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
 from lora_harness.loading.lycoris import is_lycoris_file, lycoris_kind
-from lora_harness.loading.traced_conversion import trace
+from lora_harness.loading.traced_conversion import BIAS_DIFFERENCE, trace
 from lora_harness.loading.unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
@@ -55,6 +55,7 @@ COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
 LORA_BIAS = "lora_B.bias"  # peft's `lora_bias=True`: a bias on B, scaled with it
 ROLES = (LORA_BIAS, "lora_A", "lora_B", MAGNITUDE)  # a bias is also under lora_B: matched first
+WEIGHT_DIFFERENCE = ".diff"  # a weight's full difference (LyCORIS's `full`, a norm's in Wan's distillation LoRAs)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def detect_format(adapter: AdapterFile, trainer_layouts: bool = False) -> str:
     if bad_matrix is not None:
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {bad_matrix} has shape {list(adapter.tensors[bad_matrix].shape)}, but a "
-            "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude 1-D, and none is empty; the file is damaged, export it again"
+            "LoRA matrix is 2-D (4-D for a convolution), a DoRA magnitude or a bias 1-D, and none is empty; the file is "
+            "damaged, export it again"
         )
     # sd-scripts' DyLoRA stores an alpha left unset as its rank, an integer: a number all the same.
     not_float = next(
@@ -245,14 +247,23 @@ def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> Normalized
             f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} layers that no tensor of the "
             f"file holds, first {', '.join(traced.invented[:3])}; lora-harness will not check what it cannot trace to the file"
         )
-    return _from_modules(adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped)
+    return _from_modules(
+        adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped, biases=traced.biases
+    )
 
 
 def _from_modules(
-    adapter: AdapterFile, layout: str, modules: dict[str, FluxModule], converted: dict, pipeline, untraced=()
+    adapter: AdapterFile,
+    layout: str,
+    modules: dict[str, FluxModule],
+    converted: dict,
+    pipeline,
+    untraced=(),
+    biases: dict[str, tuple[str, str]] | None = None,
 ) -> NormalizedAdapter:
     """The normalized adapter of a file whose tensors a conversion rewrote: each file module's targets are the
-    layers its update fills, and the proof compares updates (`flux_modules`)."""
+    layers its update fills, and the proof compares updates (`flux_modules`); a bias difference lands unchanged, as
+    its layer's LoRA bias, and is proven by value."""
     state_dicts = {c: _to_peft_keys(c, converted, pipeline) for c in COMPONENTS}
     targets, file_keys, by_first_layer, expected, ranks, alphas = {}, {}, {}, {}, {}, {}
     for module in modules.values():
@@ -266,6 +277,9 @@ def _from_modules(
             file_keys[(module.component, f"{layer}.lora_B.weight")] = module.up
             name = f"{module.component}.{layer}"
             expected[name], ranks[name], alphas[name] = module.scale, rank, module.scale * rank
+    for key, (component, layer) in (biases or {}).items():
+        targets[key] = Target(component, layer, LORA_BIAS)
+        file_keys[(component, f"{layer}.{LORA_BIAS}")] = key
     return NormalizedAdapter(
         format=layout,
         kind="LoRA",
@@ -291,7 +305,12 @@ def _integer_alpha(key: str, tensor: torch.Tensor) -> bool:
 
 
 def _plausible_shape(key: str, tensor: torch.Tensor) -> bool:
-    dimensions = (1,) if MAGNITUDE in key or key.endswith(f".{LORA_BIAS}") else (2, 4)
+    if key.endswith(WEIGHT_DIFFERENCE):
+        dimensions = (1, 2, 4)  # a norm's weight, a linear's, a convolution's
+    elif MAGNITUDE in key or key.endswith((f".{LORA_BIAS}", BIAS_DIFFERENCE)):
+        dimensions = (1,)
+    else:
+        dimensions = (2, 4)
     return tensor.ndim in dimensions and tensor.numel() > 0
 
 

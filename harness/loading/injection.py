@@ -257,7 +257,7 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     for flux_module in normalized.flux_modules.values():  # half a module would land without its partner
         if not {flux_module.down, flux_module.up} <= accepted:
             accepted -= {flux_module.down, flux_module.up}
-    unmatched += [(key, "?", []) for key in normalized.untraced]
+    unmatched += [(key, "nothing: the base's loader applies none of it", []) for key in normalized.untraced]
     return accepted, unmatched, shape_mismatches
 
 
@@ -372,8 +372,11 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         refused = {key for key, *_ in unmatched + shape_mismatches}
         applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, refused, rtol)
         scales.update(measured)
+        biases = {key: target for key, target in normalized.targets.items() if target.role == LORA_BIAS}
+        bias_applied, bias_mismatches = _prove_tensors(adapter, biases, layers, adapter_name)
+        applied, value_mismatches = applied + bias_applied, value_mismatches + bias_mismatches
     else:
-        applied, value_mismatches = _prove_tensors(adapter, normalized, layers, adapter_name)
+        applied, value_mismatches = _prove_tensors(adapter, normalized.targets, layers, adapter_name)
     scale_mismatches = [
         (name, normalized.expected_scales[name], scales[name])
         for name in scales
@@ -388,10 +391,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         **tensor_facts(adapter, normalized.tensor_keys),
         tensors_applied=applied,
         lora_params=lora_params,
-        file_module_params={
-            name: adapter.tensors[module.down].numel() + adapter.tensors[module.up].numel()
-            for name, module in normalized.flux_modules.items()
-        },
+        file_module_params=_file_module_params(adapter, normalized),
         rank=most_common(normalized.ranks.values()),
         alpha=most_common(normalized.alphas.values()),
         scale=most_common(scales.values()),
@@ -438,11 +438,24 @@ def tensor_facts(adapter: AdapterFile, keys: list[str]) -> dict:
     }
 
 
-def _prove_tensors(adapter, normalized: NormalizedAdapter, layers: dict, adapter_name: str) -> tuple[int, list[str]]:
+def _file_module_params(adapter: AdapterFile, normalized: NormalizedAdapter) -> dict[str, int]:
+    """A converted file's own parameters by the layer each module (or bias difference) lands on first."""
+    params = {
+        name: adapter.tensors[module.down].numel() + adapter.tensors[module.up].numel()
+        for name, module in normalized.flux_modules.items()
+    }
+    if params:
+        for key, target in normalized.targets.items():
+            if target.role == LORA_BIAS:
+                params[target.qualified_module] = params.get(target.qualified_module, 0) + adapter.tensors[key].numel()
+    return params
+
+
+def _prove_tensors(adapter, targets: dict[str, Target], layers: dict, adapter_name: str) -> tuple[int, list[str]]:
     """Each file tensor found, with its values, in the layer it was traced to."""
     value_mismatches = []
     applied = 0
-    for key, target in normalized.targets.items():
+    for key, target in targets.items():
         layer = layers.get(target.qualified_module)
         if layer is None:
             continue

@@ -19,6 +19,7 @@ from lora_harness.loading.flux_layouts import FluxModule
 FACTORS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
 # Prefixes trainers put before the denoiser's module path; what is left names a layer as diffusers does.
 TRAINER_PREFIXES = ("lora_unet_", "diffusion_model.", "transformer.")
+BIAS_DIFFERENCE = ".diff_b"  # a bias's full difference, added as it is
 COSINE = 1 - 1e-4  # proportional: a rescaled copy, rounded in a half-precision file's dtype at worst
 
 
@@ -28,6 +29,7 @@ class TracedConversion:
     modules: dict[str, FluxModule]  # file module -> the layers it fills
     dropped: list[str]  # file keys of modules no converted layer came from
     invented: list[str]  # converted layers traced to no file module
+    biases: dict[str, tuple[str, str]]  # file key of a `.diff_b` -> (component, layer) whose LoRA bias holds it
 
 
 def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
@@ -70,11 +72,26 @@ def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
             layers=tuple(layer for _, _, layer in layers),
         )
     dropped = [key for module, keys in files.items() if module not in modules for key in keys]
-    # Keys of no factor pair (DoRA's `dora_scale`, Wan's `.diff` and `.diff_b`): the conversion may use or drop
-    # them, and nothing here traces them, so they are named rather than passed over.
-    factors = {key for keys in files.values() for key in keys}
+    biases = _biases(tensors, converted)
+    # Other keys of no factor pair (DoRA's `dora_scale`, a norm's `.diff`): the conversion may use or drop them, and
+    # nothing here traces them, so they are named rather than passed over.
+    factors = {key for keys in files.values() for key in keys} | set(biases)
     dropped += [key for key in tensors if key not in factors and not key.endswith(".alpha")]
-    return TracedConversion(converted, modules, dropped, invented)
+    return TracedConversion(converted, modules, dropped, invented, biases)
+
+
+def _biases(tensors, converted) -> dict[str, tuple[str, str]]:
+    """A bias difference (`.diff_b`, as Wan's distillation LoRAs carry) lands unchanged as its layer's LoRA bias
+    (peft's `lora_bias`): each is traced to the converted bias with its values. Equal values are interchangeable
+    (all-zero differences), so each converted bias is claimed once."""
+    unclaimed = {key: tensor for key, tensor in converted.items() if key.endswith(".lora_B.bias")}
+    biases = {}
+    for key in [key for key in tensors if key.endswith(BIAS_DIFFERENCE)]:
+        found = next((c for c, bias in unclaimed.items() if torch.equal(bias, tensors[key])), None)
+        if found is not None:
+            del unclaimed[found]
+            biases[key] = tuple(found.removesuffix(".lora_B.bias").split(".", 1))
+    return biases
 
 
 def _file_modules(tensors) -> dict[str, tuple[str, str]]:
