@@ -83,6 +83,62 @@ def test_every_lycoris_algo_lands_whole_at_its_scale_and_passes_the_mechanical_c
             assert details["scale_zero_mean_abs_diff"] == 0.0, name
 
 
+def test_lokr_files_in_the_factor_order_older_lycoris_wrote_are_applied_from_their_own_factors(
+    pytester, algo_files, tmp_path
+):
+    """LyCORIS 4's LoKr constructor puts the smaller Kronecker factor first; versions before it stored the other order,
+    which ComfyUI and AUTOMATIC1111 apply as kron(w1, w2) all the same. Laid out that way (both factors full; w2
+    decomposed into w2_a · w2_b), each file lands whole beside the one 4.1.3 writes, and every layer adds
+    kron(w1, w2) · alpha / rank computed here from the stored factors."""
+    from lora_harness.bases.tiny_base import build_tiny_pipeline
+    from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.lycoris import build_network, file_modules
+
+    full = load_file(algo_files["lokr"])
+    for w1 in [key for key in full if key.endswith(".lokr_w1")]:
+        w2 = w1.replace("_w1", "_w2")
+        full[w1], full[w2] = full[w2], full[w1]
+    assert any(full[w1].shape[0] > full[w1.replace("_w1", "_w2")].shape[0] for w1 in full if w1.endswith("_w1"))
+    save_file(full, tmp_path / "lokr-older-full.safetensors")
+    decomposed = load_file(algo_files["lokr-factor-4"])
+    generator = torch.Generator().manual_seed(4)
+    for w2_a in [key for key in decomposed if key.endswith(".lokr_w2_a") and "_attn" in key]:  # Linear layers
+        module = w2_a.removesuffix(".lokr_w2_a")
+        (a, c), (b, rank) = decomposed[f"{module}.lokr_w1"].shape, decomposed[w2_a].shape
+        d = decomposed[f"{module}.lokr_w2_b"].shape[1]  # the layer is (a·b) × (c·d): now w1 (b, d), w2 (a, c)
+        decomposed[f"{module}.lokr_w1"] = torch.randn(b, d, generator=generator) / b
+        decomposed[w2_a] = torch.randn(a, rank, generator=generator)
+        decomposed[f"{module}.lokr_w2_b"] = torch.randn(rank, c, generator=generator)
+    save_file(decomposed, tmp_path / "lokr-older-decomposed.safetensors")
+    files = [tmp_path / "lokr-older-full.safetensors", tmp_path / "lokr-older-decomposed.safetensors"]
+
+    given = [a for path in [*files, algo_files["lokr"]] for a in ("--adapter", path)]
+    lenient = ("--param-budget", "100%", "--norm-outlier-k", "10")
+    pytester.runpytest_inprocess(*given, *FAST, *MECHANICAL, *lenient).assert_outcomes(passed=15)
+    for adapter in results(pytester)["adapters"]:
+        assert adapter["tensors_applied"] == adapter["tensors"] > 0 and adapter["kind"] == "LoKr", adapter["name"]
+
+    pipeline = build_tiny_pipeline()
+    for path in files:
+        stored = file_modules(read_adapter(path))
+        built = build_network(pipeline, stored)
+        assert built.refused == [] and built.unmatched == []
+        for name, module in built.network.modules.items():
+            layer, roles = module.org_module[0], stored[built.file_names[name]]
+            if not isinstance(layer, torch.nn.Linear):
+                continue
+            if "lokr_w2" in roles:  # both factors full: LyCORIS applies them at 1
+                w2, scale = roles["lokr_w2"], 1.0
+            else:
+                w2, scale = roles["lokr_w2_a"] @ roles["lokr_w2_b"], float(roles["alpha"]) / roles["lokr_w2_a"].shape[1]
+            x = torch.randn(3, layer.in_features, generator=generator)
+            with torch.no_grad():
+                plain = layer(x)
+                with built.network.active(1.0):
+                    adapted = layer(x)
+            torch.testing.assert_close(adapted - plain, x @ (torch.kron(roles["lokr_w1"], w2) * scale).T)
+
+
 def test_lycoris_adapters_before_good_ones_change_none_of_their_verdicts(pytester, algo_files, tiny_unet, tmp_path):
     """LyCORIS modules stay off the base but while their adapter renders: a PEFT conv LoRA and a Kohya LoRA after
     every algo (Full's weight differences, OFT's rotations, norms) get exactly the values they get alone."""

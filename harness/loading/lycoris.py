@@ -169,7 +169,7 @@ def build_network(pipeline, modules: dict[str, dict[str, torch.Tensor]]) -> Buil
 
 def _make_module(file_name: str, roles: dict[str, torch.Tensor], layer):
     """(module, algo, None) or (None, None, why), as LyCORIS builds it from the module's tensors."""
-    from lycoris.modules import IA3Module, get_module, make_module
+    from lycoris.modules import IA3Module, LokrModule, get_module, make_module
 
     state = {f"{file_name}.{role}": tensor for role, tensor in roles.items()}
     algo_class, params = get_module(state, file_name)
@@ -182,6 +182,8 @@ def _make_module(file_name: str, roles: dict[str, torch.Tensor], layer):
             # `on_input`), so its own loader raises a TypeError: the same construction, with the side the file trained.
             module = IA3Module(file_name, layer, 1, train_on_input=bool(roles.get("on_input", 0)))
             module.weight.data.copy_(roles["weight"])
+        elif algo_class is LokrModule:
+            module = _lokr_module(file_name, roles, layer, params)
         else:
             module = make_module(algo_class, params, file_name, layer)
     except (RuntimeError, ValueError, TypeError, AssertionError) as error:
@@ -195,6 +197,47 @@ def _make_module(file_name: str, roles: dict[str, torch.Tensor], layer):
         if present
     ]
     return module, algo + (f" ({', '.join(extras)})" if extras else ""), None
+
+
+LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+
+def _lokr_module(file_name: str, roles: dict[str, torch.Tensor], layer, params):
+    """LyCORIS's LoKr module for the file module, as its loader builds it; where that constructor picks other factor
+    shapes than the file stores (it puts the smaller Kronecker factor first, LyCORIS versions before 4 stored the
+    other order), one holding the file's factors as stored."""
+    from lycoris.modules import LokrModule
+
+    try:
+        built = LokrModule.make_module_from_state_dict(file_name, layer, *params)
+    except (RuntimeError, AttributeError):  # its copy of a stored factor into a parameter of another shape or kind
+        return _lokr_on_stored_factors(file_name, roles, layer)
+    if all(getattr(built, role).shape == roles[role].shape for role in LOKR_FACTORS if role in roles):
+        return built
+    return _lokr_on_stored_factors(file_name, roles, layer)
+
+
+def _lokr_on_stored_factors(file_name: str, roles: dict[str, torch.Tensor], layer):
+    """A LyCORIS LoKr module holding the file's factors as stored, so its forward adds kron(w1, w2) (w1 = w1_a · w1_b
+    and w2 = w2_a · w2_b where decomposed, w2 through t2 for Tucker) as ComfyUI and AUTOMATIC1111 compute it from
+    such a file, at the file's alpha / rank (1 where both factors are full, as LyCORIS scales those)."""
+    from lycoris.modules import LokrModule
+
+    factor_rank = next((roles[r].shape[1] for r in ("lokr_w1_a", "lokr_w2_a") if r in roles), None)
+    module = LokrModule(file_name, layer, 1, factor_rank or 1, weight_decompose="dora_scale" in roles)
+    for role in LOKR_FACTORS:
+        if hasattr(module, role):
+            delattr(module, role)
+    for role, tensor in roles.items():
+        if role in LOKR_FACTORS or role == "dora_scale":
+            setattr(module, role, torch.nn.Parameter(tensor.float().clone(), requires_grad=False))
+    module.use_w1, module.use_w2, module.tucker = "lokr_w1" in roles, "lokr_w2" in roles, "lokr_t2" in roles
+    stored_alpha = float(roles["alpha"]) if "alpha" in roles else 0.0
+    rank = factor_rank or 1
+    alpha = rank if factor_rank is None or stored_alpha == 0 else stored_alpha
+    module.scale = alpha / rank
+    module.alpha.fill_(alpha)
+    return module
 
 
 def landed_tensors(module) -> dict[str, torch.Tensor]:
