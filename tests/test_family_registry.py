@@ -52,8 +52,10 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         "tiny-z-image",
         "tiny-flux2",
         "tiny-wan",
+        "tiny-wan22",
     )
     assert EMBEDDED["tiny-chroma"].name == "Chroma" and families.EMBEDDED_DEFAULT == "tiny"
+    assert EMBEDDED["tiny-wan22"] is EMBEDDED["tiny-wan"]  # Wan 2.2's two experts: one family
     assert families.supported_pipelines()["StableDiffusionPipeline"] == ["SD1.x", "SD2.x"]
     assert families.supported_pipelines()["ChromaPipeline"] == ["Chroma"]
     assert families.supported_pipelines()["QwenImagePipeline"] == ["Qwen-Image"]

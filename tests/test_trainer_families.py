@@ -5,6 +5,7 @@ bring them: the embedded tiny twins, each family's reference overfit with its co
 conversion, and wrong-family controls both ways."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,58 @@ def test_wan_and_image_family_adapters_on_each_other_s_base_fail_wiring_naming_b
     assert "made for tiny (cross-attention 32), but the base is tiny Wan (transformer width 288)" in message
     message = wiring_failure(pytester, adapters["tiny-wan"]["peft"])
     assert "made for tiny Wan (transformer width 288), but the base is tiny (cross-attention 32)" in message
+
+
+def test_wan22_files_land_on_the_expert_they_are_named_for_and_the_reference_trains_on_the_two_expert_twin(
+    pytester, adapters, tmp_path
+):
+    """Wan 2.2's two experts: a file named for the low-noise one (ai-toolkit's `<name>_low_noise`, lightx2v's
+    `low_noise_model`) lands whole on `transformer_2`, where diffusers' `load_into_transformer_2=True` puts it; its
+    `_high_noise` twin, like any other file, on `transformer`, diffusers' default. At four steps each expert renders
+    two, so each file's effect shows. A one-expert base (Wan 2.1) takes a low-noise file on its one transformer."""
+    shutil.copy(TRAINER_FILES / "musubi-wan.safetensors", tmp_path / "style_high_noise.safetensors")
+    shutil.copy(Path(adapters["tiny-wan"]["diffusers"]), tmp_path / "style_low_noise.safetensors")
+    save_file(
+        ai_toolkit_tensors("tiny-wan", Path(adapters["tiny-wan"]["peft"])), tmp_path / "low_noise_model.safetensors"
+    )
+    files = ["style_high_noise.safetensors", "style_low_noise.safetensors", "low_noise_model.safetensors"]
+    given = [a for name in files for a in ("--adapter", tmp_path / name)]
+    steps = ("--render-seeds", "1", "--render-steps", "4", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess("--adapter", "reference", *given, "--base-model", "tiny-wan22", *steps, *MECHANICAL)
+    document = results(pytester)
+    assert [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    assert document["base"]["family"] == "tiny (Wan 2.2-shaped, two experts)"
+    applied = {a["name"]: a for a in document["adapters"]}
+    expected = {
+        "reference": "transformer",
+        files[0]: "transformer",
+        files[1]: "transformer_2",
+        files[2]: "transformer_2",
+    }
+    for name, component in expected.items():
+        assert applied[name]["details"]["components"] == [component], name
+        assert applied[name]["tensors_applied"] == applied[name]["tensors"] > 0, name
+        assert applied[name]["family"] == "tiny Wan", name
+
+    pytester.runpytest_inprocess("--adapter", tmp_path / files[1], "--base-model", "tiny-wan", *FAST, "-k", "wiring")
+    (adapter,) = results(pytester)["adapters"]
+    assert adapter["details"]["components"] == ["transformer"] and adapter["tensors_applied"] == adapter["tensors"]
+
+
+def test_a_wan22_file_holding_both_experts_is_named_for_what_it_is(pytester, adapters, tmp_path):
+    """ai-toolkit without `split_multistage_loras` writes both experts' modules in one file, under
+    `diffusion_model.transformer_1.` and `.transformer_2.`: a valid file diffusers does not load, named as such."""
+    tensors = ai_toolkit_tensors("tiny-wan", Path(adapters["tiny-wan"]["peft"]))
+    both = {
+        key.replace("diffusion_model.", f"diffusion_model.transformer_{expert}."): value.clone()
+        for key, value in tensors.items()
+        for expert in (1, 2)
+    }
+    save_file(both, tmp_path / "style.safetensors")
+    message = wiring_failure(pytester, tmp_path / "style.safetensors", "tiny-wan22")
+    assert "a Wan 2.2 LoRA holding both experts in one file" in message and "_low_noise.safetensors" in message
+    assert "damaged" not in message
 
 
 def test_a_video_render_is_a_strip_of_every_frame_and_render_frames_sets_their_count(pytester, adapters):

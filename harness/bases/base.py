@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lora_harness.bases.families import (
     DENOISER_COMPONENTS,
-    EMBEDDED,
+    EMBEDDED_TWINS,
     Signature,
     default_guidance,
     denoiser_of,
@@ -116,7 +116,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
     single_file = None
     if config.base_path is None:
         # Built in float32; diffusers warns on every cast, even to it.
-        pipeline = EMBEDDED[config.base_model].tiny.build()
+        pipeline = EMBEDDED_TWINS[config.base_model].build()
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
     elif config.base_single_file is not None:
@@ -148,7 +148,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
     return BaseModel(
         pipeline=pipeline,
         model=config.base_model,
-        family=EMBEDDED[config.base_model].tiny.label if config.base_path is None else signature.family,
+        family=EMBEDDED_TWINS[config.base_model].label if config.base_path is None else signature.family,
         signature=signature,
         unet_params=sum(p.numel() for p in denoiser.parameters()),
         native_size=native_size,

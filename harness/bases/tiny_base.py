@@ -345,13 +345,22 @@ def build_tiny_wan_pipeline():
     """Wan-2.1-shaped (text to video): blocks of self-attention over 1x2x2 patches of every latent frame,
     cross-attention to UMT5's token states and an MLP, a causal video VAE (8x spatial, 4x temporal) whose latents are
     normalized per channel, rectified-flow Euler sampling with classifier-free guidance."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    return _wan_pipeline()
 
-    torch.manual_seed(SEED)
-    transformer = WanTransformer3DModel(
+
+def build_tiny_wan22_pipeline():
+    """Wan-2.2-A14B-shaped: Wan 2.1's pipeline with two experts, `transformer` for the high-noise steps (t ≥ 875 of
+    1000, Wan 2.2's text-to-video boundary) and `transformer_2` for the rest; at two steps each runs one."""
+    return _wan_pipeline(transformer_2=_wan_transformer(SEED + 3), boundary_ratio=0.875)
+
+
+def _wan_transformer(seed: int):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=9,  # 288 wide: a width no other twin has
+        num_attention_heads=9,  # 288 wide: a width no other family's twin has
         attention_head_dim=32,
         in_channels=16,
         out_channels=16,
@@ -363,6 +372,13 @@ def build_tiny_wan_pipeline():
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
+
+
+def _wan_pipeline(**experts):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    transformer = _wan_transformer(SEED)
     torch.manual_seed(SEED)
     # 16 channels at every level: fewer decode random weights to nearly flat frames that no adapter visibly moves.
     vae = AutoencoderKLWan(
@@ -387,6 +403,7 @@ def build_tiny_wan_pipeline():
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),  # Wan's default flow shift for 480p
         transformer=transformer,
+        **experts,
     )
     pipeline.default_sample_size = NATIVE_SIZE // pipeline.vae_scale_factor_spatial  # its `__call__` renders 480p
     return pipeline

@@ -21,6 +21,7 @@ from lora_harness.loading.adapter_layout import (
     is_tuner_parameter,
     layer_modules,
     normalize,
+    onto_expert,
     unwrapped_name,
 )
 from lora_harness.loading.flux_layouts import flux_layout
@@ -72,6 +73,7 @@ class Application:
     def record(self) -> dict:
         """The adapter's entry in results.json."""
         details = {
+            "components": sorted({name.partition(".")[0] for name in self.lora_layers}),
             "target_modules": len(self.lora_layers),
             "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
             "ranks": self.ranks,
@@ -112,6 +114,7 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
             f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
             "pass the base it was trained on with --base-model"
         )
+    normalized = onto_expert(normalized, adapter, pipeline)
     _check_config_targets(pipeline, adapter, normalized)
     _refuse_base_rewriting_init(adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)

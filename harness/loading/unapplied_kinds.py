@@ -22,7 +22,21 @@ def _peft_type(tensors, config):
     return f"adapter_config.json: peft_type {kind}" if kind not in (None, "LORA") else None
 
 
-KINDS = (UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),)
+def _both_experts(tensors, config):
+    return next(
+        (k for k in tensors if k.startswith(("diffusion_model.transformer_1.", "diffusion_model.transformer_2."))), None
+    )
+
+
+KINDS = (
+    UnappliedKind("PEFT adapter of a kind other than LoRA", "peft's `PeftModel.from_pretrained`", _peft_type),
+    UnappliedKind(
+        "Wan 2.2 LoRA holding both experts in one file, as ai-toolkit writes it without `split_multistage_loras`",
+        "ai-toolkit's own loader; with that option, its default, ai-toolkit saves it as two files diffusers loads, "
+        "`<name>_high_noise.safetensors` and `<name>_low_noise.safetensors`, which lora-harness checks",
+        _both_experts,
+    ),
+)
 
 
 def unapplied_kind(tensors: dict[str, torch.Tensor], adapter_config: dict | None) -> tuple[UnappliedKind, str] | None:

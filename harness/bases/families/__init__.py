@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lora_harness.bases.families import chroma, flux, flux2, generic, qwen_image, sd1, sd2, sd3, sdxl, wan, z_image
-from lora_harness.bases.families.family import Family, default_guidance
+from lora_harness.bases.families.family import Family, TinyTwin, default_guidance
 
 FAMILIES: tuple[Family, ...] = (
     sd1.FAMILY,
@@ -38,11 +38,17 @@ def _families() -> tuple[Family, ...]:
 UNET = sd1.FAMILY.denoiser.architecture
 FLUX = flux.FAMILY.denoiser.architecture
 SD3 = sd3.FAMILY.denoiser.architecture
-EMBEDDED: dict[str, Family] = {family.tiny.name: family for family in FAMILIES if family.tiny is not None}
+EMBEDDED_TWINS: dict[str, TinyTwin] = {
+    twin.name: twin for family in FAMILIES for twin in (family.tiny, *family.variants) if twin is not None
+}
+EMBEDDED: dict[str, Family] = {
+    twin.name: family for family in FAMILIES for twin in (family.tiny, *family.variants) if twin is not None
+}
 EMBEDDED_BASES = tuple(EMBEDDED)  # built locally from configs with seeded weights
 EMBEDDED_DEFAULT = sd1.FAMILY.tiny.name  # `--base-model`'s default: the one base with a self-test CLIP
-# The pipeline attributes that hold a denoiser, in the order they are looked for.
+# The pipeline attributes that hold a denoiser, in the order they are looked for; second experts last.
 DENOISER_COMPONENTS = tuple(dict.fromkeys(family.denoiser.component for family in FAMILIES))
+SECOND_EXPERTS = tuple(dict.fromkeys(f.denoiser.second_expert for f in FAMILIES if f.denoiser.second_expert))
 # Per denoiser component, the module-name endings whose down matrix reads its width in an adapter.
 WIDTH_MODULES = {
     component: tuple(
@@ -56,6 +62,8 @@ __all__ = [
     "EMBEDDED",
     "EMBEDDED_BASES",
     "EMBEDDED_DEFAULT",
+    "EMBEDDED_TWINS",
+    "SECOND_EXPERTS",
     "FAMILIES",
     "FLUX",
     "SD3",
@@ -127,7 +135,7 @@ class Signature:
 
 
 def is_denoiser(component: str) -> bool:
-    return component in DENOISER_COMPONENTS
+    return component in DENOISER_COMPONENTS + SECOND_EXPERTS
 
 
 def denoiser_of(pipeline):

@@ -25,6 +25,9 @@ class Denoiser:
     # Module-name fragments only this architecture has among those on the same component: they tell an adapter's
     # architecture when its width is not a known one.
     distinctive_modules: tuple[str, ...] = ()
+    # A second expert of the same class for the low-noise steps (Wan 2.2's `transformer_2`), where a base has one:
+    # a file made for it (`…low_noise…`) is loaded into it, as diffusers' `load_into_transformer_2=True` does.
+    second_expert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Family:
     lineage_prefixes: tuple[str, ...] = ()
     any_width: bool = False  # the lineage holds at any width (an MMDiT's), not only at `widths`
     tiny: TinyTwin | None = None
+    variants: tuple[TinyTwin, ...] = ()  # more embedded twins of it (Wan 2.2's two experts beside Wan 2.1's one)
     model_types: tuple[str, ...] = ()  # diffusers' single-file detection names (`infer_diffusers_model_type`)
     # Its pipeline's own `lora_state_dict` converts its trainers' layouts (musubi-tuner's `lora_unet_…`, ai-toolkit's
     # `diffusion_model.…`): such files are converted by it and traced back by value (`loading/traced_conversion.py`).

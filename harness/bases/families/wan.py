@@ -33,6 +33,7 @@ FAMILY = Family(
         width_label="transformer width",
         width_modules=("attn1.to_q",),
         distinctive_modules=("ffn.net.", "attn2."),
+        second_expert="transformer_2",
     ),
     widths={5120: "Wan 14B", 3072: "Wan 2.2 5B", 1536: "Wan 1.3B", 288: "tiny Wan"},
     any_width=True,
@@ -42,4 +43,5 @@ FAMILY = Family(
     lineage_prefixes=("wan",),
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-wan", "tiny (Wan-shaped)", tiny_base.build_tiny_wan_pipeline),
+    variants=(TinyTwin("tiny-wan22", "tiny (Wan 2.2-shaped, two experts)", tiny_base.build_tiny_wan22_pipeline),),
 )
