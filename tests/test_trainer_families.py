@@ -279,6 +279,87 @@ def test_a_wan22_file_holding_both_experts_is_named_for_what_it_is(pytester, ada
     assert "damaged" not in message
 
 
+def lokr_tensors(transformer, layers, rank, alpha, both_full, prefix="", dtype=torch.float16, seed=1) -> dict:
+    """A LoKr on the transformer's `layers`, laid out as ai-toolkit's LoKr network saves it (its `LokrModule`, "based
+    heavily on" LyCORIS's, makes the same factors; LyCORIS's builds them here): `<prefix><module>.lokr_w1`, `lokr_w2`
+    or `lokr_w2_a`/`_b`, `.alpha`, seeded values. `both_full` is ai-toolkit's default (`lokr_full_rank`), whose rank
+    and alpha are 9999999999: in float16 the alpha is stored as infinity."""
+    from lycoris.modules import LokrModule
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, layer in transformer.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name.endswith(layers):
+            module = LokrModule(name, layer, 1, rank, alpha, full_matrix=both_full)
+            for role, value in module.state_dict().items():
+                if role.startswith("lokr_"):
+                    value = torch.randn(value.shape, generator=generator) * 0.3
+                tensors[f"{prefix}{name}.{role}"] = value.to(dtype).contiguous()
+    return tensors
+
+
+ZIMAGE_ATTENTION = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
+FLUX2_ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.to_add_out")
+
+
+def test_lokr_files_the_pipeline_converts_land_in_peft_s_lokr_layers_at_their_declared_scale(pytester, tmp_path):
+    """LoKr files diffusers converts and loads into peft's LoKr layers: ai-toolkit's Z-Image files
+    (`diffusion_model.<module>.lokr_w1`, float16), both factors full (its default; applied at 1) and w2 decomposed
+    (rank 4, alpha 2: the conversion bakes 0.5 into w1, measured back), and SimpleTuner's bare module paths on
+    Flux.2 (bfloat16). Each tensor is found in its layer, the scale measured equals the declared one."""
+    from lora_harness.bases.tiny_base import build_tiny_flux2_pipeline, build_tiny_z_image_pipeline
+
+    z_image = build_tiny_z_image_pipeline().transformer
+    save_file(
+        lokr_tensors(z_image, ZIMAGE_ATTENTION, 10**10, 10**10, True, "diffusion_model."), tmp_path / "full.safetensors"
+    )
+    save_file(lokr_tensors(z_image, ZIMAGE_ATTENTION, 4, 2, False, "diffusion_model."), tmp_path / "rank4.safetensors")
+    flux2 = build_tiny_flux2_pipeline().transformer
+    save_file(lokr_tensors(flux2, FLUX2_ATTENTION, 4, 2, False, dtype=torch.bfloat16), tmp_path / "flux2.safetensors")
+    expected = {  # file -> (base, format, scale, tensors)
+        "full.safetensors": ("tiny-z-image", "diffusion-model", 1.0, 2 * 16),
+        "rank4.safetensors": ("tiny-z-image", "diffusion-model", 0.5, 3 * 16),
+        "flux2.safetensors": ("tiny-flux2", "module-paths", 0.5, 3 * 6),
+    }
+    for base in ("tiny-z-image", "tiny-flux2"):
+        given = [a for name, (on, *_) in expected.items() if on == base for a in ("--adapter", tmp_path / name)]
+        pytester.runpytest_inprocess(*given, "--base-model", base, *FAST, *MECHANICAL)
+        document = results(pytester)
+        assert [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+        for adapter in document["adapters"]:
+            _, layout, scale, tensors = expected[adapter["name"]]
+            assert (adapter["kind"], adapter["format"], adapter["scale"]) == ("LoKr", layout, scale), adapter["name"]
+            assert adapter["tensors_applied"] == adapter["tensors"] == tensors, adapter["name"]
+            assert adapter["family"] == f"tiny {LABELS[base]}"
+
+
+def test_a_lokr_of_the_wrong_shape_fails_wiring_and_one_on_bfl_s_fused_qkv_is_named(pytester, tmp_path):
+    """One module whose kron(w1, w2) is not its layer's shape is refused, named; a Flux.2 LoKr on BFL's fused qkv
+    (as ai-toolkit writes Flux.2's) would make diffusers fuse the base's q, k and v: named, not applied, not called
+    damaged."""
+    from lora_harness.bases.tiny_base import build_tiny_z_image_pipeline
+
+    tensors = lokr_tensors(build_tiny_z_image_pipeline().transformer, ZIMAGE_ATTENTION, 4, 2, False, "diffusion_model.")
+    first = next(key for key in tensors if key.endswith(".lokr_w1"))
+    tensors[first] = tensors[first][:7].contiguous()
+    save_file(tensors, tmp_path / "cut.safetensors")
+    message = wiring_failure(pytester, tmp_path / "cut.safetensors", "tiny-z-image")
+    assert f"3 shapes disagree, first {first}: base needs (224, 224), file has (112, 224)" in message
+
+    bfl = {
+        f"diffusion_model.double_blocks.0.img_attn.qkv.{role}": value
+        for role, value in (
+            ("lokr_w1", torch.randn(16, 16)),
+            ("lokr_w2", torch.randn(48, 16)),
+            ("alpha", torch.tensor(1.0)),
+        )
+    }
+    save_file(bfl, tmp_path / "bfl.safetensors")
+    message = wiring_failure(pytester, tmp_path / "bfl.safetensors", "tiny-flux2")
+    assert "a LoKr on the fused q, k, v projection BFL's model has (`transformer_blocks.0.attn.to_qkv`)" in message
+    assert "damaged" not in message
+
+
 def test_a_video_render_is_a_strip_of_every_frame_and_render_frames_sets_their_count(pytester, adapters):
     """`--render-frames 9` on the Wan twin: each render holds 9 frames side by side, pixel_diff and its controls
     compare them all, and results.json says how many."""

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lora_harness.loading.lycoris_application import LycorisFactors
+from lora_harness.loading.lycoris import LycorisFactors
 from lora_harness.verdicts.weight_health import (
     ModuleHealth,
     entropy_effective_rank,

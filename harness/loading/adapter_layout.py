@@ -24,14 +24,15 @@ from lora_harness.bases.families import (
     pipeline_signature,
 )
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
+from lora_harness.loading.converted_lokr import FUSED_QKV, is_kronecker, trace_kronecker
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
-from lora_harness.loading.lycoris import is_lycoris_file, lycoris_kind
+from lora_harness.loading.lycoris import declared_rank, is_lycoris_file, lycoris_kind
 from lora_harness.loading.traced_conversion import BIAS_DIFFERENCE, trace
 from lora_harness.loading.unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
-TUNER_PARAMETERS = ("lora_",)  # how peft's LoRA (and DoRA) layers name their parameters
+TUNER_PARAMETERS = ("lora_", "lokr_")  # how peft's LoRA (and DoRA) and LoKr layers name their parameters
 
 
 def is_tuner_parameter(name: str) -> bool:
@@ -50,6 +51,7 @@ DIFFUSERS = "diffusers"
 ATTN_PROCS = "diffusers-attn-procs"  # the older attention-processor layout
 DIFFUSION_MODEL = "diffusion-model"  # ai-toolkit's and ComfyUI's: the transformer's names under `diffusion_model.`
 DIFFUSION_MODEL_PREFIX = "diffusion_model."
+MODULE_PATHS = "module-paths"  # the denoiser's own module paths, no prefix (SimpleTuner's LoKr files)
 LORA_METADATA_KEY = "lora_adapter_metadata"
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-channel magnitude, next to A and B
@@ -156,6 +158,11 @@ def detect_format(adapter: AdapterFile, trainer_layouts: bool = False) -> str:
             f"{adapter.weights_path}: tensor {not_float} holds {adapter.tensors[not_float].dtype}, but LoRA weights "
             "are floating point; the file was written wrongly, export it again"
         )
+    if trainer_layouts and is_kronecker(keys):
+        prefixes = {DIFFUSION_MODEL_PREFIX: DIFFUSION_MODEL, "transformer.": DIFFUSERS}
+        return next(
+            (layout for prefix, layout in prefixes.items() if all(k.startswith(prefix) for k in keys)), MODULE_PATHS
+        )
     if flux is not None:
         return flux
     if trainer_layouts and all(k.startswith(DIFFUSION_MODEL_PREFIX) for k in keys):
@@ -249,6 +256,59 @@ def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> Normalized
         )
     return _from_modules(
         adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped, biases=traced.biases
+    )
+
+
+def _normalize_kronecker(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
+    """A LoKr file the base's pipeline class converts itself, loaded into peft's LoKr layers (`converted_lokr`)."""
+    loader = type(pipeline).__name__
+    try:
+        traced = trace_kronecker(adapter.tensors, pipeline)
+    except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s own conversion of this LoKr file failed ({type(error).__name__}: "
+            f"{error}); the file is damaged or made for another model: export it again"
+        ) from None
+    if traced.invented:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} LoKr layers that no module of "
+            f"the file holds, first {traced.invented[0]}; lora-harness will not check what it cannot trace to the file"
+        )
+    for layer in traced.layers.values():
+        component, path = layer.split(".", 1)
+        if path.endswith(FUSED_QKV) and path not in dict(getattr(pipeline, component).named_modules()):
+            raise AdapterLoadError(
+                f"{adapter.weights_path}: a LoKr on the fused q, k, v projection BFL's model has (`{path}`), as "
+                "ai-toolkit writes Flux.2's; diffusers loads it only by fusing the base's q, k and v projections into "
+                "one (`fuse_qkv_projections`), which changes the base under test and every adapter checked after it: "
+                "lora-harness does not apply it"
+            )
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
+    targets, file_keys, expected, ranks, alphas = {}, {}, {}, {}, {}
+    for module, layer in traced.layers.items():
+        component, path = layer.split(".", 1)
+        roles = traced.roles[module]
+        for role, key in roles.items():
+            state_dicts.setdefault(component, {})[f"{path}.{role}"] = traced.converted[f"{layer}.{role}"]
+            targets[key] = Target(component, path, role)
+            file_keys[(component, f"{path}.{role}")] = key
+        _, rank = declared_rank("LoKr", {role: adapter.tensors[key] for role, key in roles.items()})
+        alpha = float(adapter.tensors[f"{module}.alpha"]) if f"{module}.alpha" in adapter.tensors else 0.0
+        # Both factors full: LoKr applies them at 1, whatever the alpha (ai-toolkit stores an infinite one).
+        expected[layer], ranks[layer], alphas[layer] = (
+            (1.0, None, None) if rank is None else ((alpha or rank) / rank, rank, alpha or rank)
+        )
+    return NormalizedAdapter(
+        format=layout,
+        kind="LoKr",
+        state_dicts=state_dicts,
+        file_keys=file_keys,
+        targets=targets,
+        expected_scales=expected,
+        ranks={name: rank for name, rank in ranks.items() if rank is not None},
+        alphas={name: alpha for name, alpha in alphas.items() if alpha is not None},
+        tensors=dict(adapter.tensors),
+        untraced=traced.dropped,
     )
 
 
@@ -360,6 +420,8 @@ def _onto_component(normalized: NormalizedAdapter, component: str, onto: str) ->
 def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     converts = family_of_pipeline(pipeline).converts_trainer_layouts
     layout = detect_format(adapter, trainer_layouts=converts)
+    if converts and is_kronecker(adapter.tensors):
+        return _normalize_kronecker(adapter, pipeline, layout)
     # BFL's module names (Flux's community layouts) are Flux.2's trainers' names too: its own loader converts them.
     if converts and layout in (KOHYA, DIFFUSION_MODEL, *FLUX_LAYOUTS) and not _names_a_unet(adapter.tensors):
         return _normalize_traced(adapter, pipeline, layout)

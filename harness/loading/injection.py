@@ -6,7 +6,6 @@ import difflib
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,12 +23,11 @@ from lora_harness.loading.adapter_layout import (
     onto_expert,
     unwrapped_name,
 )
+from lora_harness.loading.converted_lokr import BAKED, KRONECKER, kronecker_shape
 from lora_harness.loading.flux_layouts import flux_layout
-from lora_harness.loading.lycoris import LycorisNetwork, is_lycoris_file
+from lora_harness.loading.lycoris import LycorisFactors, LycorisNetwork, is_lycoris_file
 from lora_harness.loading.replaced_modules import ReplacedModules, build_replacements
-
-if TYPE_CHECKING:
-    from lora_harness.loading.lycoris_application import LycorisFactors
+from lora_harness.loading.traced_conversion import proportional
 
 
 @dataclass
@@ -260,8 +258,27 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     for flux_module in normalized.flux_modules.values():  # half a module would land without its partner
         if not {flux_module.down, flux_module.up} <= accepted:
             accepted -= {flux_module.down, flux_module.up}
+    if normalized.kind == "LoKr":
+        shape_mismatches += _kronecker_mismatches(pipeline, normalized, accepted)
+        accepted -= {key for key, *_ in shape_mismatches}
     unmatched += [(key, "nothing: the base's loader applies none of it", []) for key in normalized.untraced]
     return accepted, unmatched, shape_mismatches
+
+
+def _kronecker_mismatches(pipeline, normalized: NormalizedAdapter, accepted: set[str]) -> list[tuple]:
+    """A LoKr module's kron(w1, w2) must have its linear layer's shape; every factor of one that does not is refused."""
+    mismatches = []
+    for name, roles in _roles_by_module(normalized).items():
+        component, path = name.split(".", 1)
+        layer = _find_module(getattr(pipeline, component, None), path)
+        keys = [key for key, target in normalized.targets.items() if target.qualified_module == name]
+        if layer is None or not set(keys) <= accepted:
+            continue
+        wanted = (layer.out_features, layer.in_features) if isinstance(layer, torch.nn.Linear) else None
+        shape = kronecker_shape(roles)
+        if shape != wanted:
+            mismatches += [(key, wanted, shape) for key in keys]
+    return mismatches
 
 
 def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
@@ -297,6 +314,8 @@ def _expected_shape(module: torch.nn.Module, role: str, tensor: torch.Tensor) ->
         return (out_dim,) if tensor.ndim == 1 else (out_dim, 1)
     if role == LORA_BIAS:
         return (out_dim,)
+    if KRONECKER.lstrip(".") in role:  # a Kronecker factor's shape is the module's choice: checked per module
+        return tuple(tensor.shape)
     if isinstance(module, torch.nn.Conv2d):
         if role == "lora_A":
             return (tensor.shape[0], module.in_channels, *tensor.shape[2:])
@@ -324,8 +343,14 @@ def _signature(normalized: NormalizedAdapter, base: Signature) -> Signature | No
 
 
 def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
-    """The input width a module's adapter tensors read, counted once per module (at its down matrix)."""
-    return int(roles[target].shape[1]) if target.role == "lora_A" else None
+    """The input width a module's adapter tensors read, counted once per module (at its down matrix, a LoKr
+    module's at w1: kron(w1, w2)'s columns)."""
+    if target.role == "lora_A":
+        return int(roles[target].shape[1])
+    if target.role in BAKED:
+        factors = {t.role: tensor for t, tensor in roles.items() if t.qualified_module == target.qualified_module}
+        return kronecker_shape(factors)[1]
+    return None
 
 
 def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
@@ -370,7 +395,12 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
 
     scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
     rtol = 1e-5
-    if normalized.flux_modules:
+    lycoris_factors = {}
+    if normalized.kind == "LoKr":
+        rtol = _rewrite_tolerance(normalized, {p.dtype for layer in layers.values() for p in layer.parameters()})
+        applied, value_mismatches, measured, lycoris_factors = _prove_kronecker(normalized, layers, adapter_name)
+        scales.update(measured)
+    elif normalized.flux_modules:
         rtol = _rewrite_tolerance(normalized, {layer.lora_A[adapter_name].weight.dtype for layer in layers.values()})
         refused = {key for key, *_ in unmatched + shape_mismatches}
         applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, refused, rtol)
@@ -407,6 +437,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         up_tensors=len(ups),
         lora_layers=layers,
         factors=_factors(normalized),
+        lycoris_factors=lycoris_factors,
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
@@ -468,6 +499,31 @@ def _prove_tensors(adapter, targets: dict[str, Target], layers: dict, adapter_na
         else:
             value_mismatches.append(key)
     return applied, value_mismatches
+
+
+def _prove_kronecker(normalized: NormalizedAdapter, layers: dict, adapter_name: str):
+    """LoKr factors in peft's LoKr layers: each as the file stores it, but w1 (w1_a), into which the conversion bakes
+    alpha / rank, in proportion; that proportion times the layer's own scaling is the scale applied. weight_health
+    reads each module's factors as the file stores them, at the scale it declares."""
+    applied, mismatches, measured, factors = 0, [], {}, {}
+    for name, roles in _roles_by_module(normalized).items():
+        layer = layers.get(name)
+        keys = {target.role: key for key, target in normalized.targets.items() if target.qualified_module == name}
+        factor = 1.0
+        for role, in_file in roles.items():
+            landed = _landed(layer, role, adapter_name) if layer is not None else None
+            if landed is not None and role in BAKED and proportional(landed, in_file):
+                wanted = in_file.detach().double()
+                factor = float((landed.detach().double() * wanted).sum() / (wanted * wanted).sum().clamp_min(1e-300))
+                applied += 1
+            elif landed is not None and role not in BAKED and same_values(landed, in_file):
+                applied += 1
+            else:
+                mismatches.append(keys[role])
+        if layer is not None:
+            measured[name] = factor * float(layer.scaling[adapter_name])
+            factors[name] = LycorisFactors(roles, normalized.expected_scales.get(name, 1.0), layer, "LoKr")
+    return applied, mismatches, measured, factors
 
 
 def _landed(layer, role: str, adapter_name: str) -> torch.Tensor | None:

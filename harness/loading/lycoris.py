@@ -110,6 +110,17 @@ class LycorisNetwork:
         return watch_forward(module.org_module[0], module, mark)
 
 
+@dataclass(frozen=True)
+class LycorisFactors:
+    """What weight_health reads of one LyCORIS module (or peft LoKr layer): the file's tensors by role, the declared scale, and the
+    module itself, whose ΔW LyCORIS computes for the algos without a cheaper structure."""
+
+    roles: dict[str, torch.Tensor]
+    scale: float
+    module: torch.nn.Module
+    algo: str
+
+
 @dataclass
 class BuiltNetwork:
     network: LycorisNetwork

@@ -3,8 +3,6 @@ with its value, and each module's scale as LyCORIS applies it against alpha / ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from lora_harness.bases.families import Signature
@@ -14,22 +12,12 @@ from lora_harness.loading.lycoris import (
     KOHYA,
     OWN_PREFIX,
     PREFIXED,
+    LycorisFactors,
     build_network,
     declared_rank,
     file_modules,
     landed_tensors,
 )
-
-
-@dataclass(frozen=True)
-class LycorisFactors:
-    """What weight_health reads of one LyCORIS module: the file's tensors by role, the declared scale, and the
-    module itself, whose ΔW LyCORIS computes for the algos without a cheaper structure."""
-
-    roles: dict[str, torch.Tensor]
-    scale: float
-    module: torch.nn.Module
-    algo: str
 
 
 def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str):

@@ -51,7 +51,7 @@ def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:
         for module in ([named] if named else []) + others:
             down, up = (tensors[key] for key in files[module])
             taken = rows_taken.get(module, 0)
-            offset = _row_offset(b, up, taken) if b is not None and _proportional(a, down) else None
+            offset = _row_offset(b, up, taken) if b is not None and proportional(a, down) else None
             if offset is not None:
                 filled.setdefault(module, []).append((offset, component, layer))
                 rows_taken[module] = taken + b.shape[0]
@@ -112,7 +112,7 @@ def _plain(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _proportional(a: torch.Tensor, b: torch.Tensor) -> bool:
+def proportional(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape:
         return False
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
@@ -128,7 +128,7 @@ def _row_offset(b: torch.Tensor, up: torch.Tensor, taken: int = 0) -> int | None
     if b.shape[1:] != up.shape[1:] or b.shape[0] > up.shape[0]:
         return None
     if b.shape == up.shape:
-        return 0 if _proportional(b, up) else None
+        return 0 if proportional(b, up) else None
     rows = up.detach().double().reshape(up.shape[0], -1)
     nonzero = torch.nonzero(b.detach().double().reshape(b.shape[0], -1).norm(dim=1)).flatten().tolist()
     if not nonzero:
@@ -139,6 +139,6 @@ def _row_offset(b: torch.Tensor, up: torch.Tensor, taken: int = 0) -> int | None
     cosines = rows @ first / (rows.norm(dim=1) * first.norm()).clamp_min(1e-30)
     for found in torch.nonzero(cosines >= COSINE).flatten().tolist():
         offset = found - row
-        if 0 <= offset and offset + b.shape[0] <= up.shape[0] and _proportional(b, up[offset : offset + b.shape[0]]):
+        if 0 <= offset and offset + b.shape[0] <= up.shape[0] and proportional(b, up[offset : offset + b.shape[0]]):
             return offset
     return None

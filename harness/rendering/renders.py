@@ -160,8 +160,16 @@ class Renderer:
 
 
 def _watch(layer, adapter_name: str, mark: Callable[[], None]):
-    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection."""
-    return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
+    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection; a LoKr layer, whose
+    factors are parameters and no module of their own, when it runs with the adapter active."""
+    if adapter_name in getattr(layer, "lora_A", {}):
+        return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
+
+    def ran(module, *_):
+        if adapter_name in module.active_adapters and not module.disable_adapters:
+            mark()
+
+    return layer.register_forward_hook(ran)
 
 
 def _loaded_adapters(pipeline) -> set[str]:
