@@ -334,7 +334,7 @@ def test_lokr_files_the_pipeline_converts_land_in_peft_s_lokr_layers_at_their_de
 
 
 def test_a_lokr_of_the_wrong_shape_fails_wiring_and_one_on_bfl_s_fused_qkv_is_named(pytester, tmp_path):
-    """One module whose kron(w1, w2) is not its layer's shape is refused, named; a Flux.2 LoKr on BFL's fused qkv
+    """One module whose kron(w1, w2) is not its layer's shape is refused, named, as is a NaN factor; a Flux.2 LoKr on BFL's fused qkv
     (as ai-toolkit writes Flux.2's) would make diffusers fuse the base's q, k and v: named, not applied, not called
     damaged."""
     from lora_harness.bases.tiny_base import build_tiny_z_image_pipeline
@@ -345,6 +345,10 @@ def test_a_lokr_of_the_wrong_shape_fails_wiring_and_one_on_bfl_s_fused_qkv_is_na
     save_file(tensors, tmp_path / "cut.safetensors")
     message = wiring_failure(pytester, tmp_path / "cut.safetensors", "tiny-z-image")
     assert f"3 shapes disagree, first {first}: base needs (224, 224), file has (112, 224)" in message
+    tensors[first] = torch.full((14, 14), float("nan"), dtype=torch.float16)
+    save_file(tensors, tmp_path / "nan.safetensors")
+    message = wiring_failure(pytester, tmp_path / "nan.safetensors", "tiny-z-image")
+    assert f"tensor {first} holds NaN or Inf" in message
 
     bfl = {
         f"diffusion_model.double_blocks.0.img_attn.qkv.{role}": value

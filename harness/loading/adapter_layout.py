@@ -235,18 +235,36 @@ def _normalize_flux(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAd
 
 def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
     """A trainer's layout that the base's pipeline class converts itself, traced back to the file by value."""
+    traced = _traced_by_loader(adapter, pipeline, f"{layout} layout", trace)
+    return _from_modules(
+        adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped, biases=traced.biases
+    )
+
+
+def _traced_by_loader(adapter: AdapterFile, pipeline, what: str, tracer):
+    """`tracer(tensors, pipeline)`: the base's pipeline class's own conversion of the file, traced back to it;
+    refused, naming why, where the conversion fails or makes layers that no tensor of the file holds."""
     loader = type(pipeline).__name__
-    nonfinite = next((k for k, t in adapter.tensors.items() if t.is_floating_point() and not t.isfinite().all()), None)
+    # ai-toolkit's LoKr with both factors full stores the alpha it does not use as float16 infinity.
+    unused_alpha = is_kronecker(adapter.tensors)
+    nonfinite = next(
+        (
+            k
+            for k, t in adapter.tensors.items()
+            if t.is_floating_point() and not t.isfinite().all() and not (unused_alpha and k.endswith(".alpha"))
+        ),
+        None,
+    )
     if nonfinite is not None:  # every proportion with NaN is NaN: such a file cannot be traced, only named
         raise AdapterLoadError(
             f"{adapter.weights_path}: tensor {nonfinite} holds NaN or Inf, so what {loader}'s conversion made of it "
             "cannot be traced to the file; the training diverged or the file is damaged: export a finite checkpoint"
         )
     try:
-        traced = trace(adapter.tensors, pipeline)
+        traced = tracer(adapter.tensors, pipeline)
     except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
         raise AdapterLoadError(
-            f"{adapter.weights_path}: {loader}'s own conversion of this {layout} layout failed "
+            f"{adapter.weights_path}: {loader}'s own conversion of this {what} failed "
             f"({type(error).__name__}: {error}); the file is damaged or made for another model: export it again"
         ) from None
     if traced.invented:
@@ -254,26 +272,12 @@ def _normalize_traced(adapter: AdapterFile, pipeline, layout: str) -> Normalized
             f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} layers that no tensor of the "
             f"file holds, first {', '.join(traced.invented[:3])}; lora-harness will not check what it cannot trace to the file"
         )
-    return _from_modules(
-        adapter, layout, traced.modules, traced.converted, pipeline, untraced=traced.dropped, biases=traced.biases
-    )
+    return traced
 
 
 def _normalize_kronecker(adapter: AdapterFile, pipeline, layout: str) -> NormalizedAdapter:
     """A LoKr file the base's pipeline class converts itself, loaded into peft's LoKr layers (`converted_lokr`)."""
-    loader = type(pipeline).__name__
-    try:
-        traced = trace_kronecker(adapter.tensors, pipeline)
-    except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
-        raise AdapterLoadError(
-            f"{adapter.weights_path}: {loader}'s own conversion of this LoKr file failed ({type(error).__name__}: "
-            f"{error}); the file is damaged or made for another model: export it again"
-        ) from None
-    if traced.invented:
-        raise AdapterLoadError(
-            f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} LoKr layers that no module of "
-            f"the file holds, first {traced.invented[0]}; lora-harness will not check what it cannot trace to the file"
-        )
+    traced = _traced_by_loader(adapter, pipeline, "LoKr file", trace_kronecker)
     for layer in traced.layers.values():
         component, path = layer.split(".", 1)
         if path.endswith(FUSED_QKV) and path not in dict(getattr(pipeline, component).named_modules()):
