@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from lora_harness import __version__
+from lora_harness.bases.single_file import inspect_single_file
 from lora_harness.run import report_records
 
 from .terminal import visible
@@ -38,6 +39,11 @@ class ResultsTable:
         self.previous = previous
         self.path = Path(config.report_dir) / "results.json"
         self.base = {"model": config.base_model, "family": None, "fingerprint": None, "unet_params": None}
+        # A single-file base as its header was read when the options were resolved: known before any weight loads.
+        single_file = config.base_path is not None and config.base_path.is_file()
+        self.base_single_file = (
+            inspect_single_file(config.base_model, config.base_path).record() if single_file else None
+        )
         self.adapters: dict[str, dict] = {spec.name: {"name": spec.name} for spec in config.checked_adapters}
         self.results: dict[tuple[str, str], dict] = {}
         self.controls = {
@@ -97,7 +103,7 @@ class ResultsTable:
             "schema": SCHEMA,
             "harness_version": __version__,
             "base": self.base,
-            "settings": self.config.settings(),
+            "settings": self.config.settings() | {"base_single_file": self.base_single_file},
             "adapters": [
                 {field: record.get(field) for field in ADAPTER_FIELDS}
                 | {"cost": self.costs.get(record["name"])}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_harness.loading.adapter_file import AdapterLoadError, read_header
+from lora_harness.safetensors_file import DamagedFile, read_header
 from tests.expectations import CHECKS, expected_status
 from tests.safetensors_bytes import one_tensor_header, raw_file
 
@@ -196,7 +196,7 @@ def test_a_multi_gigabyte_header_check_reads_only_the_header(tmp_path):
 def test_malformed_headers(tmp_path, content, expect):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
-    with pytest.raises(AdapterLoadError, match="bad.safetensors") as error:
+    with pytest.raises(DamagedFile, match="bad.safetensors") as error:
         read_header(path)
     assert expect in str(error.value)
 

@@ -161,7 +161,7 @@ def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(
 ):
     """285 rows split in three (95 each) for diffusers but not into the base's 96-wide q, k, v; 287 do not split at all."""
     from lora_harness.loading.adapter_file import AdapterLoadError
-    from lora_harness.loading.injection import file_defects
+    from lora_harness.loading.application import file_defects
 
     path = _edited(
         community["kohya"], tmp_path / "rows.safetensors", lambda t: t.update({QKV_UP: t[QKV_UP][:rows].contiguous()})

@@ -18,6 +18,7 @@ from lora_harness.bases.families import (
     pipeline_signature,
 )
 from lora_harness.config.config import ConfigError, HarnessConfig
+from lora_harness.safetensors_file import FLOAT_DTYPES
 
 
 @dataclass
@@ -42,9 +43,6 @@ class BaseModel:
             "dtype": self.dtype,
             "single_file": self.single_file,
         }
-
-
-SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def resolve_dtype(choice: str, device: str, base_model: str, base_path: Path | None) -> tuple[str, str]:
@@ -100,7 +98,7 @@ def stored_dtype(base_model: str, folder: Path) -> str:
     with safe_open(files[0], framework="pt") as weights:  # without a variant (`.fp16.`) first, as from_pretrained reads
         for key in weights.keys():
             counted[weights.get_slice(key).get_dtype()] += 1
-    stored = next((SAFETENSORS_DTYPES[d] for d, _ in counted.most_common() if d in SAFETENSORS_DTYPES), None)
+    stored = next((FLOAT_DTYPES[d] for d, _ in counted.most_common() if d in FLOAT_DTYPES), None)
     if stored is None:
         raise ConfigError(
             f"--base-model {base_model}: {files[0]} holds no floating-point weights ({dict(counted)}); "
@@ -119,11 +117,12 @@ def load_base(config: HarnessConfig) -> BaseModel:
         pipeline = EMBEDDED_TWINS[config.base_model].build()
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
-    elif config.base_single_file is not None:
-        from lora_harness.bases.single_file import checkpoint_hashes, load_single_file
+    elif config.base_path.is_file():
+        from lora_harness.bases.single_file import checkpoint_hashes, inspect_single_file, load_single_file
 
-        pipeline = load_single_file(config.base_single_file, dtype)
-        single_file = {**config.base_single_file.record(), **checkpoint_hashes(config.base_path)}
+        detected = inspect_single_file(config.base_model, config.base_path)
+        pipeline = load_single_file(detected, dtype)
+        single_file = {**detected.record(), **checkpoint_hashes(config.base_path)}
     else:
         # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
         # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import xxhash
 
-from lora_harness.loading.adapter_layout import is_tuner_parameter, unwrapped_name
+from lora_harness.bases.parameter_names import is_tuner_parameter, unwrapped_name
 
 
 def base_parameters(pipeline) -> dict[str, torch.Tensor]:

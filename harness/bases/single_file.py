@@ -18,6 +18,7 @@ from lora_harness.bases.families import FAMILIES
 from lora_harness.bases.families.family import SingleFile
 from lora_harness.bases.families.unet import LDM_UNET
 from lora_harness.config.config import ConfigError
+from lora_harness.safetensors_file import FLOAT_DTYPES, DamagedFile, read_header
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -72,14 +73,19 @@ class SingleFileBase:
 
 def inspect_single_file(base_model: str, path: Path) -> SingleFileBase:
     """The family of a checkpoint file, told from its safetensors header; a ConfigError naming the file, what it saw
-    and what to pass otherwise."""
-    from lora_harness.bases.base import SAFETENSORS_DTYPES
-    from lora_harness.loading.adapter_file import AdapterLoadError, read_header
+    and what to pass otherwise. Read once per file as it is on disk (resolving the option, `--dtype auto` and loading
+    all ask)."""
+    stat = path.stat()
+    return _inspected(base_model, path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleFileBase:
 
     _refuse_pickle(base_model, path)
     try:
         header = read_header(path)
-    except AdapterLoadError as error:
+    except DamagedFile as error:
         raise ConfigError(f"--base-model {base_model}: {error}") from None
     entries = {key: entry for key, entry in header.items() if key != "__metadata__"}
     model_type = _diffusers_model_type(entries)
@@ -99,7 +105,7 @@ def inspect_single_file(base_model: str, path: Path) -> SingleFileBase:
             "checkpoint or a diffusers folder of the base"
         )
     counted = Counter(entry["dtype"] for key, entry in entries.items() if key.startswith(LDM_UNET))
-    stored = next((SAFETENSORS_DTYPES[d] for d, _ in counted.most_common() if d in SAFETENSORS_DTYPES), None)
+    stored = next((FLOAT_DTYPES[d] for d, _ in counted.most_common() if d in FLOAT_DTYPES), None)
     if stored is None:
         raise ConfigError(
             f"--base-model {base_model}: its U-Net holds no floating-point tensors ({dict(counted)}); save it again"

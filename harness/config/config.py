@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from lora_harness.config.options import ParamBudget
@@ -88,15 +87,6 @@ class HarnessConfig:
         given = Path(self.base_model).expanduser()
         return self.base_path is not None and not given.is_dir() and not given.is_file()
 
-    @cached_property
-    def base_single_file(self):
-        """The `SingleFileBase` a checkpoint file was detected as (its header only); None for other bases."""
-        if self.base_path is None or not self.base_path.is_file():
-            return None
-        from lora_harness.bases.single_file import inspect_single_file
-
-        return inspect_single_file(self.base_model, self.base_path)
-
     @property
     def determinism_tolerance(self) -> float:
         """The most two renders of the same inputs may differ (mean |diff|, 0-255) before the run is unsound."""
@@ -117,7 +107,6 @@ class HarnessConfig:
         settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
-        settings["base_single_file"] = self.base_single_file.record() if self.base_single_file else None
         settings["report_dir"] = str(self.report_dir)
         settings["inception_weights"] = str(self.inception_weights) if self.inception_weights else None
         settings["render_cache"] = str(self.render_cache) if self.render_cache else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +22,7 @@ from lora_harness.bases.families import (
     keys_signature,
     pipeline_signature,
 )
+from lora_harness.bases.parameter_names import is_tuner_parameter, unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.converted_lokr import FUSED_QKV, is_kronecker, trace_kronecker
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
@@ -32,18 +32,6 @@ from lora_harness.loading.traced_conversion import BIAS_DIFFERENCE, trace
 from lora_harness.loading.unapplied_kinds import unapplied_kind
 
 LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
-TUNER_PARAMETERS = ("lora_", "lokr_")  # how peft's LoRA (and DoRA) and LoKr layers name their parameters
-
-
-def is_tuner_parameter(name: str) -> bool:
-    return any(part.startswith(TUNER_PARAMETERS) for part in name.split("."))
-
-
-def unwrapped_name(name: str) -> str:
-    """A module or parameter name as it was before adapters (of one kind or several, nested) wrapped it."""
-    return re.sub(r"(\.base_layer)+(?=\.|$)", "", name)
-
-
 KOHYA = "kohya"
 PEFT_FOLDER = "peft"
 PEFT_FILE = "peft-file"  # PEFT key layout in one file, no component prefix, LoraConfig in its metadata

@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 
-from lora_harness.bases.families import UNET, WIDTH_MODULES, Signature, is_denoiser, keys_signature
+from lora_harness.bases.families import WIDTH_MODULES, Signature, is_denoiser, keys_signature
+from lora_harness.bases.parameter_names import is_tuner_parameter, unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.adapter_layout import (
     LAYER_TYPES,
@@ -17,90 +17,27 @@ from lora_harness.loading.adapter_layout import (
     MAGNITUDE,
     NormalizedAdapter,
     Target,
-    is_tuner_parameter,
     layer_modules,
     normalize,
     onto_expert,
-    unwrapped_name,
+)
+from lora_harness.loading.application import (
+    Application,
+    describe_unmatched,
+    most_common,
+    same_values,
+    tensor_facts,
 )
 from lora_harness.loading.converted_lokr import BAKED, KRONECKER, kronecker_shape
 from lora_harness.loading.flux_layouts import flux_layout
-from lora_harness.loading.lycoris import LycorisFactors, LycorisNetwork, is_lycoris_file
+from lora_harness.loading.lycoris import LycorisFactors, is_lycoris_file
+from lora_harness.loading.lycoris_application import apply_lycoris
 from lora_harness.loading.replaced_modules import ReplacedModules, build_replacements
 from lora_harness.loading.traced_conversion import proportional
 
 
-@dataclass
-class Application:
-    """What one adapter file asked for and what is now in the pipeline."""
-
-    adapter_name: str
-    format: str
-    family: str
-    tensors: int  # LoRA weight tensors in the file (alpha scalars not counted)
-    tensors_applied: int  # those found in their module with their values
-    lora_params: int  # LoRA parameters injected
-    rank: int | None
-    alpha: float | None
-    scale: float | None  # alpha / rank as applied (the most common value when it varies)
-    scales: dict[str, float] = field(default_factory=dict)  # per module, as applied
-    unmatched: list[tuple[str, str, list[str]]] = field(default_factory=list)  # file key, module, nearest modules
-    shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # file key, expected, found
-    refused: list[tuple[str, str]] = field(default_factory=list)  # file key, why its module could not be built
-    value_mismatches: list[str] = field(default_factory=list)  # file keys whose values did not land
-    scale_mismatches: list[tuple[str, float, float]] = field(default_factory=list)  # module, declared, applied
-    nonfinite: list[str] = field(default_factory=list)  # file keys holding NaN or Inf
-    zero_up: list[str] = field(default_factory=list)  # up (B) matrices that are all zero
-    up_tensors: int = 0
-    lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft / LyCORIS layer
-    shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
-    dtypes: list[str] = field(default_factory=list)
-    factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
-    lycoris_factors: dict[str, LycorisFactors] = field(default_factory=dict)  # LyCORIS algos but LoCon
-    ranks: list[int] = field(default_factory=list)  # distinct ranks in the file
-    alphas: list[float] = field(default_factory=list)  # distinct alphas in the file
-    dora_modules: int = 0  # modules with a DoRA magnitude vector
-    kind: str = "LoRA"  # LoRA | DoRA | LyCORIS algos as the field names them, "+"-joined (LoKr, LoCon+LoHa, ...)
-    architecture: str = UNET  # the base's denoiser architecture, which names its blocks
-    network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
-    replaced: ReplacedModules | None = None  # PEFT `modules_to_save`: whole modules, in while the adapter renders
-    # Where a conversion injected more than the file holds (a fused module's down matrix copied into each layer it
-    # fills): per "component.first layer" of each file module, the parameters the file holds for it.
-    file_module_params: dict[str, int] = field(default_factory=dict)
-
-    def record(self) -> dict:
-        """The adapter's entry in results.json."""
-        details = {
-            "components": sorted({name.partition(".")[0] for name in self.lora_layers}),
-            "target_modules": len(self.lora_layers),
-            "target_kinds": sorted({_module_kind(name) for name in self.lora_layers}),
-            "ranks": self.ranks,
-            "alphas": self.alphas,
-            "dtypes": self.dtypes,
-            "shapes": self.shapes,
-        }
-        if len(set(self.scales.values())) > 1:
-            details["scales"] = self.scales
-        if self.replaced is not None:
-            details["replaced_modules"] = sorted(self.replaced.modules)
-        return {
-            "format": self.format,
-            "kind": self.kind,
-            "family": self.family,
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "scale": self.scale,
-            "tensors": self.tensors,
-            "tensors_applied": self.tensors_applied,
-            "lora_params": self.lora_params,
-            "details": details,
-        }
-
-
 def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
     if is_lycoris_file(adapter.tensors) and flux_layout(list(adapter.tensors)) is None:
-        from lora_harness.loading.lycoris_application import apply_lycoris
-
         return apply_lycoris(pipeline, base_signature, adapter, adapter_name)
     normalized = normalize(adapter, pipeline)
     _check_rank_pairs(adapter, normalized)
@@ -201,29 +138,6 @@ def _check_config_targets(pipeline, adapter: AdapterFile, normalized: Normalized
                 f"{where}: target_modules names modules the base's {component_name} lacks: {', '.join(missing[:5])}; "
                 "the adapter was made for another model, or its config was edited by hand"
             )
-
-
-def file_defects(path, application: Application) -> list[str]:
-    """What is wrong with the file itself: each fails every check of the adapter, whatever they measure."""
-    defects = []
-    if application.tensors_applied != application.tensors:
-        why = describe_unmatched(application.unmatched, application.shape_mismatches, application.refused)
-        if not (application.unmatched or application.shape_mismatches or application.refused):
-            shown = ", ".join(application.value_mismatches[:3])
-            why = f"{len(application.value_mismatches)} did not land with their values, first {shown}; the loader dropped or changed them"
-        defects.append(f"{path}: {application.tensors_applied} of {application.tensors} LoRA tensors applied; {why}")
-    if application.nonfinite:
-        defects.append(
-            f"{path}: {len(application.nonfinite)} tensors hold NaN or Inf, first {application.nonfinite[0]}; export the adapter again from a healthy checkpoint"
-        )
-    # DoRA's magnitudes rescale the weights even with every B zero; modules replaced whole change them anyway.
-    inert = application.up_tensors and len(application.zero_up) == application.up_tensors
-    if inert and not application.dora_modules and application.replaced is None:
-        defects.append(
-            f"{path}: every up matrix (lora_B / lora_up) is all zero, so the adapter can change nothing; "
-            "export the trained weights, not the initial ones"
-        )
-    return defects
 
 
 def _validate_targets(pipeline, normalized: NormalizedAdapter):
@@ -460,18 +374,6 @@ def _prove_replaced(application: Application, adapter: AdapterFile, replaced: Re
     application.replaced = replaced
 
 
-def tensor_facts(adapter: AdapterFile, keys: list[str]) -> dict:
-    """What the Application says of the file's own weight tensors: their count, shapes, dtypes, and which hold NaN
-    or Inf (integer flags such as (IA)³'s `on_input` hold neither)."""
-    tensors = adapter.tensors
-    return {
-        "tensors": len(keys),
-        "shapes": {key: list(tensors[key].shape) for key in keys},
-        "dtypes": sorted({str(tensors[key].dtype).removeprefix("torch.") for key in keys}),
-        "nonfinite": [key for key in keys if tensors[key].is_floating_point() and not tensors[key].isfinite().all()],
-    }
-
-
 def _file_module_params(adapter: AdapterFile, normalized: NormalizedAdapter) -> dict[str, int]:
     """A converted file's own parameters by the layer each module (or bias difference) lands on first."""
     params = {
@@ -624,16 +526,6 @@ def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
     return module if flux_module is None else flux_module.name
 
 
-def same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
-    """The file's values as the layer's dtype holds them (injected layers follow the base's, `--dtype`: a float32
-    file on a float16 base lands rounded, once), up to a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
-    if landed.numel() != in_file.numel():
-        return False
-    landed = landed.detach().to("cpu").reshape(in_file.shape)
-    in_file = in_file.to(landed.dtype)
-    return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
-
-
 def _find_module(component, path: str):
     if component is None:
         return None
@@ -648,34 +540,3 @@ def _find_module(component, path: str):
 
 def _layer_names(component) -> list[str]:
     return [] if component is None else list(layer_modules(component))
-
-
-def describe_unmatched(unmatched, shape_mismatches, refused=(), shown: int = 3) -> str:
-    parts = []
-    if unmatched:
-        first_per_module: dict[str, tuple[str, list[str]]] = {}  # a module's other tensors would say the same
-        for key, module, nearest in unmatched:
-            first_per_module.setdefault(module, (key, nearest))
-        listed = "; ".join(
-            f"{key} -> {module}" + (f" (nearest: {', '.join(nearest)})" if nearest else "")
-            for module, (key, nearest) in list(first_per_module.items())[:shown]
-        )
-        parts.append(f"{len(unmatched)} keys match no module, first {listed}")
-    if shape_mismatches:
-        listed = "; ".join(f"{key}: base needs {want}, file has {got}" for key, want, got in shape_mismatches[:shown])
-        parts.append(f"{len(shape_mismatches)} shapes disagree, first {listed}")
-    if refused:
-        key, why = refused[0]
-        parts.append(f"{len(refused)} tensors whose module LyCORIS could not build, first {key}: {why}")
-    return "; ".join(parts) + "; check that the adapter was trained for this base"
-
-
-def _module_kind(name: str) -> str:
-    """'unet.….attn1.to_out.0' -> 'to_out.0'; 'unet.….attn1.to_q' -> 'to_q'."""
-    parts = name.split(".")
-    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
-
-
-def most_common(values):
-    counted = Counter(values).most_common(1)
-    return counted[0][0] if counted else None

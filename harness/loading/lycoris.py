@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lora_harness.bases.parameter_names import unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
 
@@ -323,7 +324,6 @@ SGM_NAMES = (
 def _layers_by_file_name(pipeline, prefixed: bool) -> dict[str, tuple[str, str, torch.nn.Module]]:
     """File module name -> (component, module path, the module) for every module of the components the file can
     name: a module another adapter wrapped is found as its innermost base layer, under its own name."""
-    from lora_harness.loading.adapter_layout import unwrapped_name  # which names its LyCORIS kinds after this module's
 
     if prefixed:
         component = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"

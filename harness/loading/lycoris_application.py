@@ -7,7 +7,7 @@ import torch
 
 from lora_harness.bases.families import Signature
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
-from lora_harness.loading.injection import Application, describe_unmatched, most_common, same_values, tensor_facts
+from lora_harness.loading.application import Application, describe_unmatched, most_common, same_values, tensor_facts
 from lora_harness.loading.lycoris import (
     KOHYA,
     OWN_PREFIX,

@@ -19,7 +19,8 @@ from lora_harness.config.check_registry import BASE, BASE_AGAIN, BUILTIN, CLIP, 
 from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.loading.injection import Application, apply_adapter, file_defects, remove_adapter
+from lora_harness.loading.application import Application, file_defects
+from lora_harness.loading.injection import apply_adapter, remove_adapter
 from lora_harness.rendering.progress import Progress
 from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from lora_harness.bases.families import block_of
+from lora_harness.bases.parameter_names import TUNER_PARAMETERS
 from lora_harness.config.options import ParamBudget
-from lora_harness.loading.adapter_layout import TUNER_PARAMETERS
-from lora_harness.loading.injection import Application
+from lora_harness.loading.application import Application
 from lora_harness.verdicts.results import verdict
 
 CHECK = "param_budget"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lora_harness.loading.injection import Application, describe_unmatched
+from lora_harness.loading.application import Application, describe_unmatched
 from lora_harness.rendering.renders import RenderSet
 from lora_harness.verdicts.results import CheckResult, verdict
 
