@@ -5,6 +5,7 @@ Imports nothing heavy at import time, so `pytest --help` and runs without `--ada
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "base_model",
             "MODEL",
             "tiny",
-            "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in the README), a local diffusers folder, a single-file checkpoint, or a hub id already in the local cache. Default: tiny.",
+            "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in the README), a local diffusers folder, a single-file checkpoint, or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
         ),
         (
             "--render-size",
@@ -237,6 +238,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--offload", action="store_true", default=None, help=offload_help)
     parser.addini("lora_offload", f"{offload_help} (ini twin of --offload)", type="bool", default=False)
+    offline_help = (
+        "Never use the network: a hub id comes from the local Hugging Face cache alone, as with HF_HUB_OFFLINE=1 "
+        "(a usage error names what to fetch). Default: off (a hub id is fetched on first use)."
+    )
+    group.addoption("--offline", action="store_true", default=None, help=offline_help)
+    parser.addini("lora_offline", f"{offline_help} (ini twin of --offline)", type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -495,6 +502,12 @@ class ReportHooks:
             terminalreporter.write_line(line)
 
 
+def _shown(config: pytest.Config):
+    """Output written meanwhile goes to the terminal, not to pytest's capture."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    return capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+
+
 def _harness_config(config: pytest.Config, registry: CheckRegistry):
     """Options over ini values, parsed and validated; a bad value is a usage error naming the option."""
     from lora_harness.bases.base import resolve_dtype, resolve_offload
@@ -521,7 +534,9 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
     try:
         prompts = read_lines("--prompts", value("prompts")) if value("prompts") else DEFAULT_PROMPTS
         base_model = value("base_model")
-        base_path = resolve_base(base_model)
+        offline = bool(config.getoption("offline") or config.getini("lora_offline"))
+        with _shown(config):  # a hub id's download shows its progress
+            base_path = resolve_base(base_model, offline)
         device = resolve_device(options.parse_device(value("device")), _worker_index(config))
         dtype, dtype_choice = resolve_dtype(options.parse_dtype(value("dtype")), device, base_model, base_path)
         offload_requested = bool(config.getoption("offload") or config.getini("lora_offload"))
@@ -530,6 +545,7 @@ def _harness_config(config: pytest.Config, registry: CheckRegistry):
             adapters=adapter_specs(config.getoption("adapter")),
             base_model=base_model,
             base_path=base_path,
+            offline=offline,
             render_size=options.parse_render_size(value("render_size")) if value("render_size") else None,
             render_steps=options.parse_positive_int(value("render_steps"), "--render-steps"),
             render_seeds=options.parse_positive_int(value("render_seeds"), "--render-seeds"),

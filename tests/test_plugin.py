@@ -63,9 +63,10 @@ def _files(**contents):
         (("--param-budget", "lots"), None, "*parameter budget must be a count*"),
         (("--base-model", "./no-such-folder"), None, "*--base-model ./no-such-folder: no such folder*"),
         (
-            ("--base-model", "nobody/not-cached"),
+            ("--base-model", "nobody/not-cached", "--offline"),
             None,
-            "*not in the local Hugging Face cache*works offline*hf download nobody/not-cached*",
+            "*not in the local Hugging Face cache, and --offline keeps lora-harness off the network*"
+            "hf download nobody/not-cached*",
         ),
         (
             ("--base-model", "weights"),
@@ -316,7 +317,8 @@ def test_runs_under_xdist(pytester, write_lora):
 
 
 def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, write_lora, tmp_path):
-    """A saved pipeline loads as a folder and as a hub id resolved from the local cache, never downloading."""
+    """A saved pipeline loads as a folder and as a hub id resolved from the local cache with `--offline`, which never
+    asks the network (tests/test_hub_fetch.py fetches through a local Hub)."""
     from lora_harness.bases.tiny_base import build_tiny_pipeline
 
     cache = tmp_path / "hub-cache"
@@ -329,7 +331,7 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at call time
     adapter = write_lora("kohya", "good.safetensors")
     for base in (snapshot, "someone/tiny-sd"):
-        result = run(pytester, "--adapter", adapter, "--base-model", base, *FAST)
+        result = run(pytester, "--adapter", adapter, "--base-model", base, "--offline", *FAST)
         # Not the embedded base, so no self-test CLIP: the CLIP checks skip, saying what to pass.
         result.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
         document = results(pytester)

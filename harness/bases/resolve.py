@@ -1,5 +1,6 @@
-"""Where `--base-model` points: an embedded tiny twin, a local diffusers folder, a single-file checkpoint or a hub
-id in the local cache; a folder's pipeline class is checked against the family registry before any model loads."""
+"""Where `--base-model` points: an embedded tiny twin, a local diffusers folder, a single-file checkpoint or a hub id
+(fetched as diffusers fetches it, or from the local cache alone when offline); a folder's pipeline class is checked
+against the family registry before any model loads."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from lora_harness.config.config import ConfigError
 EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
 
 
-def resolve_base(base_model: str) -> Path | None:
+def resolve_base(base_model: str, offline: bool = False) -> Path | None:
     """The local folder holding `base_model`, or the single-file checkpoint it names (its family told from its
-    header now, so a file that cannot serve is a usage error before any model loads); never downloads."""
+    header now, so a file that cannot serve is a usage error before any model loads). A hub id is fetched on first
+    use unless `offline`."""
     if base_model in EMBEDDED_BASES:
         return None
     path = Path(base_model).expanduser()
@@ -33,21 +35,62 @@ def resolve_base(base_model: str) -> Path | None:
             raise ConfigError(
                 f"--base-model {base_model}: no such folder or file; pass a diffusers pipeline folder, a single-file checkpoint (.safetensors), a hub id or an embedded base ({EMBEDDED_NAMES})"
             )
-        path = _cached_snapshot(base_model)
+        path = _hub_snapshot(base_model, offline)
     _check_pipeline(base_model, path)
     return path
 
 
-def _cached_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def _hub_snapshot(repo_id: str, offline: bool) -> Path:
+    """A hub id's pipeline folder as diffusers' `from_pretrained` fetches it: the files its pipeline loads, safetensors
+    only, into the Hugging Face cache (huggingface_hub shows the progress); from the cache alone when offline
+    (`--offline`, or the ecosystem's `HF_HUB_OFFLINE=1`)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants, model_info, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    if offline or constants.HF_HUB_OFFLINE:
+        why = "--offline" if offline else "HF_HUB_OFFLINE=1"
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except LocalEntryNotFoundError:
+            raise ConfigError(
+                f"--base-model {repo_id}: not in the local Hugging Face cache, and {why} keeps lora-harness off the "
+                f"network: fetch it once where there is one (`hf download {repo_id}`, or a run without {why}), or "
+                "pass a local folder"
+            ) from None
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except LocalEntryNotFoundError:
+        model_info(repo_id)
+    except GatedRepoError:
         raise ConfigError(
-            f"--base-model {repo_id}: not in the local Hugging Face cache; lora-harness works offline and never "
-            f"downloads: fetch it once where there is a network (`hf download {repo_id}`) or pass a local folder"
+            f"--base-model {repo_id}: a gated repository; accept its terms on its page on {constants.ENDPOINT} and "
+            "log in (`hf auth login`), or pass a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ConfigError(
+            f"--base-model {repo_id}: no such repository on {constants.ENDPOINT} (or a private one: log in with "
+            "`hf auth login`); check the id, or pass a local folder"
+        ) from None
+    except Exception as error:  # the Hub's client raises its HTTP library's own errors when it cannot connect
+        raise ConfigError(
+            f"--base-model {repo_id}: could not reach {constants.ENDPOINT} ({type(error).__name__}: {error}); "
+            "connect, or pass --offline to use what the local Hugging Face cache holds"
+        ) from None
+    try:
+        return Path(DiffusionPipeline.download(repo_id, use_safetensors=True))
+    except OSError as error:
+        if "safetensors" in str(error):  # diffusers' `use_safetensors=True` refusal
+            raise ConfigError(
+                f"--base-model {repo_id}: its weights are pickles only (.bin, .ckpt), which lora-harness never "
+                "unpickles (unpickling can run arbitrary code); use a repository with safetensors weights, or convert "
+                "it once where you trust it and pass the folder"
+            ) from None
+        raise ConfigError(
+            f"--base-model {repo_id}: the download failed ({error}); run again, or pass --offline"
+        ) from None
+    except ValueError as error:  # a pipeline or component of custom code, which diffusers runs only when trusted
+        raise ConfigError(
+            f"--base-model {repo_id}: needs code from the repository to load ({error}); lora-harness runs no code "
+            "from a repository"
         ) from None
 
 
@@ -56,7 +99,7 @@ def _check_pipeline(base_model: str, path: Path) -> None:
     if not index_path.is_file():
         raise ConfigError(
             f"--base-model {base_model}: {path} has no model_index.json, so it is not a diffusers pipeline; "
-            f"pass a folder written by `save_pretrained`, a cached hub id or an embedded base ({EMBEDDED_NAMES})"
+            f"pass a folder written by `save_pretrained`, a hub id or an embedded base ({EMBEDDED_NAMES})"
         )
     try:
         index = json.loads(index_path.read_text())

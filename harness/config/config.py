@@ -73,6 +73,7 @@ class HarnessConfig:
     inception_weights: Path | None = None  # safetensors of torch-fidelity's Inception v3, for fid and kid
     dtype: str = "float32"  # what the base and every adapter's layers compute in, as --dtype resolved it
     dtype_choice: str = ""  # why: what --dtype said and what the base is stored in
+    offline: bool = False  # --offline (ini lora_offline): a hub id from the local cache alone
     offload_requested: bool = False  # --offload (ini lora_offload): what the user asked for
     offload: bool = False  # whether diffusers' model CPU offload is used: only onto a CUDA device
     offload_choice: str = ""  # what was asked, what is used and why
