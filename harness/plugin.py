@@ -129,9 +129,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         (
             "--clip-model",
             "clip_model",
-            "ARCH:PATH",
+            "SPEC",
             "",
-            "open_clip model for the quality checks, from a local checkpoint. Default: none (tiny base: a self-test CLIP).",
+            "open_clip CLIP for the quality checks: ARCH:TAG (an open_clip pretrained tag, fetched into the Hugging Face "
+            "cache on first use), ARCH:PATH (a local .safetensors checkpoint), hf-hub:ORG/REPO, or none. Default: "
+            "ViT-L-14:openai on a real base; the embedded tiny base's self-test CLIP (never gating) on `tiny`.",
         ),
         (
             "--train-captions",

@@ -332,11 +332,13 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
     adapter = write_lora("kohya", "good.safetensors")
     for base in (snapshot, "someone/tiny-sd"):
         result = run(pytester, "--adapter", adapter, "--base-model", base, "--offline", *FAST)
-        # Not the embedded base, so no self-test CLIP: the CLIP checks skip, saying what to pass.
+        # A real base is scored with the default CLIP; offline and not cached, the CLIP checks skip saying what to fetch.
         result.assert_outcomes(passed=PASSING, skipped=len(SKIPPING))
         document = results(pytester)
         clip_skips = [r["message"] for r in document["results"] if r["check"] in CLIP_CHECKS]
-        assert all("no CLIP weights: pass --clip-model ARCH:PATH" in m for m in clip_skips) and len(clip_skips) == 2
+        assert (
+            all("hf download timm/vit_large_patch14_clip_224.openai" in m for m in clip_skips) and len(clip_skips) == 2
+        )
         assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
         assert document["base"]["unet_params"] == 792_964
 

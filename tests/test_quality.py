@@ -176,7 +176,8 @@ def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytes
     pytester.runpytest_inprocess(*run).assert_outcomes(skipped=2)
     records = _results(pytester)
     for check in ("clip_heldout", "mode_collapse"):
-        assert "no CLIP weights: pass --clip-model ARCH:PATH" in records[("reference", check)]["message"]
+        assert "no CLIP on this embedded base" in records[("reference", check)]["message"]
+        assert "pass --clip-model ARCH:TAG (e.g. ViT-L-14:openai" in records[("reference", check)]["message"]
 
 
 def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):

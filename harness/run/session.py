@@ -27,6 +27,7 @@ from lora_harness.rendering.render_needs import RenderNeeds
 from lora_harness.rendering.render_service import Rendered, RenderService
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.check_policy import CheckPolicy
+from lora_harness.verdicts.clip_model import clip_spec
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
@@ -214,9 +215,13 @@ class HarnessSession:
         """What the checks collected ask to be rendered, and whether the controls run."""
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
         features = {INCEPTION} if self.config.inception_weights is not None else set()
-        # A CLIP is there when one is named or the embedded base brings its self-test one (one a pytest_lora_feature_model
-        # hook supplies on another base is used all the same; its renders are then made when first asked for).
-        if self.config.clip_model or self.config.base_model == EMBEDDED_DEFAULT:
+        # A CLIP is there when one is named, a real base brings the default one or the embedded base its self-test one
+        # (one a pytest_lora_feature_model hook supplies on another base is used all the same; its renders are then
+        # made when first asked for).
+        if (
+            clip_spec(self.config.clip_model, self.config.base_path is not None)
+            or self.config.base_model == EMBEDDED_DEFAULT
+        ):
             features.add(CLIP)
         return RenderNeeds.of_checks(
             specs,
@@ -479,7 +484,12 @@ class HarnessSession:
         supplied = self.hook.pytest_lora_feature_model(harness=self, kind=CLIP)
         if supplied is not None:
             return supplied, ""
-        return load_clip(self.config.clip_model, embedded_default=self.config.base_model == EMBEDDED_DEFAULT)
+        return load_clip(
+            self.config.clip_model,
+            embedded_default=self.config.base_model == EMBEDDED_DEFAULT,
+            real_base=self.config.base_path is not None,
+            offline=self.config.offline,
+        )
 
     @cached_property
     def inception(self):

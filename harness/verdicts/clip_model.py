@@ -1,10 +1,12 @@
-"""The CLIP that scores renders: a real open_clip checkpoint the user points to, or, on the embedded tiny base
-only, a tiny seeded CLIP built locally whose values carry no meaning about image quality."""
+"""The CLIP that scores renders: on a real base, a real open_clip CLIP (`DEFAULT_CLIP` unless `--clip-model` names
+another, fetched into the Hugging Face cache on first use, safetensors only); on the embedded tiny base only, a tiny
+seeded CLIP built locally whose values carry no meaning about image quality."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,9 +14,15 @@ import torch
 from lora_harness.verdicts.results import ERROR, SKIPPED, CheckResult
 
 SELF_TEST = "self-test model: the value carries no meaning about image quality"
+# What a real base is scored with unless --clip-model says otherwise: OpenAI's ViT-L/14, the CLIP torchmetrics'
+# CLIPScore uses by default and CLIP-score figures are mostly reported with (CMMD's paper used its 336 px variant,
+# `ViT-L-14-336:openai`).
+DEFAULT_CLIP = "ViT-L-14:openai"
+OFF = "none"  # --clip-model none: no CLIP, the CLIP checks skip saying so
+SAFE_WEIGHTS = "open_clip_model.safetensors"  # what open_clip's Hub repositories hold beside their pickles
 NO_VERDICT = (
-    "no verdict: pass --clip-model ARCH:PATH with a local open_clip checkpoint (e.g. ViT-B-32:/models/open_clip_vit_b_32.bin) "
-    "to gate on it"
+    "no verdict: pass --clip-model ARCH:PATH with a local open_clip .safetensors checkpoint, or ARCH:TAG (e.g. "
+    "ViT-L-14:openai, fetched on first use), to gate on it"
 )
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP's preprocessing
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -72,26 +80,129 @@ def encode_once(cache: dict[str, torch.Tensor], images: np.ndarray, encode) -> t
     return torch.stack([cache[key] for key in keys])
 
 
-def load_clip(spec: str | None, embedded_default: bool) -> tuple[ClipModel | None, str]:
-    """(model, label) or (None, why not). `spec` is ARCH:PATH (a local open_clip checkpoint) or ARCH:TAG
-    (open_clip's local cache); nothing is downloaded. Only the embedded default base (`tiny`) gets the self-test
-    CLIP, which runs the quality checks' code offline; on the other tiny bases, built to test the families'
-    mechanics, its verdicts would gate on noise."""
+class ClipUnavailable(Exception):
+    """The CLIP named cannot be had; the message names it, why, and the fix."""
+
+
+def clip_spec(given: str | None, real_base: bool) -> str | None:
+    """The open_clip CLIP to score with: the one `--clip-model` names; on a real base DEFAULT_CLIP; None for none
+    (`--clip-model none`, or an embedded tiny base, which brings its self-test CLIP or none)."""
+    if given == OFF:
+        return None
+    return given or (DEFAULT_CLIP if real_base else None)
+
+
+def load_clip(
+    given: str | None, embedded_default: bool, real_base: bool, offline: bool
+) -> tuple[ClipModel | None, str]:
+    """(model, "") or (None, why there is none: the checks skip saying so). `given` is `--clip-model`: ARCH:TAG (an
+    open_clip pretrained tag, fetched from its Hub repository), ARCH:PATH (a local .safetensors checkpoint),
+    hf-hub:ORG/REPO (an open_clip model repository) or none. Only the embedded default base (`tiny`) gets the
+    self-test CLIP, which runs the quality checks' code offline; on the other tiny bases, built to test the families'
+    mechanics, its verdicts would gate on noise. Raises ClipUnavailable where the CLIP named cannot be fetched or read."""
+    spec = clip_spec(given, real_base)
+    if given == OFF:
+        return None, "--clip-model none: no CLIP, so no CLIP verdict"
+    if spec is None:
+        if embedded_default:
+            return tiny_clip(), ""
+        return None, (
+            "no CLIP on this embedded base (its self-test CLIP would gate on noise): pass --clip-model ARCH:TAG "
+            f"(e.g. {DEFAULT_CLIP}, fetched on first use) or ARCH:PATH with a local open_clip .safetensors checkpoint"
+        )
+    try:
+        return _open_clip(spec, offline), ""
+    except _NotCached as missing:
+        return None, str(missing)
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _open_clip(spec: str, offline: bool) -> ClipModel:
     import open_clip
 
-    if spec:
+    if spec.startswith("hf-hub:"):
+        folder = _hub_folder(spec, spec.removeprefix("hf-hub:"), offline)
+        name = f"local-dir:{folder}"
+        model = open_clip.create_model_and_transforms(name)[0]
+        tokenizer, label = open_clip.get_tokenizer(name), f"open_clip {spec}"
+    else:
         arch, _, weights = spec.partition(":")
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights or None)
-        model.eval()
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        return ClipModel(model, open_clip.get_tokenizer(arch), int(size), f"open_clip {arch} ({weights})", False), ""
-    if not embedded_default:
-        return None, (
-            "no CLIP weights: pass --clip-model ARCH:PATH with a local open_clip checkpoint "
-            "(e.g. ViT-B-32:/models/open_clip_vit_b_32.bin) or ARCH:TAG already in open_clip's cache"
+        pretrained = open_clip.get_pretrained_cfg(arch, weights) if weights else {}
+        if pretrained:
+            path = _pretrained_file(spec, pretrained, offline)
+        elif Path(weights).expanduser().is_file():
+            path = Path(weights).expanduser()
+            if path.suffix != ".safetensors":
+                raise ClipUnavailable(
+                    f"--clip-model {spec}: {path} is a pickle-based checkpoint; lora-harness reads only .safetensors "
+                    'and never unpickles a file. Convert it once, where you trust it: python -c "import torch, '
+                    f"safetensors.torch as st; st.save_file(torch.load('{path}', weights_only=True), "
+                    f"'{path.with_suffix('.safetensors')}')\""
+                )
+        else:
+            raise ClipUnavailable(
+                f"--clip-model {spec}: {weights!r} is neither an open_clip pretrained tag of {arch} "
+                "(open_clip.list_pretrained() lists them) nor a local file; pass ARCH:TAG, ARCH:PATH or hf-hub:ORG/REPO"
+            )
+        quick_gelu = bool(pretrained.get("quick_gelu"))  # OpenAI's CLIPs, whose tag says so
+        model = open_clip.create_model_and_transforms(arch, pretrained=str(path), force_quick_gelu=quick_gelu)[0]
+        tokenizer, label = open_clip.get_tokenizer(arch), f"open_clip {arch} ({weights})"
+    model.eval()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipModel(model, tokenizer, int(size), label, False)
+
+
+def _pretrained_file(spec: str, pretrained: dict, offline: bool) -> Path:
+    """The safetensors weights of an open_clip pretrained tag, from the Hub repository open_clip names for it."""
+    repo, weights = pretrained.get("hf_hub", "/").rsplit("/", 1)
+    # 'org/model/' names the repository (open_clip's default file in it), 'org/model/file.bin' one file: its twin
+    filename = weights.rsplit(".", 1)[0] + ".safetensors" if weights else SAFE_WEIGHTS
+    if "/" not in repo:
+        raise ClipUnavailable(
+            f"--clip-model {spec}: open_clip fetches it from a URL, not the Hub; download it and pass ARCH:PATH"
         )
-    return tiny_clip(), ""
+    return _hub_file(spec, repo, filename, offline)
+
+
+def _hub_file(spec: str, repo: str, filename: str, offline: bool) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = offline or constants.HF_HUB_OFFLINE
+    try:
+        return Path(hf_hub_download(repo, filename, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        if offline:
+            raise _NotCached(
+                f"the CLIP {spec} is not in the local Hugging Face cache and the run is offline: fetch it once "
+                f"(`hf download {repo} {filename}`) or pass --clip-model none"
+            ) from None
+        raise ClipUnavailable(
+            f"--clip-model {spec}: could not reach {constants.ENDPOINT} to fetch {repo}/{filename}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ClipUnavailable(f"--clip-model {spec}: no repository {repo} on {constants.ENDPOINT}") from None
+    except EntryNotFoundError:
+        raise ClipUnavailable(
+            f"--clip-model {spec}: {repo} holds no {filename}; its weights are pickles only, which lora-harness never "
+            "unpickles: pass a CLIP with safetensors weights, or ARCH:PATH with a checkpoint you converted"
+        ) from None
+    except Exception as error:  # the Hub's client raises its HTTP library's own errors when it cannot connect
+        raise ClipUnavailable(
+            f"--clip-model {spec}: fetching {repo}/{filename} from {constants.ENDPOINT} failed ({type(error).__name__}: "
+            f"{error}); connect, or pass --offline with it cached"
+        ) from None
+
+
+def _hub_folder(spec: str, repo: str, offline: bool) -> Path:
+    """An open_clip model repository's config and safetensors weights, fetched together."""
+    config = _hub_file(spec, repo, "open_clip_config.json", offline)
+    _hub_file(spec, repo, SAFE_WEIGHTS, offline)
+    return config.parent
 
 
 def tiny_clip() -> ClipModel:
