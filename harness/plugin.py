@@ -41,7 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "base_model",
             "MODEL",
             "tiny",
-            "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in the README), a local diffusers folder, a single-file checkpoint, or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
+            "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in docs/families.md), a local diffusers folder, a single-file checkpoint, or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
         ),
         (
             "--render-size",

@@ -298,7 +298,7 @@ def test_each_family_trains_its_reference_on_its_own_objective():
 
 @pytest.mark.parametrize("base", ["tiny-sdxl", "tiny-flux", "tiny-chroma", "tiny-sd3"])
 def test_the_readme_reference_run_on_each_family_base_is_green(pytester, base):
-    """`pytest --adapter reference --base-model BASE`, as the README lists it: default settings, every check; the
+    """`pytest --adapter reference --base-model BASE`, as docs/families.md lists it: default settings, every check; the
     CLIP checks skip (no self-test CLIP off the embedded default) and so do the corpus checks."""
     result = pytester.runpytest_inprocess("--adapter", "reference", "--base-model", base, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=6, skipped=5)

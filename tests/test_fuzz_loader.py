@@ -1,7 +1,7 @@
 """Fuzz the loader: mutated adapter files of every layout either load (and prove what landed) or raise the
 harness's own AdapterLoadError naming the file. Nothing else escapes, nothing hangs, nothing is unpickled.
 
-Short run in the suite; the long run (README, "Fuzzing"):
+Short run in the suite; the long run (docs/safety.md, "Fuzzing"):
     LORA_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz_loader.py -p no:cacheprovider
 """
 

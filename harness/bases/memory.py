@@ -1,7 +1,7 @@
 """The memory each carried family's weights take in each dtype, computed from the parameter counts of the diffusers
 configs lora-harness carries (`base_configs/`), the models built on the meta device so nothing is allocated.
 
-`python -m lora_harness.bases.memory` prints the table the README's "Memory" section holds; a test keeps the two equal.
+`python -m lora_harness.bases.memory` prints the table docs/performance.md's "Memory" section holds; a test keeps the two equal.
 Weights only: activations, the adapters' layers and the accelerator's own context come on top.
 """
 

@@ -14,11 +14,16 @@ from lora_harness.verdicts.results import SKIPPED, CheckResult, verdict
 KID_SUBSETS = 50
 
 
+def without_corpus(check: str, adapter: str) -> CheckResult:
+    """What a distance check says with no corpus to measure against: asked first, before any feature model loads."""
+    message = f"{check} needs a reference corpus: pass --reference-images DIR with images of the style or subject"
+    return CheckResult(adapter, check, SKIPPED, message=message)
+
+
 def evaluate_distance(check: str, adapter: str, features, renders, reference_images) -> CheckResult:
     """`renders()` -> (base RenderSet, adapted RenderSet), asked only when there is a corpus to compare with."""
     if reference_images is None:
-        message = f"{check} needs a reference corpus: pass --reference-images DIR with images of the style or subject"
-        return CheckResult(adapter, check, SKIPPED, message=message)
+        return without_corpus(check, adapter)
     base, adapted = renders()
     base_features = base.features(features.image_features)
     adapted_features = adapted.features(features.image_features)

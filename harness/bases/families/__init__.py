@@ -3,7 +3,7 @@ harness knows of it. Every table elsewhere (supported pipelines, embedded bases,
 blocks, reference targets, render keywords) is read from `FAMILIES` through the functions below.
 
 Adding a family: a module here with its `FAMILY` (a `TinyTwin` built in `tiny_base.py`), listed in `FAMILIES`,
-and its tests (see the README's "Adding a family").
+and its tests (see docs/families.md, "The family registry, and adding a family").
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class SingleFile:
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # the lineage, as the README and trainers' metadata name it: "SDXL"
+    name: str  # the lineage, as the docs and trainers' metadata name it: "SDXL"
     pipelines: tuple[str, ...]  # the diffusers pipeline classes it covers
     denoiser: Denoiser
     widths: dict[int, str]  # width -> the name of what has it ({2048: "SDXL", 64: "tiny SDXL"})
