@@ -38,7 +38,13 @@ class ResultsTable:
         self.config = config
         self.previous = previous
         self.path = Path(config.report_dir) / "results.json"
-        self.base = {"model": config.base_model, "family": None, "fingerprint": None, "unet_params": None}
+        self.base = {
+            "model": config.base_model,
+            "family": None,
+            "fingerprint": None,
+            "unet_params": None,
+            "denoiser_params": None,
+        }
         # A single-file base as its header was read when the options were resolved: known before any weight loads.
         single_file = config.base_path is not None and config.base_path.is_file()
         self.base_single_file = (

@@ -2,6 +2,8 @@
 modules: diffusers splits them and bakes alpha into the values, so each module's update is proven against what
 lands in its layers, with the scale measured rather than read back."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -35,12 +37,18 @@ def community(tiny_flux, tmp_path_factory):
     }
 
 
-def _apply(pipeline, path):
+@contextmanager
+def applied(pipeline, path):
+    """The file applied to the module-scoped pipeline, and taken off it again whatever the test asserts."""
     from lora_harness.bases.families import pipeline_signature
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.injection import apply_adapter
+    from lora_harness.loading.injection import apply_adapter, remove_adapter
 
-    return apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "under-test")
+    application = apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "under-test")
+    try:
+        yield application
+    finally:
+        remove_adapter(pipeline, "under-test")
 
 
 def test_kohya_comfyui_and_xlabs_files_pass_with_every_fused_module_proven(pytester, community):
@@ -76,17 +84,15 @@ def test_fused_modules_written_as_stacked_separate_loras_and_bf16_files_are_prov
     stacked = write_flux_community(
         tiny_flux, tmp_path / "stacked.safetensors", rank=2, single=KOHYA_SINGLE, stacked=True
     )
-    application = _apply(tiny_flux, stacked)
-    assert application.tensors_applied == application.tensors and not application.scale_mismatches
-    assert application.scales["transformer.transformer_blocks.0.attn.to_q"] == pytest.approx(2.0 / 6)  # rank 3 × 2
-    tiny_flux.delete_adapters("under-test")
+    with applied(tiny_flux, stacked) as application:
+        assert application.tensors_applied == application.tensors and not application.scale_mismatches
+        assert application.scales["transformer.transformer_blocks.0.attn.to_q"] == pytest.approx(2.0 / 6)  # rank 3 × 2
     bf16 = write_flux_community(
         tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16
     )
-    application = _apply(tiny_flux, bf16)
-    assert application.tensors_applied == application.tensors and not application.scale_mismatches
-    assert application.scale == pytest.approx(0.75, rel=1e-3)
-    tiny_flux.delete_adapters("under-test")
+    with applied(tiny_flux, bf16) as application:
+        assert application.tensors_applied == application.tensors and not application.scale_mismatches
+        assert application.scale == pytest.approx(0.75, rel=1e-3)
 
 
 def _edited(path, out, edit):
@@ -104,16 +110,14 @@ def test_xlabs_keys_under_diffusion_model_and_a_module_with_a_zero_update_are_pr
         tmp_path / "prefixed.safetensors",
         lambda t: t.update({f"diffusion_model.{k}": t.pop(k) for k in list(t)}),
     )
-    application = _apply(tiny_flux, prefixed)
-    assert application.format == "xlabs-flux" and application.tensors_applied == application.tensors == 12
-    tiny_flux.delete_adapters("under-test")
+    with applied(tiny_flux, prefixed) as application:
+        assert application.format == "xlabs-flux" and application.tensors_applied == application.tensors == 12
     qkv = "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"
     zero = _edited(
         community["kohya"], tmp_path / "zero.safetensors", lambda t: t.update({qkv: torch.zeros_like(t[qkv])})
     )
-    application = _apply(tiny_flux, zero)
-    assert application.tensors_applied == application.tensors and not application.scale_mismatches
-    tiny_flux.delete_adapters("under-test")
+    with applied(tiny_flux, zero) as application:
+        assert application.tensors_applied == application.tensors and not application.scale_mismatches
 
 
 def test_the_final_modulation_swaps_halves_as_diffusers_does():
@@ -167,13 +171,11 @@ def test_a_fused_module_with_rows_that_do_not_split_into_its_layers_is_named(
         community["kohya"], tmp_path / "rows.safetensors", lambda t: t.update({QKV_UP: t[QKV_UP][:rows].contiguous()})
     )
     try:
-        application = _apply(tiny_flux, path)
+        with applied(tiny_flux, path) as application:
+            message = " ".join(file_defects(path, application))
+            assert application.tensors_applied == application.tensors - 2  # the module's down does not land alone
     except AdapterLoadError as error:
         message = str(error)
-    else:
-        message = " ".join(file_defects(path, application))
-        assert application.tensors_applied == application.tensors - 2  # the module's down does not land alone
-        tiny_flux.delete_adapters("under-test")
     assert wanted in message and str(path) in message
 
 
@@ -187,7 +189,8 @@ def test_t5_keys_diffusers_drops_are_refused_naming_them(tiny_flux, community, t
         lambda t: t.update({f"{t5}.lora_down.weight": torch.ones(4, 32), f"{t5}.lora_up.weight": torch.ones(32, 4)}),
     )
     with pytest.raises(AdapterLoadError, match=f"2 tensors that diffusers' Flux loader does not apply, first {t5}"):
-        _apply(tiny_flux, path)
+        with applied(tiny_flux, path):
+            pass
 
 
 def test_a_bf16_file_whose_scale_lands_two_percent_off_fails(tiny_flux, tmp_path, monkeypatch):
@@ -202,10 +205,11 @@ def test_a_bf16_file_whose_scale_lands_two_percent_off_fails(tiny_flux, tmp_path
     path = write_flux_community(
         tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16
     )
-    application = _apply(tiny_flux, path)
-    assert application.tensors_applied == application.tensors  # proportional: values right, scale wrong
-    assert application.scale_mismatches and application.scale_mismatches[0][2] == pytest.approx(0.75 * 1.02, rel=1e-3)
-    tiny_flux.delete_adapters("under-test")
+    with applied(tiny_flux, path) as application:
+        assert application.tensors_applied == application.tensors  # proportional: values right, scale wrong
+        assert application.scale_mismatches and application.scale_mismatches[0][2] == pytest.approx(
+            0.75 * 1.02, rel=1e-3
+        )
 
 
 def _dropping_alpha(convert):
@@ -277,15 +281,15 @@ def test_a_single_stream_block_at_flux1_widths_is_proven_including_linear1(tmp_p
         path = write_flux_community(
             pipeline, tmp_path / f"{layout}.safetensors", layout, text_encoder=layout == "kohya"
         )
-        application = _apply(pipeline, path)
-        assert application.family == "Flux"
-        assert application.tensors_applied == application.tensors == (2 * (3 + 8) if layout == "kohya" else 2 * 2)
-        assert not application.scale_mismatches
-        assert (
-            "transformer.single_transformer_blocks.0.attn.to_q+to_k+to_v" + ("+proj_mlp" if layout == "kohya" else "")
-            in application.factors
-        )
-        pipeline.delete_adapters("under-test")
+        with applied(pipeline, path) as application:
+            assert application.family == "Flux"
+            assert application.tensors_applied == application.tensors == (2 * (3 + 8) if layout == "kohya" else 2 * 2)
+            assert not application.scale_mismatches
+            assert (
+                "transformer.single_transformer_blocks.0.attn.to_q+to_k+to_v"
+                + ("+proj_mlp" if layout == "kohya" else "")
+                in application.factors
+            )
 
 
 def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, community):

@@ -129,7 +129,8 @@ def test_every_layout_passes_and_results_json_keeps_its_schema(pytester, write_l
     result.stdout.fnmatch_lines(["*lora-harness*", "check*wiring*frozen_base*param_budget*pixel_diff*"])
     document = results(pytester)
     assert document["schema"] == 1 and document["harness_version"]
-    assert set(document["base"]) >= {"model", "family", "fingerprint", "unet_params"}
+    assert set(document["base"]) >= {"model", "family", "fingerprint", "unet_params", "denoiser_params"}
+    assert document["base"]["denoiser_params"] == document["base"]["unet_params"]
     assert document["base"]["unet_params"] == 792_964
     assert document["settings"]["render_steps"] == 2 and document["settings"]["diff_floor"] == 0.5
     assert document["unet_forward_passes"] > 0

@@ -27,7 +27,7 @@ class BaseModel:
     model: str  # as the user named it
     family: str
     signature: Signature
-    unet_params: int  # the denoiser's (U-Net or transformer); the name is results.json's contract
+    denoiser_params: int  # the U-Net's or transformer's parameters
     native_size: int
     guidance_scale: float | None  # the pipeline's own default, used for every render (None: it has none)
     dtype: str  # what the denoiser computes in, as loaded
@@ -38,7 +38,8 @@ class BaseModel:
             "model": self.model,
             "family": self.family,
             "fingerprint": fingerprint,
-            "unet_params": self.unet_params,
+            "unet_params": self.denoiser_params,  # results.json's first name for it, kept for the scripts that read it
+            "denoiser_params": self.denoiser_params,
             "guidance_scale": self.guidance_scale,
             "dtype": self.dtype,
             "single_file": self.single_file,
@@ -149,7 +150,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
         model=config.base_model,
         family=EMBEDDED_TWINS[config.base_model].label if config.base_path is None else signature.family,
         signature=signature,
-        unet_params=sum(p.numel() for p in denoiser.parameters()),
+        denoiser_params=sum(p.numel() for p in denoiser.parameters()),
         native_size=native_size,
         guidance_scale=default_guidance(pipeline),
         dtype=str(denoiser.dtype).removeprefix("torch."),

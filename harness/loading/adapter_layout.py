@@ -27,6 +27,7 @@ from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, Fam
 from lora_harness.loading.converted_lokr import FUSED_QKV, is_kronecker, trace_kronecker
 from lora_harness.loading.flux_layouts import LAYOUTS as FLUX_LAYOUTS
 from lora_harness.loading.flux_layouts import FluxModule, convert, flux_layout, flux_modules
+from lora_harness.loading.kohya_names import DIFFUSERS_BLOCKS, KOHYA_COMPONENTS, SGM_BLOCKS
 from lora_harness.loading.lycoris import declared_rank, is_lycoris_file, lycoris_kind
 from lora_harness.loading.traced_conversion import BIAS_DIFFERENCE, trace
 from lora_harness.loading.unapplied_kinds import unapplied_kind
@@ -164,7 +165,7 @@ def detect_format(adapter: AdapterFile, trainer_layouts: bool = False) -> str:
             )
     if adapter.adapter_config is not None and all(k.startswith("base_model.model.") for k in keys):
         return PEFT_FOLDER
-    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+    if all(k.startswith(tuple(KOHYA_COMPONENTS)) for k in keys):
         return KOHYA
     if any(".processor." in k and "_lora." in k for k in keys):
         return ATTN_PROCS
@@ -563,10 +564,6 @@ def _saved_module(parameter: str, names: list[str]) -> str | None:
         if any(module == name or module.endswith(f".{name}") for name in names):
             return module
     return None
-
-
-SGM_BLOCKS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
-DIFFUSERS_BLOCKS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
 
 
 def _refuse_mixed_block_names(adapter: AdapterFile) -> None:

@@ -13,21 +13,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lora_harness.bases.families import denoiser_component
 from lora_harness.bases.parameter_names import unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
+from lora_harness.loading.kohya_names import KOHYA_COMPONENTS, SGM_BLOCKS
 
-KOHYA_COMPONENTS = {
-    "lora_unet_": "unet",
-    "lora_te_": "text_encoder",
-    "lora_te1_": "text_encoder",
-    "lora_te2_": "text_encoder_2",
-}
 OWN_PREFIX = "lycoris_"  # LyCORIS's wrapper names the modules of the one model it wrapped: the denoiser
-KOHYA = "lycoris"  # results.json `format` of a LyCORIS file in Kohya's naming
+KOHYA_NAMED = "lycoris"  # results.json `format` of a LyCORIS file in Kohya's naming
 PREFIXED = "lycoris-prefixed"  # and with LyCORIS's own prefix
 LORA_ROLES = {"lora_up.weight", "lora_down.weight", "alpha", "dora_scale"}  # a Kohya LoRA's: diffusers applies those
-SGM_BLOCKS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
 # The field's names for LyCORIS's module classes (`--network_args algo=…`).
 ALGO_NAMES = {
     "LoConModule": "LoCon",
@@ -326,7 +321,7 @@ def _layers_by_file_name(pipeline, prefixed: bool) -> dict[str, tuple[str, str, 
     name: a module another adapter wrapped is found as its innermost base layer, under its own name."""
 
     if prefixed:
-        component = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+        component = denoiser_component(pipeline)
         prefixes = {OWN_PREFIX: component}
     else:
         prefixes = KOHYA_COMPONENTS

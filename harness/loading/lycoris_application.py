@@ -9,7 +9,7 @@ from lora_harness.bases.families import Signature
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.application import Application, describe_unmatched, most_common, same_values, tensor_facts
 from lora_harness.loading.lycoris import (
-    KOHYA,
+    KOHYA_NAMED,
     OWN_PREFIX,
     PREFIXED,
     LycorisFactors,
@@ -65,7 +65,7 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
     kinds = sorted(set(built.algos.values()))
     return Application(
         adapter_name=adapter_name,
-        format=PREFIXED if all(k.startswith(OWN_PREFIX) for k in adapter.tensors) else KOHYA,
+        format=PREFIXED if all(k.startswith(OWN_PREFIX) for k in adapter.tensors) else KOHYA_NAMED,
         family=base_signature.family,
         **tensor_facts(adapter, tensor_keys),
         tensors_applied=applied,

@@ -16,7 +16,7 @@ from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 
 
 @dataclass(frozen=True)
-class Rendered:
+class RenderTarget:
     """What is rendered: the base (slot None) or the adapter in `slot`, and what identifies its pixels."""
 
     slot: str | None
@@ -49,7 +49,7 @@ class RenderService:
         self._images: dict[tuple, CachedRender] = {}  # (slot, scale, prompt, seed) -> one render
         self._base_again: RenderSet | None = None
 
-    def renders(self, target: Rendered, scale: float, prompts: tuple[str, ...]) -> RenderSet:
+    def renders(self, target: RenderTarget, scale: float, prompts: tuple[str, ...]) -> RenderSet:
         """Renders of `prompts` x the seeds. A state's first request renders every prompt any selected check wants
         of it, in one go."""
         jobs = self.plan.jobs_for(prompts)
@@ -61,7 +61,7 @@ class RenderService:
     def base_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs, never from a cache."""
         if self._base_again is None:
-            self.renders(Rendered(None), 1.0, self.plan.prompts)
+            self.renders(RenderTarget(None), 1.0, self.plan.prompts)
             what = "the base again (determinism control)"
             self._base_again = self.render(what, None, 1.0, self.plan.jobs)
         return self._base_again
@@ -70,12 +70,12 @@ class RenderService:
         """An unloaded adapter's renders leave memory (the disk cache keeps them)."""
         self._images = {key: value for key, value in self._images.items() if key[0] != slot}
 
-    def _planned_prompt_sets(self, target: Rendered, scale: float) -> list[str]:
+    def _planned_prompt_sets(self, target: RenderTarget, scale: float) -> list[str]:
         if target.slot is None:
             return self.needs.prompt_sets(BASE)
         return self.needs.prompt_sets(ADAPTED if scale == 1.0 else AT_ZERO, target.role)
 
-    def _fill(self, target: Rendered, scale: float, jobs: list[tuple[str, int]]) -> None:
+    def _fill(self, target: RenderTarget, scale: float, jobs: list[tuple[str, int]]) -> None:
         slot = target.slot
         missing = [job for job in jobs if (slot, scale, *job) not in self._images]
         cache = self.cache
@@ -108,7 +108,7 @@ class RenderService:
             supplied = self.render_hook(slot=slot, scale=scale, jobs=jobs, watch=watch, on_step=advance)
             return supplied if supplied is not None else self.renderer.render(slot, scale, jobs, watch, advance)
 
-    def _cache_key(self, target: Rendered, scale: float, prompt: str, seed: int) -> RenderKey:
+    def _cache_key(self, target: RenderTarget, scale: float, prompt: str, seed: int) -> RenderKey:
         return RenderKey(adapter_sha256=target.identity, scale=scale, prompt=prompt, seed=seed, **self.identity)
 
 

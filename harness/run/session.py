@@ -24,7 +24,7 @@ from lora_harness.loading.injection import apply_adapter, remove_adapter
 from lora_harness.rendering.progress import Progress
 from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds
-from lora_harness.rendering.render_service import Rendered, RenderService
+from lora_harness.rendering.render_service import RenderService, RenderTarget
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.check_policy import CheckPolicy
 from lora_harness.verdicts.clip_model import clip_spec
@@ -431,15 +431,15 @@ class HarnessSession:
         self.start()
         prompts = self.plan.prompts if prompts is None else tuple(prompts)
         if adapter is None:
-            return self.rendering.renders(Rendered(None), 1.0, prompts)
+            return self.rendering.renders(RenderTarget(None), 1.0, prompts)
         return self.rendering.renders(self._rendered(adapter), scale, prompts)
 
-    def _rendered(self, adapter: LoadedAdapter) -> Rendered:
+    def _rendered(self, adapter: LoadedAdapter) -> RenderTarget:
         spec = adapter.spec
         # a PEFT folder's adapter_config.json (alpha, targets) decides pixels too
         config = adapter.record.get("metadata", {}).get("adapter_config")
         config_digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest() if config else ""
-        return Rendered(
+        return RenderTarget(
             slot=spec.slot,
             name=spec.name,
             role="control" if spec == CONTROL else "reference" if spec.is_reference else "adapter",

@@ -75,6 +75,7 @@ __all__ = [
     "block_of",
     "claimed_lineage",
     "default_guidance",
+    "denoiser_component",
     "denoiser_of",
     "family_of_pipeline",
     "is_denoiser",
@@ -138,13 +139,14 @@ def is_denoiser(component: str) -> bool:
     return component in DENOISER_COMPONENTS + SECOND_EXPERTS
 
 
+def denoiser_component(pipeline) -> str:
+    """The pipeline attribute holding its denoiser ("unet", "transformer")."""
+    return next(component for component in DENOISER_COMPONENTS if getattr(pipeline, component, None) is not None)
+
+
 def denoiser_of(pipeline):
     """The pipeline's denoiser (U-Net or transformer)."""
-    return next(
-        getattr(pipeline, component)
-        for component in DENOISER_COMPONENTS
-        if getattr(pipeline, component, None) is not None
-    )
+    return getattr(pipeline, denoiser_component(pipeline))
 
 
 def pipeline_signature(pipeline) -> Signature:
