@@ -126,6 +126,9 @@ def same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
     return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
 
 
+DROPPED = "nothing: the base's loader applies none of it"  # where a key the loader drops is said to land
+
+
 def describe_unmatched(unmatched, shape_mismatches, refused=(), shown: int = 3) -> str:
     parts = []
     if unmatched:
@@ -143,6 +146,11 @@ def describe_unmatched(unmatched, shape_mismatches, refused=(), shown: int = 3) 
     if refused:
         key, why = refused[0]
         parts.append(f"{len(refused)} tensors whose module LyCORIS could not build, first {key}: {why}")
+    if unmatched and all(module == DROPPED for _, module, _ in unmatched) and not (shape_mismatches or refused):
+        return "; ".join(parts) + (
+            "; the base's own loader drops them (diffusers logs them and goes on), and lora-harness will not check a "
+            "partial load: export the adapter without them"
+        )
     return "; ".join(parts) + "; check that the adapter was trained for this base"
 
 

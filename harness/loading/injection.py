@@ -22,6 +22,7 @@ from lora_harness.loading.adapter_layout import (
     onto_expert,
 )
 from lora_harness.loading.application import (
+    DROPPED,
     Application,
     describe_unmatched,
     most_common,
@@ -175,7 +176,7 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     if normalized.kind == "LoKr":
         shape_mismatches += _kronecker_mismatches(pipeline, normalized, accepted)
         accepted -= {key for key, *_ in shape_mismatches}
-    unmatched += [(key, "nothing: the base's loader applies none of it", []) for key in normalized.untraced]
+    unmatched += [(key, DROPPED, []) for key in normalized.untraced]
     return accepted, unmatched, shape_mismatches
 
 
