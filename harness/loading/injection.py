@@ -183,14 +183,14 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
 def _kronecker_mismatches(pipeline, normalized: NormalizedAdapter, accepted: set[str]) -> list[tuple]:
     """A LoKr module's kron(w1, w2) must have its linear layer's shape; every factor of one that does not is refused."""
     mismatches = []
-    for name, roles in _roles_by_module(normalized).items():
+    for name, by_role in _keys_by_module(normalized).items():
         component, path = name.split(".", 1)
         layer = _find_module(getattr(pipeline, component, None), path)
-        keys = [key for key, target in normalized.targets.items() if target.qualified_module == name]
+        keys = list(by_role.values())
         if layer is None or not set(keys) <= accepted:
             continue
         wanted = (layer.out_features, layer.in_features) if isinstance(layer, torch.nn.Linear) else None
-        shape = kronecker_shape(roles)
+        shape = kronecker_shape({role: normalized.tensors[key] for role, key in by_role.items()})
         if shape != wanted:
             mismatches += [(key, wanted, shape) for key in keys]
     return mismatches
@@ -244,27 +244,27 @@ def _signature(normalized: NormalizedAdapter, base: Signature) -> Signature | No
     """The family the adapter's denoiser keys were made for, from the width its width-reading modules take (a
     U-Net's cross-attention keys read the text width, which tells SD1.x from SD2.x and SDXL; a transformer's
     queries its inner width)."""
-    roles: dict[Target, torch.Tensor] = {target: normalized.tensors[key] for key, target in normalized.targets.items()}
+    targets = normalized.targets.values()
+    modules = _roles_by_module(normalized)
     widths = Counter()
-    for target in roles:
+    for target in targets:
         reads_width = target.module.endswith(WIDTH_MODULES.get(target.component, ()))
-        width = _input_width(target, roles) if reads_width else None
+        width = _input_width(target, modules[target.qualified_module]) if reads_width else None
         if width is not None:
             widths[(target.component, width)] += 1
     if not widths:
         return None
     component, width = widths.most_common(1)[0][0]
-    return keys_signature(component, width, [t.module for t in roles if t.component == component], base)
+    return keys_signature(component, width, [t.module for t in targets if t.component == component], base)
 
 
-def _input_width(target: Target, roles: dict[Target, torch.Tensor]) -> int | None:
-    """The input width a module's adapter tensors read, counted once per module (at its down matrix, a LoKr
-    module's at w1: kron(w1, w2)'s columns)."""
+def _input_width(target: Target, roles: dict[str, torch.Tensor]) -> int | None:
+    """The input width a module's adapter tensors (`roles`, by role) read, counted once per module (at its down
+    matrix, a LoKr module's at w1: kron(w1, w2)'s columns)."""
     if target.role == "lora_A":
-        return int(roles[target].shape[1])
+        return int(roles["lora_A"].shape[1])
     if target.role in BAKED:
-        factors = {t.role: tensor for t, tensor in roles.items() if t.qualified_module == target.qualified_module}
-        return kronecker_shape(factors)[1]
+        return kronecker_shape(roles)[1]
     return None
 
 
@@ -409,9 +409,9 @@ def _prove_kronecker(normalized: NormalizedAdapter, layers: dict, adapter_name: 
     alpha / rank, in proportion; that proportion times the layer's own scaling is the scale applied. weight_health
     reads each module's factors as the file stores them, at the scale it declares."""
     applied, mismatches, measured, factors = 0, [], {}, {}
-    for name, roles in _roles_by_module(normalized).items():
+    for name, keys in _keys_by_module(normalized).items():
         layer = layers.get(name)
-        keys = {target.role: key for key, target in normalized.targets.items() if target.qualified_module == name}
+        roles = {role: normalized.tensors[key] for role, key in keys.items()}
         factor = 1.0
         for role, in_file in roles.items():
             landed = _landed(layer, role, adapter_name) if layer is not None else None
@@ -500,12 +500,20 @@ def _rewrite_tolerance(normalized: NormalizedAdapter, layer_dtypes: set[torch.dt
     return max(1e-5, max(torch.finfo(dtype).eps for dtype in dtypes))
 
 
-def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
-    """The file's tensors per "component.module", by role (lora_A, hada_w1_a, ...)."""
-    modules: dict[str, dict[str, torch.Tensor]] = {}
+def _keys_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, str]]:
+    """The file's keys per "component.module", by role (lora_A, lokr_w1, ...)."""
+    modules: dict[str, dict[str, str]] = {}
     for key, target in normalized.targets.items():
-        modules.setdefault(target.qualified_module, {})[target.role] = normalized.tensors[key]
+        modules.setdefault(target.qualified_module, {})[target.role] = key
     return modules
+
+
+def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
+    """The file's tensors per "component.module", by role."""
+    return {
+        module: {role: normalized.tensors[key] for role, key in keys.items()}
+        for module, keys in _keys_by_module(normalized).items()
+    }
 
 
 def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:

@@ -100,9 +100,9 @@ def load_clip(
     hf-hub:ORG/REPO (an open_clip model repository) or none. Only the embedded default base (`tiny`) gets the
     self-test CLIP, which runs the quality checks' code offline; on the other tiny bases, built to test the families'
     mechanics, its verdicts would gate on noise. Raises ClipUnavailable where the CLIP named cannot be fetched or read."""
-    spec = clip_spec(given, real_base)
     if given == OFF:
         return None, "--clip-model none: no CLIP, so no CLIP verdict"
+    spec = clip_spec(given, real_base)
     if spec is None:
         if embedded_default:
             return tiny_clip(), ""

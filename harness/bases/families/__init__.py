@@ -139,9 +139,9 @@ def is_denoiser(component: str) -> bool:
     return component in DENOISER_COMPONENTS + SECOND_EXPERTS
 
 
-def denoiser_component(pipeline) -> str:
-    """The pipeline attribute holding its denoiser ("unet", "transformer")."""
-    return next(component for component in DENOISER_COMPONENTS if getattr(pipeline, component, None) is not None)
+def denoiser_component(pipeline) -> str | None:
+    """The pipeline attribute holding its denoiser ("unet", "transformer"), as a made family finds it too."""
+    return generic.denoiser_component(pipeline)
 
 
 def denoiser_of(pipeline):

@@ -80,6 +80,7 @@ def family_for(pipeline, known: tuple[Family, ...]) -> Family | None:
 
 
 def denoiser_component(pipeline) -> str | None:
+    """The attribute holding the pipeline's denoiser; None for a pipeline without one."""
     return next((c for c in DENOISERS if isinstance(getattr(pipeline, c, None), torch.nn.Module)), None)
 
 
