@@ -152,9 +152,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         (
             "--inception-weights",
             "inception_weights",
-            "FILE",
+            "WEIGHTS",
             "",
-            "fid/kid: Inception v3 weights (torch-fidelity's, as .safetensors) for features. Default: the CLIP's features.",
+            "fid/kid: the Inception v3 to embed with: torch-fidelity (its published weights, fetched on first use), "
+            "a URL or a local .pth/.safetensors of them, or none (the CLIP's features). Default: torch-fidelity on a "
+            "real base, the CLIP's features on an embedded one.",
         ),
         (
             "--train-images",

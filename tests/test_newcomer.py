@@ -16,7 +16,7 @@ from tests.expectations import CHECKS, expected_status
 
 REPO = Path(__file__).resolve().parents[1]
 # The `[test]` extra's packages: nothing a run of the plugin loads may import one.
-TEST_ONLY = ("hypothesis", "xdist", "pytest_html", "playwright", "junitparser", "torch_fidelity")
+TEST_ONLY = ("hypothesis", "xdist", "pytest_html", "playwright", "junitparser")
 MECHANICAL = ("wiring", "frozen_base", "param_budget", "pixel_diff")
 
 

@@ -329,6 +329,61 @@ def test_a_good_adapter_passes_the_mechanical_checks_on_a_single_file_base(pytes
     assert document["settings"]["dtype_choice"] == "--dtype auto on cpu: float32; the base is stored in float16"
 
 
+@pytest.fixture
+def local_hub_in_process(monkeypatch, tmp_path):
+    """Points this process's huggingface_hub at a local Hub (its endpoint and cache are read at import, so the
+    constants are set, not the environment) and returns a function that serves repositories there."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import LocalHub
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+    def serve(repos):
+        hub = LocalHub(repos)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        return hub
+
+    return serve
+
+
+def test_a_single_file_on_the_hub_is_fetched_by_its_url_then_read_offline(pytester, narrow_sd1, local_hub_in_process):
+    """The URL diffusers' `from_single_file` takes (https://huggingface.co/ORG/REPO/blob/main/FILE) is fetched into
+    the Hugging Face cache; offline, the cache alone serves it; a pickle's URL is refused before any download."""
+    checkpoint, pipeline = narrow_sd1
+    repo = pytester.path / "repo"
+    (repo / "unet").mkdir(parents=True)
+    (repo / "unet" / "sd1.safetensors").write_bytes(checkpoint.read_bytes())
+    adapter = kohya_adapter(pipeline, pytester.path / "style.safetensors")
+    url = "https://huggingface.co/org/sd1-single/blob/main/unet/sd1.safetensors"
+    with local_hub_in_process({"org/sd1-single": repo}) as hub:
+        result = pytester.runpytest_inprocess("--adapter", adapter, "--base-model", url, *FAST, *MECHANICAL)
+        result.assert_outcomes(passed=5)
+        assert ("GET", "/org/sd1-single/resolve/main/unet/sd1.safetensors") in hub.requests
+        refused = pytester.runpytest_inprocess(
+            "--adapter", adapter, "--base-model", url.replace(".safetensors", ".ckpt")
+        )
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        refused.stderr.fnmatch_lines(["*sd1.ckpt is not a .safetensors file; lora-harness never unpickles*"])
+        served = len(hub.requests)
+    single = results(pytester)["base"]["single_file"]
+    assert single["family"] == "SD1.x" and single["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert "hf-cache" in single["path"]
+
+    result = pytester.runpytest_inprocess("--adapter", adapter, "--base-model", url, "--offline", *FAST, *MECHANICAL)
+    result.assert_outcomes(passed=5)
+    assert len(hub.requests) == served
+    other = "https://huggingface.co/org/other/blob/main/sd1.safetensors"
+    result = pytester.runpytest_inprocess("--adapter", adapter, "--base-model", other, "--offline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*not in the local Hugging Face cache, and the run is offline*`hf download org/other sd1.safetensors`*"]
+    )
+
+
 def release_metadata_run(pytester, checkpoint, adapter):
     result = pytester.runpytest_inprocess(
         "--adapter", adapter, "--base-model", checkpoint, *FAST, "-k", "release_metadata"

@@ -1,15 +1,18 @@
-"""Where `--base-model` points: an embedded tiny twin, a local diffusers folder, a single-file checkpoint or a hub id
-(fetched as diffusers fetches it, or from the local cache alone when offline); a folder's pipeline class is checked
-against the family registry before any model loads."""
+"""Where `--base-model` points: an embedded tiny twin, a local diffusers folder, a single-file checkpoint (local, or a
+Hub URL as `from_single_file` takes one) or a hub id (fetched as diffusers fetches it, or from the local cache alone
+when offline); a folder's pipeline class is checked against the family registry before any model loads."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from diffusers.loaders.single_file_utils import _extract_repo_id_and_weights_name, is_valid_url
+
 from lora_harness.bases.families import DENOISER_COMPONENTS, EMBEDDED_BASES, supported_pipelines
 from lora_harness.bases.families.generic import SCALE_KEYWORDS
-from lora_harness.bases.single_file import inspect_single_file
+from lora_harness.bases.hub_file import HubFileNotCached, HubFileUnavailable, hub_file
+from lora_harness.bases.single_file import SAFETENSORS_SUFFIX, inspect_single_file
 from lora_harness.config.config import ConfigError
 
 EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
@@ -21,6 +24,10 @@ def resolve_base(base_model: str, offline: bool = False) -> Path | None:
     use unless `offline`."""
     if base_model in EMBEDDED_BASES:
         return None
+    if is_valid_url(base_model):
+        path = _hub_single_file(base_model, offline)
+        inspect_single_file(base_model, path)
+        return path
     path = Path(base_model).expanduser()
     if path.is_file():
         inspect_single_file(base_model, path)
@@ -38,6 +45,30 @@ def resolve_base(base_model: str, offline: bool = False) -> Path | None:
         path = _hub_snapshot(base_model, offline)
     _check_pipeline(base_model, path)
     return path
+
+
+def _hub_single_file(url: str, offline: bool) -> Path:
+    """A single-file checkpoint on the Hub (`https://huggingface.co/ORG/REPO/blob/main/FILE.safetensors`, the URL
+    diffusers' `from_single_file` takes), fetched into the Hugging Face cache; safetensors only."""
+    repo_id, filename = _extract_repo_id_and_weights_name(url)
+    if filename is None:
+        raise ConfigError(
+            f"--base-model {url}: not the URL of a file on the Hub; pass https://huggingface.co/ORG/REPO/blob/main/FILE"
+        )
+    if Path(filename).suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ConfigError(
+            f"--base-model {url}: {Path(filename).name} is not a .safetensors file; lora-harness never unpickles a "
+            "checkpoint (unpickling can run arbitrary code): use the repository's .safetensors file"
+        )
+    try:
+        return hub_file(repo_id, filename, offline)
+    except HubFileNotCached as missing:
+        raise ConfigError(
+            f"--base-model {url}: not in the local Hugging Face cache, and the run is offline: fetch it once "
+            f"({missing.fetch}), or pass a local file"
+        ) from None
+    except HubFileUnavailable as error:
+        raise ConfigError(f"--base-model {url}: {error}") from None
 
 
 def _hub_snapshot(repo_id: str, offline: bool) -> Path:

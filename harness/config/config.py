@@ -70,7 +70,7 @@ class HarnessConfig:
     compare_to: Path | None = None
     compare_tolerances: dict = dataclasses.field(default_factory=dict)
     render_cache: Path | None = None  # None: no render cache
-    inception_weights: Path | None = None  # safetensors of torch-fidelity's Inception v3, for fid and kid
+    inception_weights: str | None = None  # --inception-weights, checked: none, torch-fidelity, a URL or a local path
     dtype: str = "float32"  # what the base and every adapter's layers compute in, as --dtype resolved it
     dtype_choice: str = ""  # why: what --dtype said and what the base is stored in
     offline: bool = False  # --offline (ini lora_offline): a hub id from the local cache alone
@@ -109,7 +109,7 @@ class HarnessConfig:
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
         settings["report_dir"] = str(self.report_dir)
-        settings["inception_weights"] = str(self.inception_weights) if self.inception_weights else None
+        settings["inception_weights"] = self.inception_weights
         settings["render_cache"] = str(self.render_cache) if self.render_cache else None
         settings["compare_to"] = str(self.compare_to) if self.compare_to else None
         settings["heldout_prompts"] = list(self.heldout_prompts)

@@ -11,6 +11,12 @@ from collections.abc import Callable, Iterator
 class Progress:
     """Silent: what a session gets outside pytest, and under `-q` or xdist."""
 
+    visible = False  # whether other libraries' progress bars (downloads) should draw theirs
+
+    def shown(self) -> contextlib.AbstractContextManager:
+        """A context in which what others write to the terminal reaches it (pytest captures it otherwise)."""
+        return contextlib.nullcontext()
+
     def line(self, text: str) -> None:
         pass
 
@@ -22,10 +28,12 @@ class Progress:
 class TerminalProgress(Progress):
     """Writes past pytest's output capture: progress is for the person watching the run."""
 
+    visible = True
+
     def __init__(self, config):
         self.config = config
 
-    def _capture_off(self):
+    def shown(self):
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         return capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
 
@@ -35,7 +43,7 @@ class TerminalProgress(Progress):
             return
         from lora_harness.reports.terminal import visible
 
-        with self._capture_off():
+        with self.shown():
             reporter.write_line(f"[lora-harness] {visible(text)}")  # adapter names come from strangers' files
 
     @contextlib.contextmanager
@@ -48,7 +56,7 @@ class TerminalProgress(Progress):
         if reporter is None:
             yield lambda: None
             return
-        with self._capture_off():
+        with self.shown():
             reporter.ensure_newline()
             shown = f"[lora-harness] {visible(description)}"
             with tqdm(total=total, desc=shown, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None) as bar:

@@ -28,6 +28,7 @@ from lora_harness.rendering.render_service import RenderService, RenderTarget
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.check_policy import CheckPolicy
 from lora_harness.verdicts.clip_model import clip_spec
+from lora_harness.verdicts.inception import inception_spec
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
@@ -214,7 +215,7 @@ class HarnessSession:
     def _needs(self) -> RenderNeeds:
         """What the checks collected ask to be rendered, and whether the controls run."""
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
-        features = {INCEPTION} if self.config.inception_weights is not None else set()
+        features = {INCEPTION} if self.inception_spec is not None else set()
         # A CLIP is there when one is named, a real base brings the default one or the embedded base its self-test one
         # (one a pytest_lora_feature_model hook supplies on another base is used all the same; its renders are then
         # made when first asked for).
@@ -484,32 +485,40 @@ class HarnessSession:
         supplied = self.hook.pytest_lora_feature_model(harness=self, kind=CLIP)
         if supplied is not None:
             return supplied, ""
-        return load_clip(
-            self.config.clip_model,
-            embedded_default=self.config.base_model == EMBEDDED_DEFAULT,
-            real_base=self.config.base_path is not None,
-            offline=self.config.offline,
-        )
+        with self.progress.shown():  # a first use's download shows its progress
+            return load_clip(
+                self.config.clip_model,
+                embedded_default=self.config.base_model == EMBEDDED_DEFAULT,
+                real_base=self.config.base_path is not None,
+                offline=self.config.offline,
+            )
+
+    @property
+    def inception_spec(self) -> str | None:
+        return inception_spec(self.config.inception_weights, self.config.base_path is not None)
 
     @cached_property
     def inception(self):
-        """(InceptionFeatures, "") with --inception-weights, or (None, why its file cannot serve)."""
+        """(InceptionFeatures, "", None), or (None, why there is none, the status fid and kid then take: skipped
+        offline with the weights not cached, an error where they cannot be had or read)."""
         from lora_harness.config.config import ConfigError
-        from lora_harness.verdicts.inception import InceptionFeatures
+        from lora_harness.verdicts.inception import InceptionNotCached, load_inception
 
         supplied = self.hook.pytest_lora_feature_model(harness=self, kind=INCEPTION)
         if supplied is not None:
-            return supplied, ""
+            return supplied, "", None
         try:
-            return InceptionFeatures(self.config.inception_weights), ""
+            return load_inception(self.inception_spec, self.config.offline, self.progress), "", None
+        except InceptionNotCached as missing:
+            return None, str(missing), SKIPPED
         except ConfigError as error:
-            return None, str(error)
+            return None, str(error), ERROR
 
     def distance_features(self, check: str):
-        """(features model, why not, status if none) for fid, kid, cmmd: Inception for fid and kid when given,
-        else the CLIP's image features; cmmd is defined on CLIP embeddings."""
-        if check != "cmmd" and self.config.inception_weights is not None:
-            return (*self.inception, ERROR)
+        """(features model, why not, status if none) for fid, kid, cmmd: Inception for fid and kid (on a real base
+        by default), else the CLIP's image features; cmmd is defined on CLIP embeddings."""
+        if check != "cmmd" and self.inception_spec is not None:
+            return self.inception
         return (*self.clip, SKIPPED)
 
     @cached_property

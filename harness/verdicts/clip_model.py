@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lora_harness.bases.hub_file import HubFileAbsent, HubFileNotCached, HubFileUnavailable, hub_file
 from lora_harness.verdicts.results import ERROR, SKIPPED, CheckResult
 
 SELF_TEST = "self-test model: the value carries no meaning about image quality"
@@ -169,33 +170,20 @@ def _pretrained_file(spec: str, pretrained: dict, offline: bool) -> Path:
 
 
 def _hub_file(spec: str, repo: str, filename: str, offline: bool) -> Path:
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = offline or constants.HF_HUB_OFFLINE
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        if offline:
-            raise _NotCached(
-                f"the CLIP {spec} is not in the local Hugging Face cache and the run is offline: fetch it once "
-                f"(`hf download {repo} {filename}`) or pass --clip-model none"
-            ) from None
-        raise ClipUnavailable(
-            f"--clip-model {spec}: could not reach {constants.ENDPOINT} to fetch {repo}/{filename}"
+        return hub_file(repo, filename, offline)
+    except HubFileNotCached as missing:
+        raise _NotCached(
+            f"the CLIP {spec} is not in the local Hugging Face cache and the run is offline: fetch it once "
+            f"({missing.fetch}) or pass --clip-model none"
         ) from None
-    except RepositoryNotFoundError:
-        raise ClipUnavailable(f"--clip-model {spec}: no repository {repo} on {constants.ENDPOINT}") from None
-    except EntryNotFoundError:
+    except HubFileAbsent as error:
         raise ClipUnavailable(
-            f"--clip-model {spec}: {repo} holds no {filename}; its weights are pickles only, which lora-harness never "
-            "unpickles: pass a CLIP with safetensors weights, or ARCH:PATH with a checkpoint you converted"
+            f"--clip-model {spec}: {error}; its weights are pickles only, which lora-harness never unpickles: pass a "
+            "CLIP with safetensors weights, or ARCH:PATH with a checkpoint you converted"
         ) from None
-    except Exception as error:  # the Hub's client raises its HTTP library's own errors when it cannot connect
-        raise ClipUnavailable(
-            f"--clip-model {spec}: fetching {repo}/{filename} from {constants.ENDPOINT} failed ({type(error).__name__}: "
-            f"{error}); connect, or pass --offline with it cached"
-        ) from None
+    except HubFileUnavailable as error:
+        raise ClipUnavailable(f"--clip-model {spec}: {error}") from None
 
 
 def _hub_folder(spec: str, repo: str, offline: bool) -> Path:

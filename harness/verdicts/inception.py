@@ -1,52 +1,134 @@
 """Inception v3 features for fid and kid: the network FID is defined on, as torch-fidelity (and through it
-torchmetrics) computes it, with weights from a local safetensors file. Nothing is downloaded."""
+torchmetrics) computes it. Its published weights are fetched on first use into torch's hub cache, where
+torch-fidelity's own download keeps them, checked against the hash their name publishes (torch.hub's rule), and read
+without unpickling."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lora_harness.bases.hub_file import offline_now
 from lora_harness.config.config import ConfigError
+from lora_harness.torch_save_file import NotAStateDict, looks_like_torch_save, read_torch_tensors
 from lora_harness.verdicts.clip_model import encode_once
 
 FEATURES = "2048"  # the pool features FID and KID use
-CONVERT = (
-    "convert torch-fidelity's weights once with "
-    "`python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('weights-inception-2015-12-05-6726825d.pth', "
-    "weights_only=True), 'inception.safetensors')\"`"
+TORCH_FIDELITY = "torch-fidelity"  # the published weights torchmetrics' FID downloads
+OFF = "none"  # fid and kid on the CLIP's image features instead
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+FORMS = (
+    f"pass {TORCH_FIDELITY} (the published weights, fetched on first use), a URL or a local .pth or .safetensors "
+    f"file of them, or {OFF} (the CLIP's features)"
 )
 
 
-def check_inception_weights(value: str) -> Path:
-    """The --inception-weights file, checked before any model loads: a safetensors file and torch-fidelity present."""
-    path = Path(value).expanduser()
-    if path.suffix != ".safetensors":
-        raise ConfigError(
-            f"--inception-weights {value}: only .safetensors is read (no pickle is ever unpickled); {CONVERT}"
-        )
-    if not path.is_file():
-        raise ConfigError(f"--inception-weights {value}: no such file; {CONVERT}")
-    try:
-        import torch_fidelity  # noqa: F401 - torchmetrics' Inception comes from it
-    except ImportError:
-        raise ConfigError(
-            f"--inception-weights {value}: needs torch-fidelity, the Inception torchmetrics uses; "
-            "pip install 'lora-harness[inception]'"
-        ) from None
-    from safetensors import SafetensorError, safe_open
+class InceptionNotCached(Exception):
+    """Offline and the weights are not in the cache: fid and kid skip, the message naming how to fetch them."""
 
+
+def inception_spec(given: str | None, real_base: bool) -> str | None:
+    """The Inception weights fid and kid use: the ones --inception-weights names; on a real base torch-fidelity's
+    published ones (FID is defined on them); None for the CLIP's features (`none`, or an embedded tiny base, whose
+    distances are self-tests)."""
+    if given == OFF:
+        return None
+    return given or (TORCH_FIDELITY if real_base else None)
+
+
+def check_inception_weights(value: str) -> str:
+    """The --inception-weights value, checked before any model loads: `none`, `torch-fidelity`, a URL of a weights
+    file, or a local weights file (resolved) that begins as its format does."""
+    if value in (OFF, TORCH_FIDELITY):
+        return value
+    if urllib.parse.urlparse(value).scheme in ("http", "https"):
+        if not _file_name(value).endswith(WEIGHT_SUFFIXES):
+            raise ConfigError(f"--inception-weights {value}: a URL of a .pth or .safetensors file is fetched; {FORMS}")
+        return value
+    path = Path(value).expanduser()
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ConfigError(f"--inception-weights {value}: not a weights file; {FORMS}")
+    if not path.is_file():
+        raise ConfigError(f"--inception-weights {value}: no such file; {FORMS}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, "pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as error:
+            raise ConfigError(f"--inception-weights {value}: not a readable safetensors file ({error})") from None
+    elif not looks_like_torch_save(path):
+        raise ConfigError(f"--inception-weights {value}: not a torch.save file (its first bytes are neither format's)")
+    return str(path.resolve())
+
+
+def load_inception(spec: str, offline: bool, progress) -> InceptionFeatures:
+    """The features model of the weights `spec` names, fetched first where it is a URL (or torch-fidelity) not yet
+    in the cache. Raises InceptionNotCached offline, ConfigError where the weights cannot be had or are not
+    Inception's."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    url = URL_INCEPTION_V3 if spec == TORCH_FIDELITY else spec
+    path = _fetched(url, offline, progress) if urllib.parse.urlparse(url).scheme else Path(url)
+    return InceptionFeatures(path, source=spec)
+
+
+def _file_name(url: str) -> str:
+    return Path(urllib.parse.urlparse(url).path).name
+
+
+def _fetched(url: str, offline: bool, progress) -> Path:
+    """The cached copy of the weights at `url`, downloaded (with a progress bar) if absent."""
+    from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+
+    name = _file_name(url)
+    cached = Path(get_dir()) / "checkpoints" / name  # where torch.hub.load_state_dict_from_url keeps it
+    if cached.is_file():
+        return cached
+    fetch = f"`curl -L --create-dirs -o {cached} {url}`"
+    if offline_now(offline):
+        raise InceptionNotCached(
+            f"the Inception weights {name} are not in torch's cache and the run is offline: fetch them once ({fetch}) "
+            f"or pass --inception-weights {OFF}"
+        )
+    published = HASH_REGEX.search(name)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    progress.line(f"fetching the Inception v3 weights {name} into {cached.parent}")
     try:
-        with safe_open(path, "pt") as weights:
-            weights.keys()
-    except (SafetensorError, OSError) as error:
+        with progress.shown():
+            download_url_to_file(url, str(cached), published.group(1) if published else None, progress.visible)
+    except RuntimeError as error:  # torch.hub's hash check; the download is deleted
+        raise ConfigError(f"--inception-weights {url}: the download is not the published file ({error})") from None
+    except OSError as error:  # URLError and HTTPError are OSErrors
         raise ConfigError(
-            f"--inception-weights {value}: not a readable safetensors file ({error}); {CONVERT}"
+            f"--inception-weights {url}: fetching it failed ({type(error).__name__}: {error}); connect, fetch it "
+            f"once with {fetch}, or pass --inception-weights {OFF}"
         ) from None
-    return path.resolve()
+    return cached
+
+
+def _weights(path: Path, data: bytes, digest: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked against the hash its name publishes; never unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    from torch.hub import HASH_REGEX
+
+    published = HASH_REGEX.search(path.name)
+    if published and not digest.startswith(published.group(1)):
+        raise ConfigError(
+            f"--inception-weights {path}: its sha256 {digest[:12]}… is not the {published.group(1)} its name "
+            "publishes: a damaged or different file; delete it and fetch it again"
+        )
+    try:
+        return load(data) if path.suffix == ".safetensors" else read_torch_tensors(data)
+    except (SafetensorError, NotAStateDict) as error:
+        raise ConfigError(f"--inception-weights {path}: not a file of Inception v3 weights ({error})") from None
 
 
 class InceptionFeatures:
@@ -54,18 +136,15 @@ class InceptionFeatures:
 
     self_test = False
 
-    def __init__(self, path: Path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load
+    def __init__(self, path: Path, source: str | None = None):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         try:
             data = path.read_bytes()  # read once: the weights and their digest come from the same bytes
-            weights = load(data)
-        except (SafetensorError, OSError) as error:
-            raise ConfigError(
-                f"--inception-weights {path}: not a readable safetensors file ({error}); {CONVERT}"
-            ) from None
+        except OSError as error:
+            raise ConfigError(f"--inception-weights {path}: cannot be read ({error})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        weights = _weights(path, data, digest)
         # torch-fidelity reads weights only through torch.load: it gets bytes just written from those tensors,
         # so no file from outside is ever unpickled.
         buffer = io.BytesIO()
@@ -77,10 +156,10 @@ class InceptionFeatures:
             )
         except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
             raise ConfigError(
-                f"--inception-weights {path}: not torch-fidelity's Inception v3 weights ({error}); {CONVERT}"
+                f"--inception-weights {path}: not torch-fidelity's Inception v3 weights ({error})"
             ) from None
-        digest = hashlib.sha256(data).hexdigest()[:12]
-        self.label = f"Inception v3 pool features (torch-fidelity), weights {path.name} sha256 {digest}"
+        origin = f" ({source})" if source == TORCH_FIDELITY else ""
+        self.label = f"Inception v3 pool features (torch-fidelity), weights {path.name}{origin} sha256 {digest[:12]}"
         self._cache: dict[str, torch.Tensor] = {}
 
     def image_features(self, images: np.ndarray) -> torch.Tensor:
