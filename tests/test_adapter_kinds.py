@@ -5,9 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, records, results
 
 
 def test_a_kohya_dora_file_lands_whole_with_its_magnitudes(pytester, tmp_path):

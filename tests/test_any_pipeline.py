@@ -5,9 +5,7 @@ report says so."""
 
 import pytest
 
-from tests.test_families import MECHANICAL, wiring_failure
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import MECHANICAL, records, results, wiring_failure
 
 FAST = ("--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
 # Attention and MLPs: at these widths AuraFlow's attention alone barely moves a picture (measured: 0.01 of 255).

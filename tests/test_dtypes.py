@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
+from tests.helpers import FAST, MECHANICAL, offloaded_config, results
+from tests.single_file_checkpoints import narrow_configs, seeded_models
 
 FAMILIES = ("tiny", "tiny-sdxl", "tiny-flux", "tiny-sd3")
 # Rank 4 on the denoiser and every CLIP text encoder: SDXL's is 1.99% of its tiny U-Net, at the 2% default's edge.
@@ -212,7 +212,6 @@ def real_layout_pipeline(folder, family: str):
 
     from lora_harness.bases.single_file import CARRIED
     from lora_harness.bases.tiny_base import clip_tokenizer
-    from tests.test_single_file import narrow_configs, seeded_models
 
     configs = narrow_configs(folder / "configs", family)
     index = json.loads((configs / "model_index.json").read_text())
@@ -272,8 +271,6 @@ def test_the_scale_zero_tolerance_allows_one_rounding_step_of_a_decoded_pixel_on
     """float32 keeps the determinism tolerance (`--diff-floor` / 10); float16 and bfloat16 allow 255 x eps / 2,
     what the LoRA layers' presence alone moves a half-precision render by (0.07 measured on the tiny SDXL)."""
     import dataclasses
-
-    from tests.test_offload import offloaded_config
 
     config = offloaded_config(tmp_path, "cpu")
     tolerances = {

@@ -5,20 +5,9 @@ reference overfits, and each one's wrong-family control both ways."""
 
 import pytest
 
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, records, results, wiring_failure
 
-FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
-MECHANICAL = ("-k", "wiring or frozen_base or param_budget or pixel_diff or weight_health")
 SDXL_TENSORS = 2 * (64 + 8 + 8)  # A and B of 64 U-Net projections and 8 per text encoder
-
-
-def wiring_failure(pytester, adapter, base: str | None = None) -> str:
-    """`wiring` alone on one adapter (on `--base-model base` when given), as a user runs it: it fails; its message."""
-    on_base = ("--base-model", base) if base else ()
-    pytester.runpytest_inprocess("--adapter", adapter, *on_base, *FAST, "-k", "wiring").assert_outcomes(failed=1)
-    (record,) = [record for (_, check), record in records(pytester).items() if check == "wiring"]
-    return record["message"]
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, modules_to_save_folder, records, results
 
 DAMAGED = ("damaged", "export it again", "written wrongly")
 
@@ -88,28 +86,6 @@ def test_a_peft_lora_with_lora_bias_is_applied_with_every_bias_proven(pytester, 
     assert adapter["tensors_applied"] == adapter["tensors"] == 3 * 32  # A, B and B's bias on 32 projections
     trained = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert adapter["scale"] == 2.0 and adapter["lora_params"] == trained
-
-
-def modules_to_save_folder(folder, saved=("conv_out", "time_embedding"), moved=0.05, lora_b=0.0):
-    """A LoRA on the attention projections saved by peft with `modules_to_save`: whole modules, trained (here moved
-    by seeded noise of size `moved`), which replace the base's. B at `lora_b` (peft starts it at zero)."""
-    from peft import LoraConfig, get_peft_model
-
-    from lora_harness.bases.tiny_base import build_tiny_pipeline
-
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], modules_to_save=saved)
-    model = get_peft_model(build_tiny_pipeline().unet, config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "modules_to_save" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * moved)
-            elif "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * lora_b)
-    model.save_pretrained(folder)
-    saved_params = sum(p.numel() for n, p in model.named_parameters() if "modules_to_save" in n)
-    lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    return folder, saved_params, lora_params
 
 
 def test_a_peft_lora_with_modules_to_save_is_applied_with_every_saved_module_proven_and_counted(pytester, tmp_path):

@@ -7,9 +7,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from tests.test_families import FAST, MECHANICAL, wiring_failure
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, records, results, wiring_failure
 
 KOHYA_SINGLE = ("linear2", "modulation.lin")  # linear1 needs Flux.1's widths (see the test on them)
 

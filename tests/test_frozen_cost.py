@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from tests.helpers import INTERLEAVING
+
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2", "-k", "frozen_base")
 OUTSIDE = "unet.conv_in.weight"  # no adapter of the tests targets it: only the cheap evidence can see it
 
@@ -171,7 +173,6 @@ def _adapter_args(paths) -> list[str]:
 def test_a_change_after_frozen_base_ran_is_judged_when_its_adapter_s_checks_are_split_up(pytester, write_lora):
     """Checks of two adapters interleaved (tests/test_isolation.py's reordering conftest): the adapter is loaded again
     for its later checks, and frozen_base, taken again at each unloading, still judges what they changed."""
-    from tests.test_isolation import INTERLEAVING
 
     pytester.makeconftest(SCRIBBLER_CONFTEST + INTERLEAVING)
     (pytester.path / "extra").mkdir()

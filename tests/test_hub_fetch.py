@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from tests.helpers import FAST, MECHANICAL
 from tests.hub_server import LocalHub
-from tests.test_families import FAST, MECHANICAL
 
 REPO = "lora-harness/tiny-sd"
 

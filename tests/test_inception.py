@@ -22,7 +22,8 @@ from lora_harness.verdicts.inception import (
     load_inception,
 )
 from lora_harness.verdicts.quality import frechet_distance
-from tests.test_quality import FAST, _results, write_tinted_corpora
+from tests import helpers
+from tests.helpers import FAST_ALL_SEEDS, write_tinted_corpora
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_fid_and_kid_run_on_inception_features_and_cmmd_on_clip(pytester, write_
     run = (
         "--adapter",
         write_lora("kohya", "good.safetensors"),
-        *FAST,
+        *FAST_ALL_SEEDS,
         "--render-seeds",
         "6",
         "-k",
@@ -61,7 +62,7 @@ def test_fid_and_kid_run_on_inception_features_and_cmmd_on_clip(pytester, write_
     pytester.runpytest_inprocess(
         *run, "--inception-weights", inception_file, "--reference-images", pytester.path / "red"
     )
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("fid", "kid"):
         record = records[("good.safetensors", check)]
         assert record["details"]["model"].startswith(
@@ -97,11 +98,11 @@ def test_weights_of_another_network_are_an_error_for_fid_and_kid(pytester, write
     """A readable safetensors file that is not Inception (here: a LoRA): fid and kid say so; cmmd is unaffected."""
     other = write_lora("diffusers", "lora.safetensors")
     write_tinted_corpora(pytester.path, count=4)
-    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "fid or kid or cmmd")
+    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST_ALL_SEEDS, "-k", "fid or kid or cmmd")
     result = pytester.runpytest_inprocess(
         *run, "--inception-weights", other, "--reference-images", pytester.path / "red"
     )
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("fid", "kid"):
         assert records[("good.safetensors", check)]["status"] == "error"
         assert "not torch-fidelity's Inception v3 weights" in records[("good.safetensors", check)]["message"]
@@ -153,7 +154,7 @@ def test_published_weights_are_fetched_once_with_progress_then_read_offline_from
     run = (
         "--adapter",
         write_lora("kohya", "good.safetensors"),
-        *FAST,
+        *FAST_ALL_SEEDS,
         "--render-seeds",
         "6",
         "--reference-images",
@@ -165,13 +166,13 @@ def test_published_weights_are_fetched_once_with_progress_then_read_offline_from
         assert server.requests == [f"/{name}"]
     result.stdout.fnmatch_lines([f"*fetching the Inception v3 weights {name} into *torch-home/hub/checkpoints*"])
     assert (tmp_path / "torch-home" / "hub" / "checkpoints" / name).is_file()
-    online = _results(pytester)
+    online = helpers.records(pytester)
     label = f"Inception v3 pool features (torch-fidelity), weights {name} sha256 {digest[:12]}"
     assert {online[("good.safetensors", check)]["details"]["model"] for check in ("fid", "kid")} == {label}
 
     # The server is gone: the cached file serves, with the same distances.
     pytester.runpytest_inprocess(*run, "--inception-weights", url, "--offline", "-k", "fid or kid")
-    offline = _results(pytester)
+    offline = helpers.records(pytester)
     for check in ("fid", "kid"):
         assert offline[("good.safetensors", check)]["details"]["model"] == label
         assert offline[("good.safetensors", check)]["value"] == pytest.approx(
@@ -220,9 +221,9 @@ def test_a_real_base_uses_torch_fidelity_weights_by_default_and_offline_says_how
     build_tiny_pipeline().save_pretrained(pytester.path / "base", safe_serialization=True)
     write_tinted_corpora(pytester.path, count=2)
     adapter = write_lora("kohya", "good.safetensors")
-    run = ("--adapter", adapter, "--base-model", "base", *FAST, "--reference-images", pytester.path / "red")
+    run = ("--adapter", adapter, "--base-model", "base", *FAST_ALL_SEEDS, "--reference-images", pytester.path / "red")
     pytester.runpytest_inprocess(*run, "--offline", "-k", "fid or kid")
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("fid", "kid"):
         record = records[("good.safetensors", check)]
         assert record["status"] == "skipped", record

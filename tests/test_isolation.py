@@ -12,6 +12,7 @@ from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import ATTENTION_TARGETS
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 from lora_harness.loading.injection import apply_adapter
+from tests.helpers import INTERLEAVING, modules_to_save_folder
 
 # The reference is trained and the controls run: they are rendered on the base as first digested too.
 MECHANICAL = "wiring or frozen_base or param_budget or pixel_diff or weight_health"
@@ -103,8 +104,6 @@ def _verdicts(pytester) -> tuple[dict, dict]:
 
 
 def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pytester, write_lora, pissa_folder, tmp_path):
-    from tests.test_field_kinds import modules_to_save_folder
-
     good = [write_lora("kohya", "good.safetensors"), write_lora("peft", "good-peft", rank=2, alpha=4)]
     bad = [pissa_folder, write_lora("kohya", "fused.safetensors"), write_lora("kohya", "crash.safetensors")]
     replacing, _, _ = modules_to_save_folder(tmp_path / "replacing", moved=0.2)  # swaps whole modules in and out
@@ -132,19 +131,6 @@ def test_adapters_that_rewrite_the_base_or_crash_change_no_later_verdict(pyteste
     # the crash is an error of its own adapter's checks, nothing more
     assert {status for (adapter, _), (status, *_) in verdicts.items() if adapter == "crash.safetensors"} == {"error"}
     assert "no attribute 'groups'" in verdicts[("crash.safetensors", "wiring")][2]
-
-
-# Interleaves the adapters' checks (a plugin reordering items, or xdist's plain `load` distribution, does this): each
-# adapter is then unloaded after every check and loaded again before its next.
-INTERLEAVING = """
-def pytest_collection_modifyitems(items):
-    def adapter(item):
-        return item.callspec.params["adapter_spec"].name
-
-    first = [item for item in items if adapter(item) == "first.safetensors"]
-    second = [item for item in items if adapter(item) != "first.safetensors"]
-    items[:] = [item for pair in zip(first, second) for item in pair]
-"""
 
 
 def test_adapters_whose_checks_interleave_are_loaded_again_and_keep_their_verdicts(pytester, write_lora):

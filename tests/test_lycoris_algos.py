@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, records, results
 
 # file -> (LyCORIS's network arguments, the kind recorded, the scale alpha / rank gives: rank 4, alpha 8 unless set)
 ALGOS = {

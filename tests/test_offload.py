@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
+from tests.helpers import FAST, MECHANICAL, offloaded_config, results
 
 NOT_USED = "requested; not used: no CUDA device (--device cpu)"
 
@@ -30,29 +29,6 @@ def test_offload_is_used_only_onto_a_cuda_device(requested, device, used, choice
 
     resolved, why = resolve_offload(requested, device)
     assert resolved is used and why.startswith(choice)
-
-
-def offloaded_config(tmp_path, device: str):
-    from lora_harness.config.config import HarnessConfig
-    from lora_harness.config.options import ParamBudget
-
-    return HarnessConfig(
-        adapters=(),
-        base_model="tiny",
-        base_path=None,
-        render_size=None,
-        render_steps=1,
-        render_seeds=1,
-        render_batch_size=1,
-        prompts=("a cat",),
-        reference_steps=0,
-        report_dir=tmp_path,
-        device=device,
-        param_budget=ParamBudget(percent=2),
-        diff_floor=0.5,
-        offload_requested=True,
-        offload=True,
-    )
 
 
 @pytest.mark.parametrize("device, execution", [("cuda", "cuda:0"), ("cuda:1", "cuda:1")])

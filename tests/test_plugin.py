@@ -1,7 +1,5 @@
 """The plugin as users run it: real pytest sessions through pytester, judged by exit code, output and results.json."""
 
-import json
-
 import pytest
 
 from tests.expectations import (
@@ -13,16 +11,9 @@ from tests.expectations import (
     WITHOUT_CLIP_CHECKS,
     expected_status,
 )
+from tests.helpers import results, run
 
 FAST = ("--reference-steps", "0", "--render-seeds", "1", "--render-steps", "2")
-
-
-def run(pytester, *args):
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *map(str, args))
-
-
-def results(pytester):
-    return json.loads((pytester.path / "lora-report" / "results.json").read_text())
 
 
 def statuses(document):

@@ -1,7 +1,6 @@
 """Quality checks: the math against direct formulas and torchmetrics, then bad adapters and bad data failing
 each check through the plugin as a user runs it."""
 
-import json
 import textwrap
 
 import numpy as np
@@ -16,8 +15,8 @@ from lora_harness.verdicts.quality import (
     leaked,
     mean_pairwise_distance,
 )
-
-FAST = ("--reference-steps", "0", "--render-steps", "2", "-p", "no:cacheprovider")
+from tests import helpers
+from tests.helpers import FAST_ALL_SEEDS, write_tinted_corpora
 
 
 def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
@@ -106,20 +105,20 @@ def test_scores_diversity_and_leaks():
     assert leaked(prompts, captions) == ["a red sun at noon", "rolling hills in fog"]
 
 
-def _results(pytester):
-    return {
-        (r["adapter"], r["check"]): r
-        for r in json.loads((pytester.path / "lora-report" / "results.json").read_text())["results"]
-    }
-
-
 def test_the_embedded_base_reports_the_self_test_clips_figures_without_gating(pytester, write_lora):
     """The self-test CLIP's values mean nothing about quality: measured and shown, skipped, never a verdict."""
-    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "-k", "clip or mode or distance", "-rs")
+    run = (
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+        *FAST_ALL_SEEDS,
+        "-k",
+        "clip or mode or distance",
+        "-rs",
+    )
     result = pytester.runpytest_inprocess(*run)
     result.assert_outcomes(skipped=5)
     assert result.ret == pytest.ExitCode.OK
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("clip_heldout", "mode_collapse"):
         record = records[("good.safetensors", check)]
         assert record["message"].startswith("self-test model: the value carries no meaning")
@@ -172,9 +171,19 @@ RED_STYLE = injected("images[:] = (0.3 * images + 0.7 * np.array([220, 30, 30]))
 def test_the_other_embedded_bases_skip_the_clip_checks_saying_what_to_pass(pytester):
     """The self-test CLIP is the embedded default's alone: on the family bases its verdicts would gate on noise
     (measured: clip_heldout failed the reference overfit on tiny-flux and tiny-sd3)."""
-    run = ("--adapter", "reference", "--base-model", "tiny-flux", *FAST, "--reference-steps", "2", "-k", "clip or mode")
+    run = (
+        "--adapter",
+        "reference",
+        "--base-model",
+        "tiny-flux",
+        *FAST_ALL_SEEDS,
+        "--reference-steps",
+        "2",
+        "-k",
+        "clip or mode",
+    )
     pytester.runpytest_inprocess(*run).assert_outcomes(skipped=2)
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("clip_heldout", "mode_collapse"):
         assert "no CLIP on this embedded base" in records[("reference", check)]["message"]
         assert "pass --clip-model ARCH:TAG (e.g. ViT-L-14:openai" in records[("reference", check)]["message"]
@@ -189,22 +198,10 @@ def test_a_collapsed_adapter_fails_mode_collapse(pytester, write_lora):
         "--adapter",
         write_lora("kohya", "good.safetensors"),
     )
-    result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "mode_collapse")
+    result = pytester.runpytest_inprocess(*adapters, *FAST_ALL_SEEDS, "-k", "mode_collapse")
     result.assert_outcomes(passed=1, failed=1)
-    message = _results(pytester)[("collapse.safetensors", "mode_collapse")]["message"]
+    message = helpers.records(pytester)[("collapse.safetensors", "mode_collapse")]["message"]
     assert "diversity across seeds is 0% of the base's (floor 50%)" in message
-
-
-def write_tinted_corpora(folder, count: int) -> None:
-    """folder/red and folder/blue: `count` noise images each, tinted 70% toward the colour."""
-    from PIL import Image
-
-    rng = np.random.default_rng(count)
-    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
-        (folder / name).mkdir()
-        for i in range(count):
-            noise = rng.integers(0, 255, (64, 64, 3))
-            Image.fromarray((0.3 * noise + 0.7 * np.array(colour)).astype(np.uint8)).save(folder / name / f"{i}.png")
 
 
 def test_renders_pushed_away_from_the_corpus_fail_kid_and_cmmd_and_toward_it_pass(pytester, write_lora):
@@ -212,20 +209,30 @@ def test_renders_pushed_away_from_the_corpus_fail_kid_and_cmmd_and_toward_it_pas
     than the base, a blue corpus farther."""
     pytester.makeconftest(RED_STYLE)
     write_tinted_corpora(pytester.path, count=12)
-    run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST, "--render-seeds", "6", "-k", "kid or cmmd")
+    run = (
+        "--adapter",
+        write_lora("kohya", "style.safetensors"),
+        *FAST_ALL_SEEDS,
+        "--render-seeds",
+        "6",
+        "-k",
+        "kid or cmmd",
+    )
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "red").assert_outcomes(passed=2)
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "blue").assert_outcomes(failed=2)
-    assert "not closer to the corpus than the base" in _results(pytester)[("style.safetensors", "kid")]["message"]
+    assert (
+        "not closer to the corpus than the base" in helpers.records(pytester)[("style.safetensors", "kid")]["message"]
+    )
 
 
 def test_fid_gates_from_fifty_images_a_side(pytester, write_lora):
     """The same red style as above, 50 renders and 50 corpus images a side: FID gates both ways."""
     pytester.makeconftest(RED_STYLE)
     write_tinted_corpora(pytester.path, count=50)
-    run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST, "--render-seeds", "25", "-k", "fid")
+    run = ("--adapter", write_lora("kohya", "style.safetensors"), *FAST_ALL_SEEDS, "--render-seeds", "25", "-k", "fid")
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "red").assert_outcomes(passed=1)
     pytester.runpytest_inprocess(*run, "--reference-images", pytester.path / "blue").assert_outcomes(failed=1)
-    record = _results(pytester)[("style.safetensors", "fid")]
+    record = helpers.records(pytester)[("style.safetensors", "fid")]
     assert record["details"]["generated"] == 50 and "fid: adapted renders are not closer" in record["message"]
 
 
@@ -233,16 +240,16 @@ def test_leaked_prompts_are_left_out_and_an_all_leaked_set_is_an_error(pytester,
     (tmp_path / "heldout.txt").write_text("a red sun at noon\na bowl of fruit on a table\n")
     (tmp_path / "captions.txt").write_text("red sun, blue hills\n")
     adapter = write_lora("kohya", "good.safetensors")
-    run = ("--adapter", adapter, *FAST, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
+    run = ("--adapter", adapter, *FAST_ALL_SEEDS, "-k", "clip_heldout", "--train-captions", tmp_path / "captions.txt")
     pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(
         skipped=1
     )  # self-test CLIP
-    record = _results(pytester)[("good.safetensors", "clip_heldout")]
+    record = helpers.records(pytester)[("good.safetensors", "clip_heldout")]
     assert record["details"]["leaked_prompts"] == ["a red sun at noon"]
     assert {r["prompt"] for r in record["details"]["per_render"]} == {"a bowl of fruit on a table"}
     (tmp_path / "heldout.txt").write_text("a red sun at noon\n")
     pytester.runpytest_inprocess(*run, "--heldout-prompts", tmp_path / "heldout.txt").assert_outcomes(failed=1)
-    record = _results(pytester)[("good.safetensors", "clip_heldout")]
+    record = helpers.records(pytester)[("good.safetensors", "clip_heldout")]
     assert record["status"] == "error" and "every held-out prompt overlaps the training captions" in record["message"]
 
 
@@ -271,9 +278,9 @@ def test_an_adapter_that_wrecks_prompt_following_fails_clip_heldout(pytester, wr
         "--adapter",
         write_lora("kohya", "good.safetensors"),
     )
-    result = pytester.runpytest_inprocess(*adapters, *FAST, "-k", "clip_heldout")
+    result = pytester.runpytest_inprocess(*adapters, *FAST_ALL_SEEDS, "-k", "clip_heldout")
     result.assert_outcomes(passed=1, failed=1)
-    record = _results(pytester)[("red.safetensors", "clip_heldout")]
+    record = helpers.records(pytester)[("red.safetensors", "clip_heldout")]
     assert "held-out CLIP score drops" in record["message"] and record["details"]["ci95"][1] < -2
     assert record["details"]["model"] == "injected colour features"
 
@@ -296,11 +303,13 @@ def test_renders_that_copy_a_training_image_fail_mode_collapse(pytester, write_l
             return rendered
         """
     )
-    pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "clip_heldout")  # saves them
+    pytester.runpytest_inprocess("--adapter", adapter, *FAST_ALL_SEEDS, "-k", "clip_heldout")  # saves them
     pytester.makeconftest(injected())
-    result = pytester.runpytest_inprocess("--adapter", adapter, *FAST, "-k", "mode_collapse", "--train-images", train)
+    result = pytester.runpytest_inprocess(
+        "--adapter", adapter, *FAST_ALL_SEEDS, "-k", "mode_collapse", "--train-images", train
+    )
     result.assert_outcomes(failed=1)
-    record = _results(pytester)[("copycat.safetensors", "mode_collapse")]
+    record = helpers.records(pytester)[("copycat.safetensors", "mode_collapse")]
     assert "held-out renders nearly copy a training image (similarity > 0.95)" in record["message"]
     assert min(record["details"]["nearest_training_similarity"]) > 0.999
 
@@ -325,9 +334,15 @@ def test_a_local_open_clip_checkpoint_replaces_the_self_test_model(pytester, wri
     torch.manual_seed(2)  # seeded towers whose cosines are positive for every held-out prompt, so scores move
     checkpoint = tmp_path / "vit-s-32.safetensors"
     save_file({k: v.contiguous() for k, v in open_clip.create_model("ViT-S-32").state_dict().items()}, checkpoint)
-    run = ("--adapter", write_lora("kohya", "good.safetensors"), *FAST, "--clip-model", f"ViT-S-32:{checkpoint}")
+    run = (
+        "--adapter",
+        write_lora("kohya", "good.safetensors"),
+        *FAST_ALL_SEEDS,
+        "--clip-model",
+        f"ViT-S-32:{checkpoint}",
+    )
     pytester.runpytest_inprocess(*run, "-k", "clip_heldout or mode_collapse")
-    records = _results(pytester)
+    records = helpers.records(pytester)
     for check in ("clip_heldout", "mode_collapse"):
         record = records[("good.safetensors", check)]
         assert record["details"]["model"] == f"open_clip ViT-S-32 ({checkpoint})"
@@ -337,4 +352,4 @@ def test_a_local_open_clip_checkpoint_replaces_the_self_test_model(pytester, wri
     assert low < 0  # seeded weights: this adapter's renders score lower, so a margin can fail it
     for margin, status in ((-low / 2, "failed"), (-low * 2, "passed")):
         pytester.runpytest_inprocess(*run, "-k", "clip_heldout", "--clip-margin", str(margin))
-        assert _results(pytester)[("good.safetensors", "clip_heldout")]["status"] == status
+        assert helpers.records(pytester)[("good.safetensors", "clip_heldout")]["status"] == status

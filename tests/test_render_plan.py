@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lora_harness.rendering.render_cache import CachedRender, RenderCache, RenderKey
-from tests.test_plugin import results, run
+from tests.helpers import results, run
 
 STEPS = 2
 # Default prompts: 2 main x 2 seeds = 4 jobs; 4 held-out prompts x 2 seeds = 8 jobs; batch size 16.

@@ -6,11 +6,8 @@ layer per block, where no test could tell a right mapping from a wrong one."""
 import pytest
 import torch
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
-from tests.test_quality import _results as records
+from tests.helpers import FAST, MECHANICAL, UNET_MODULES, records, results
 
-UNET_MODULES = 722  # SDXL's: every linear of its 11 transformers (70 transformer blocks), as sd-scripts trains them
 TEXT_MODULES = 2 * 6  # per text encoder: 2 layers x (q, k, v, out, fc1, fc2)
 TENSORS = 2 * (UNET_MODULES + 2 * TEXT_MODULES)
 

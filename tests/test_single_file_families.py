@@ -8,10 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.test_families import FAST, MECHANICAL
-from tests.test_plugin import results
-from tests.test_sdxl_layout import UNET_MODULES
-from tests.test_single_file import assert_loads_where_it_was, kohya_adapter, write_single_file
+from tests.helpers import FAST, MECHANICAL, UNET_MODULES, results
+from tests.single_file_checkpoints import assert_loads_where_it_was, kohya_adapter, write_single_file
 
 # family -> (diffusers' model type, the stored dtype, key names only that family's layout has)
 FAMILIES = {

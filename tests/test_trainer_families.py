@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_families import MECHANICAL, wiring_failure
-from tests.test_plugin import results
+from tests.helpers import MECHANICAL, results, wiring_failure
 
 TRAINER_FILES = Path(__file__).parent.parent / "fixtures" / "trainer_files"
 FAST = ("--render-seeds", "1", "--render-steps", "2", "-p", "no:cacheprovider")
