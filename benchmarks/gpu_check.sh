@@ -10,7 +10,7 @@ out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 bases=$(python -c "from lora_harness.bases.families import EMBEDDED_BASES; print(' '.join(EMBEDDED_BASES))")
-printf '%-12s %-9s %6s %s\n' base dtype wall verdicts
+printf '%-15s %-9s %6s %s\n' base dtype wall verdicts
 for base in $bases; do
     for dtype in auto bfloat16; do
         run="$out/$base-$dtype"
@@ -24,6 +24,6 @@ import json, sys
 d = json.load(open('$run/results.json'))
 print(d['base']['dtype'], d['controls']['status'], ' '.join(f\"{r['check']}={r['status']}\" for r in d['results']))
 " 2>/dev/null || echo "no results.json (exit $status; see $run.log)")
-        printf '%-12s %-9s %6s %s\n' "$base" "$dtype" "$wall" "exit=$status $verdicts"
+        printf '%-15s %-9s %6s %s\n' "$base" "$dtype" "$wall" "exit=$status $verdicts"
     done
 done

@@ -51,6 +51,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         "tiny-qwen-image",
         "tiny-z-image",
         "tiny-flux2",
+        "tiny-flux2-dev",
         "tiny-wan",
         "tiny-wan22",
     )
@@ -61,6 +62,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
     assert families.supported_pipelines()["QwenImagePipeline"] == ["Qwen-Image"]
     assert families.supported_pipelines()["ZImagePipeline"] == ["Z-Image"]
     assert families.supported_pipelines()["Flux2KleinPipeline"] == ["Flux.2"]
+    assert families.supported_pipelines()["Flux2Pipeline"] == ["Flux.2"] and EMBEDDED["tiny-flux2-dev"].name == "Flux.2"
     assert families.supported_pipelines()["WanPipeline"] == ["Wan"]
 
 

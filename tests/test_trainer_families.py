@@ -173,6 +173,37 @@ def test_an_ai_toolkit_file_lands_whole_through_the_pipeline_s_own_conversion(py
     assert adapter["tensors_applied"] == adapter["tensors"] == expected
 
 
+def test_flux2_dev_takes_klein_s_files_at_their_scales_and_trains_its_reference_with_its_controls(
+    pytester, adapters, tmp_path
+):
+    """FLUX.2 dev (`Flux2Pipeline`: Mistral 3's hidden states, guidance distilled into the transformer) has Klein's
+    transformer layout, so the files the trainers write for Klein (diffusers', PEFT's, musubi's, ai-toolkit's) are
+    the files for dev: on the dev twin each lands whole at its declared scale through Flux2Pipeline's own conversion,
+    and its reference overfit trains with the guidance embedded and passes its controls."""
+    klein = adapters["tiny-flux2"]
+    save_file(ai_toolkit_tensors("tiny-flux2", Path(klein["peft"])), tmp_path / "ai-toolkit.safetensors")
+    given = [a for path in (*klein.values(), tmp_path / "ai-toolkit.safetensors") for a in ("--adapter", path)]
+    pytester.runpytest_inprocess("--adapter", "reference", *given, "--base-model", "tiny-flux2-dev", *FAST, *MECHANICAL)
+    document = results(pytester)
+    assert [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    assert document["controls"]["status"] == "passed", document["controls"]["message"]
+    assert document["base"]["family"] == "tiny (Flux.2 dev-shaped)" and document["base"]["guidance_scale"] == 4.0
+    applied = {
+        a["name"] if a["name"] in ("reference", "ai-toolkit.safetensors") else a["format"]: a
+        for a in document["adapters"]
+    }
+    assert {name: adapter["scale"] for name, adapter in applied.items() if name != "reference"} == {
+        "diffusers": 2.0,
+        "peft": 1.5,
+        "kohya-flux": 0.5,
+        "ai-toolkit.safetensors": 1.0,
+    }
+    for name, adapter in applied.items():
+        expected = TENSORS["tiny-flux2"]["musubi" if name in ("kohya-flux", "ai-toolkit.safetensors") else "attention"]
+        assert adapter["tensors_applied"] == adapter["tensors"] == expected, name
+        assert adapter["family"] == "tiny Flux.2", name
+
+
 def test_wan_bias_differences_land_as_lora_biases_and_a_norm_difference_diffusers_drops_fails_wiring(
     pytester, adapters, tmp_path
 ):

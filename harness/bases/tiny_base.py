@@ -298,12 +298,38 @@ def build_tiny_flux2_pipeline():
     """Flux.2-Klein-shaped: double-stream blocks with modulation shared across blocks, single-stream blocks whose q,
     k, v and MLP input are one fused projection, packed 2x2 patches of a VAE whose latents are normalized by its
     batch norm, three of Qwen3's hidden states stacked per token, rectified-flow Euler sampling with guidance."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(SEED + 2)
+    # 27 layers: the pipeline stacks hidden states 9, 18 and 27, as Klein 4B's has them.
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(vocab_size=len(tokenizer), head_dim=8, **{**QWEN_TEXT, "num_hidden_layers": 27})
+    )
+    return _flux2_pipeline(Flux2KleinPipeline, text_encoder, tokenizer, guidance_embeds=False)  # undistilled guidance
+
+
+def build_tiny_flux2_dev_pipeline():
+    """FLUX.2-dev-shaped: Klein's transformer and VAE, guidance-distilled (the scale embedded, one pass per step),
+    under three of Mistral 3's hidden states stacked per token, its chat template's system prompt first."""
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    tokenizer = mistral_tokenizer()
+    torch.manual_seed(SEED + 2)
+    # 30 layers: the pipeline stacks hidden states 10, 20 and 30, as Mistral Small 3.1's has them. The vision tower
+    # (Mistral 3 reads images too) is there because the class has one; text prompts never reach it.
+    text = MistralConfig(vocab_size=len(tokenizer), head_dim=8, **MISTRAL_TEXT)
+    vision = PixtralVisionConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, head_dim=8, image_size=32
+    )
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(text_config=text, vision_config=vision))
+    return _flux2_pipeline(Flux2Pipeline, text_encoder, tokenizer, guidance_embeds=True)
+
+
+def _flux2_pipeline(pipeline_class, text_encoder, tokenizer, guidance_embeds: bool):
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
     torch.manual_seed(SEED)
     latent_channels = 4
@@ -316,13 +342,7 @@ def build_tiny_flux2_pipeline():
         num_attention_heads=8,  # 256 wide: a width no other twin has
         joint_attention_dim=3 * QWEN_TEXT["hidden_size"],  # three hidden states of the text encoder, stacked
         axes_dims_rope=(8, 8, 8, 8),  # sums to the head width
-        guidance_embeds=False,  # Klein: undistilled guidance
-    )
-    tokenizer = qwen_tokenizer()
-    torch.manual_seed(SEED + 2)
-    # 27 layers: the pipeline stacks hidden states 9, 18 and 27, as Klein 4B's has them.
-    text_encoder = Qwen3ForCausalLM(
-        Qwen3Config(vocab_size=len(tokenizer), head_dim=8, **{**QWEN_TEXT, "num_hidden_layers": 27})
+        guidance_embeds=guidance_embeds,
     )
     torch.manual_seed(SEED)
     vae = AutoencoderKLFlux2(
@@ -337,7 +357,7 @@ def build_tiny_flux2_pipeline():
         use_post_quant_conv=False,
     )
     return _flow_pipeline(
-        Flux2KleinPipeline, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+        pipeline_class, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     )
 
 
@@ -535,23 +555,80 @@ def qwen_tokenizer():
     """A byte-level BPE `Qwen2Tokenizer` with Qwen's special tokens and chat template: its merges are trained (by
     `tokenizers`) on the templates' words, so each template splits into the tokens Qwen's own vocabulary gives
     (Qwen-Image's 34 dropped tokens are the system prompt); prompts fall back to bytes. Nothing is downloaded."""
-    from tokenizers import pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     bytes_only = Qwen2Tokenizer(vocab={symbol: i for i, symbol in enumerate(_bytes_to_unicode().values())}, merges=[])
     backend = bytes_only.backend_tokenizer  # Qwen2's pre-tokenizer (its split pattern, then bytes)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=list(QWEN_SPECIAL),
-        show_progress=False,
-    )
+    trainer = _byte_level_trainer(QWEN_SPECIAL)
     backend.train_from_iterator([QWEN_TEMPLATE], trainer)
     model = json.loads(backend.to_str())["model"]
     tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
     tokenizer.add_tokens(list(QWEN_SPECIAL), special_tokens=True)
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     return tokenizer
+
+
+# Mistral's special tokens (the ids its tokenizer gives the first four) and its chat template for a system prompt and
+# one user turn, each message's text parts joined, as FLUX.2 dev's pipeline formats them.
+MISTRAL_SPECIAL = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
+MISTRAL_TEXT = dict(
+    hidden_size=QWEN_TEXT["hidden_size"],
+    intermediate_size=16,
+    num_hidden_layers=30,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message.content is string %}{% set text = message.content %}{% else %}"
+    "{% set text = message.content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{% endif %}"
+    "{% if message.role == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]"
+    "{% elif message.role == 'user' %}[INST]{{ text }}[/INST]"
+    "{% else %}{{ text }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@lru_cache(maxsize=1)
+def mistral_tokenizer():
+    """A byte-level BPE tokenizer with Mistral's special tokens and chat template (Mistral 3's tekken is a byte-level
+    BPE): its merges are trained (by `tokenizers`) on FLUX.2 dev's system prompt; prompts fall back to bytes.
+    Nothing is downloaded."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import SYSTEM_MESSAGE
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = _byte_level_trainer(MISTRAL_SPECIAL)
+    backend.train_from_iterator([SYSTEM_MESSAGE], trainer)
+    unknown, begin, end, pad, *markers = MISTRAL_SPECIAL
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=unknown,
+        bos_token=begin,
+        eos_token=end,
+        pad_token=pad,
+        additional_special_tokens=markers,
+    )
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _byte_level_trainer(special_tokens):
+    """A BPE trainer over every byte, with `special_tokens` first (ids 0, 1, …), as small as the twins need."""
+    from tokenizers import pre_tokenizers, trainers
+
+    return trainers.BpeTrainer(
+        vocab_size=1024,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(special_tokens),
+        show_progress=False,
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:

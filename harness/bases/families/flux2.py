@@ -48,4 +48,5 @@ FAMILY = Family(
     lineage_prefixes=("flux.2", "flux_2", "flux2"),
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-flux2", "tiny (Flux.2-shaped)", tiny_base.build_tiny_flux2_pipeline),
+    variants=(TinyTwin("tiny-flux2-dev", "tiny (Flux.2 dev-shaped)", tiny_base.build_tiny_flux2_dev_pipeline),),
 )
