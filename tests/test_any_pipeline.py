@@ -94,7 +94,7 @@ def test_the_reference_on_it_is_skipped_saying_why(pytester, auraflow):
 
 def test_an_adapter_for_another_model_fails_wiring_on_it(pytester, auraflow, write_lora):
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), str(auraflow["base"]))
-    assert "made for tiny (cross-attention 32), but the base is AuraFlow" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is AuraFlow" in message
 
 
 def test_a_pipeline_class_of_a_known_family_s_denoiser_checks_that_family_s_adapters(pytester, tmp_path, write_lora):

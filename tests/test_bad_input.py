@@ -114,7 +114,7 @@ def build_bad_adapters(root, write_lora, marker):
     )
     cases["sd2"] = (
         write_lora("diffusers", "sd2", edit=_sd2).parent,
-        "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)",
+        "made for SD2.x (cross-attention 1024), but the base is tiny SD1.x (cross-attention 32)",
     )
     cases["ranks.safetensors"] = (
         write_lora("kohya", "ranks.safetensors", edit=_ranks_disagree),

@@ -45,9 +45,9 @@ def test_sdxl_adapters_in_each_layout_pass_with_their_text_encoders_proven(pytes
 def test_an_sd1_adapter_on_sdxl_and_an_sdxl_adapter_on_sd1_fail_wiring_naming_both(pytester, sdxl_adapters, write_lora):
     sd1 = write_lora("kohya", "sd1.safetensors")
     message = wiring_failure(pytester, sd1, "tiny-sdxl")
-    assert "made for tiny (cross-attention 32), but the base is tiny SDXL (cross-attention 64)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny SDXL (cross-attention 64)" in message
     message = wiring_failure(pytester, sdxl_adapters["kohya"])
-    assert "made for tiny SDXL (cross-attention 64), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny SDXL (cross-attention 64), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 def test_the_reference_overfit_trains_on_sdxl_and_its_controls_hold(pytester):
@@ -105,9 +105,9 @@ def test_an_sd1_adapter_on_sd2_and_an_sd2_adapter_on_sd1_fail_wiring_naming_both
     base, adapters = sd2
     sd1 = write_lora("kohya", "sd1.safetensors")
     message = wiring_failure(pytester, sd1, base)
-    assert "made for tiny (cross-attention 32), but the base is SD2.x (cross-attention 1024)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is SD2.x (cross-attention 1024)" in message
     message = wiring_failure(pytester, adapters["peft"])
-    assert "made for SD2.x (cross-attention 1024), but the base is tiny (cross-attention 32)" in message
+    assert "made for SD2.x (cross-attention 1024), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +159,9 @@ def test_the_reference_overfit_trains_on_flux_with_rectified_flow_and_its_contro
 def test_an_sd1_adapter_on_flux_and_a_flux_adapter_on_sd1_fail_wiring_naming_both(pytester, flux_adapters, write_lora):
     sd1 = write_lora("kohya", "sd1.safetensors")
     message = wiring_failure(pytester, sd1, "tiny-flux")
-    assert "made for tiny (cross-attention 32), but the base is tiny Flux (transformer width 96)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny Flux (transformer width 96)" in message
     message = wiring_failure(pytester, flux_adapters["peft-file"])
-    assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny Flux (transformer width 96), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +254,9 @@ def test_chroma_and_flux_and_sd1_adapters_on_each_other_s_base_fail_wiring_namin
     message = wiring_failure(pytester, chroma_adapters["peft"], "tiny-flux")
     assert "made for tiny Chroma (transformer width 160), but the base is tiny Flux (transformer width 96)" in message
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-chroma")
-    assert "made for tiny (cross-attention 32), but the base is tiny Chroma (transformer width 160)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny Chroma (transformer width 160)" in message
     message = wiring_failure(pytester, chroma_adapters["diffusers"])
-    assert "made for tiny Chroma (transformer width 160), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny Chroma (transformer width 160), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 def test_each_family_trains_its_reference_on_its_own_objective():

@@ -292,7 +292,7 @@ def test_a_single_stream_block_at_flux1_widths_is_proven_including_linear1(tmp_p
 
 def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, community):
     message = wiring_failure(pytester, community["kohya"])
-    assert "made for tiny Flux (transformer width 96), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny Flux (transformer width 96), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 @pytest.mark.parametrize(

@@ -331,7 +331,7 @@ def test_base_from_a_local_folder_and_from_the_hub_cache(pytester, monkeypatch, 
         assert (
             all("hf download timm/vit_large_patch14_clip_224.openai" in m for m in clip_skips) and len(clip_skips) == 2
         )
-        assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny"
+        assert document["base"]["model"] == str(base) and document["base"]["family"] == "tiny SD1.x"
         assert document["base"]["unet_params"] == 792_964
 
 

@@ -118,9 +118,9 @@ def test_adapters_on_each_other_s_base_fail_wiring_naming_both_families(pytester
         message
     )
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-qwen-image")
-    assert "made for tiny (cross-attention 32), but the base is tiny Qwen-Image (transformer width 192)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny Qwen-Image (transformer width 192)" in message
     message = wiring_failure(pytester, adapters["tiny-z-image"]["peft"])
-    assert "made for tiny Z-Image (transformer width 224), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny Z-Image (transformer width 224), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 def test_a_module_the_pipeline_s_conversion_drops_fails_wiring_naming_it(pytester, tmp_path):
@@ -257,9 +257,9 @@ def test_wan_and_image_family_adapters_on_each_other_s_base_fail_wiring_naming_b
         "made for tiny Wan (transformer width 288), but the base is tiny Qwen-Image (transformer width 192)" in message
     )
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-wan")
-    assert "made for tiny (cross-attention 32), but the base is tiny Wan (transformer width 288)" in message
+    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny Wan (transformer width 288)" in message
     message = wiring_failure(pytester, adapters["tiny-wan"]["peft"])
-    assert "made for tiny Wan (transformer width 288), but the base is tiny (cross-attention 32)" in message
+    assert "made for tiny Wan (transformer width 288), but the base is tiny SD1.x (cross-attention 32)" in message
 
 
 def test_wan22_files_land_on_the_expert_they_are_named_for_and_the_reference_trains_on_the_two_expert_twin(

@@ -8,7 +8,7 @@ FAMILY = Family(
     name="SD1.x",
     pipelines=("StableDiffusionPipeline",),
     **unet.PARTS,
-    widths={768: "SD1.x", 32: "tiny"},
+    widths={768: "SD1.x", 32: "tiny SD1.x"},
     lineage_prefixes=("sd_v1", "stable-diffusion-v1"),
     tiny=TinyTwin("tiny", "tiny (SD1.x-shaped)", tiny_base.build_tiny_pipeline),
     model_types=("v1",),
