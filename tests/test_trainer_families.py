@@ -118,7 +118,9 @@ def test_adapters_on_each_other_s_base_fail_wiring_naming_both_families(pytester
         message
     )
     message = wiring_failure(pytester, write_lora("kohya", "sd1.safetensors"), "tiny-qwen-image")
-    assert "made for tiny SD1.x (cross-attention 32), but the base is tiny Qwen-Image (transformer width 192)" in message
+    assert (
+        "made for tiny SD1.x (cross-attention 32), but the base is tiny Qwen-Image (transformer width 192)" in message
+    )
     message = wiring_failure(pytester, adapters["tiny-z-image"]["peft"])
     assert "made for tiny Z-Image (transformer width 224), but the base is tiny SD1.x (cross-attention 32)" in message
 
@@ -202,6 +204,37 @@ def test_flux2_dev_takes_klein_s_files_at_their_scales_and_trains_its_reference_
         expected = TENSORS["tiny-flux2"]["musubi" if name in ("kohya-flux", "ai-toolkit.safetensors") else "attention"]
         assert adapter["tensors_applied"] == adapter["tensors"] == expected, name
         assert adapter["family"] == "tiny Flux.2", name
+
+
+def test_musubi_s_comfyui_z_image_file_of_fused_block_diagonal_qkv_lands_and_renders_as_its_source(pytester):
+    """musubi's own converter to ComfyUI's layout (`networks/convert_z_image_lora_to_comfy.py`, run on the musubi file
+    kept beside it) fuses each block's q, k and v LoRAs into one `attention_qkv` of three times the rank, its up
+    matrix block-diagonal and alpha tripled. ZImagePipeline's conversion lands it whole at the source's scale, and
+    its renders are the source's."""
+    comfy, source = TRAINER_FILES / "musubi-z-image-comfy.safetensors", TRAINER_FILES / "musubi-z-image.safetensors"
+    fused = load_file(comfy)
+    up = fused["lora_unet_layers_0_attention_qkv.lora_up.weight"].float()
+    assert fused["lora_unet_layers_0_attention_qkv.lora_down.weight"].shape == (3 * 2, 224) and up.shape == (3 * 224, 6)
+    assert not up[:224, 2:].any() and not up[224:448, :2].any() and not up[224:448, 4:].any()  # block-diagonal
+    pytester.runpytest_inprocess(
+        "--adapter",
+        comfy,
+        "--adapter",
+        source,
+        "--base-model",
+        "tiny-z-image",
+        *FAST,
+        "--reference-steps",
+        "0",
+        *MECHANICAL,
+    )
+    document = results(pytester)
+    assert [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    applied = {a["name"]: a for a in document["adapters"]}
+    assert applied[comfy.name]["tensors_applied"] == applied[comfy.name]["tensors"] == 20  # 10 modules, q, k, v as one
+    assert applied[comfy.name]["scale"] == applied[source.name]["scale"] == 0.5  # alpha 3 / rank 6; alpha 1 / rank 2
+    pixel_diff = {r["adapter"]: r["value"] for r in document["results"] if r["check"] == "pixel_diff"}
+    assert pixel_diff[comfy.name] == pytest.approx(pixel_diff[source.name], rel=1e-4)
 
 
 def test_wan_bias_differences_land_as_lora_biases_and_a_norm_difference_diffusers_drops_fails_wiring(
