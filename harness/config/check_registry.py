@@ -8,6 +8,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_harness.config.config import REFERENCE
+from lora_harness.config.statuses import FAILED, PASSED
+
 # What a check can ask to be rendered: (state, prompt set) pairs (harness/rendering/render_needs.py plans them).
 BASE, ADAPTED, AT_ZERO, BASE_AGAIN = "base", "adapted", "adapted at scale 0", "base again"
 MAIN, HELDOUT = "main", "held-out"  # --prompts and --heldout-prompts
@@ -143,8 +146,26 @@ BUILTIN = CheckRegistry(
     )
 )
 
-# The controls: the reference must pass these, its untrained twin must fail pixel_diff (harness/run/session.py's `controls`).
-CONTROL_CHECKS = ("wiring", "pixel_diff")
+UNTRAINED = "control-untrained"  # the reference's network with its up matrices at zero
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One verdict the controls expect of the reference overfit or its untrained twin (run by the session's
+    `run_controls`): where one is not met, the run cannot tell a good adapter from a bad one, and the verdicts gated
+    on the controls are withheld."""
+
+    adapter: str  # REFERENCE or UNTRAINED
+    check: str
+    expected: str  # PASSED or FAILED
+
+
+CONTROLS = (
+    ControlSpec(REFERENCE, "wiring", PASSED),
+    ControlSpec(REFERENCE, "pixel_diff", PASSED),
+    ControlSpec(UNTRAINED, "pixel_diff", FAILED),  # an adapter that changes nothing must fail
+)
+CONTROL_CHECKS = tuple(dict.fromkeys(control.check for control in CONTROLS))
 
 
 def report_order(checks: Iterable[str]) -> list[str]:

@@ -15,7 +15,19 @@ from functools import cached_property
 
 from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
 from lora_harness.bases.families import EMBEDDED_DEFAULT, denoiser_of, family_of_pipeline
-from lora_harness.config.check_registry import BASE, BASE_AGAIN, BUILTIN, CLIP, HELDOUT, INCEPTION, MAIN, CheckRegistry
+from lora_harness.config.check_registry import (
+    BASE,
+    BASE_AGAIN,
+    BUILTIN,
+    CLIP,
+    CONTROL_CHECKS,
+    CONTROLS,
+    HELDOUT,
+    INCEPTION,
+    MAIN,
+    UNTRAINED,
+    CheckRegistry,
+)
 from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
@@ -33,7 +45,7 @@ from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
 
-CONTROL = AdapterSpec("control-untrained", None, slot="control_untrained")
+CONTROL = AdapterSpec(UNTRAINED, None, slot="control_untrained")
 REFERENCE_SKIPPED = "--reference-steps 0: the reference overfit and its controls were not run"
 NO_FAMILY_MODULE = (
     "{pipeline} has no family module in lora-harness, so no reference overfit is trained on it: the reference and "
@@ -572,25 +584,30 @@ class HarnessSession:
         control = self.adapter(CONTROL)
         base, again = self.renders(None), self.base_renders_again()
         tolerance, floor = self.config.determinism_tolerance, self.config.diff_floor
+        evaluate = {
+            "wiring": lambda loaded, adapted, zero: evaluate_wiring(
+                loaded.name, loaded.application, adapted, zero, base, self.config.scale_zero_tolerance
+            ),
+            "pixel_diff": lambda loaded, adapted, zero: evaluate_pixel_diff(
+                loaded.name, adapted, base, again, floor, tolerance, loaded.application.nonfinite
+            ),
+        }
         results = {}
         for loaded in (reference, control):
             if loaded.problem:
                 results[loaded.name] = CheckResult(loaded.name, "load", FAILED, message=loaded.problem)
                 continue
             adapted, zero = self.renders(loaded), self.renders(loaded, 0.0)
-            results[f"{loaded.name}/wiring"] = evaluate_wiring(
-                loaded.name, loaded.application, adapted, zero, base, self.config.scale_zero_tolerance
-            )
-            results[f"{loaded.name}/pixel_diff"] = evaluate_pixel_diff(
-                loaded.name, adapted, base, again, floor, tolerance, loaded.application.nonfinite
-            )
+            for check in CONTROL_CHECKS:
+                results[f"{loaded.name}/{check}"] = evaluate[check](loaded, adapted, zero)
         self.unload(CONTROL)
-        expected = {"reference/wiring": PASSED, "reference/pixel_diff": PASSED, "control-untrained/pixel_diff": FAILED}
-        wrong = [
-            f"{key} {results[key].status if key in results else 'missing'} (expected {want}): {results[key].message if key in results else ''}"
-            for key, want in expected.items()
-            if key not in results or results[key].status != want
-        ]
+        wrong = []
+        for control_spec in CONTROLS:
+            key = f"{control_spec.adapter}/{control_spec.check}"
+            found = results.get(key)
+            if found is None or found.status != control_spec.expected:
+                status, message = (found.status, found.message) if found else ("missing", "")
+                wrong.append(f"{key} {status} (expected {control_spec.expected}): {message}")
         details = {key: {"status": r.status, "value": r.value, "message": r.message} for key, r in results.items()}
         details["reference_losses"] = self.reference_run.losses
         if wrong:

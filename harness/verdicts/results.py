@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+from lora_harness.config.statuses import ERROR, FAILED, PASSED, SKIPPED
+
+__all__ = ["ERROR", "FAILED", "PASSED", "SKIPPED", "CheckResult", "adapter_verdict", "verdict"]
 
 
 @dataclass
