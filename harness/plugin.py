@@ -172,8 +172,7 @@ def _unload(item: pytest.Item, harness, spec) -> None:
         retaken, failure = error.retaken, error
     worse = []
     for adapter, retake, result in retaken:
-        item.config.hook.pytest_lora_check_result(result=result, adapter=adapter)
-        report_records.record(item, result.to_dict(), adapter.record, junit=check_name(item) == result.check)
+        report_records.record_verdict(item, result, adapter, junit=check_name(item) == result.check)
         if result.status in (FAILED, ERROR) and result.status != retake.first.status:
             worse.append(f"{result.adapter} {result.check}, once unloaded: {result.message}")
     if failure is not None:

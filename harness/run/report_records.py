@@ -18,6 +18,14 @@ def records(report) -> list:
     return getattr(report, ATTRIBUTE, None) or []
 
 
+def record_verdict(item: pytest.Item, result, adapter, junit: bool = True) -> None:
+    """The one way a verdict (a CheckResult on a LoadedAdapter, from a check's test or taken again at its adapter's
+    unloading) reaches the reports: the plugins amend it (pytest_lora_check_result), then `record` puts it on the
+    item's next report for results.json and report.html, and in its JUnit properties with `junit`."""
+    item.config.hook.pytest_lora_check_result(result=result, adapter=adapter)
+    record(item, result.to_dict(), adapter.record, junit)
+
+
 def record(item: pytest.Item, result: dict, adapter: dict | None, junit: bool = True) -> None:
     """`result` and its adapter's record (None: none to add, as for a crash) onto the item's next report; with
     `junit`, its plain values in the item's JUnit properties, in place of an earlier verdict's (a verdict taken again
