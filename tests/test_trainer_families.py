@@ -1,7 +1,7 @@
 """The families whose pipelines convert their trainers' layouts themselves (Qwen-Image, Z-Image, Flux.2), as users
 bring them: the embedded tiny twins, each family's reference overfit with its controls, adapters in diffusers'
-`save_lora_weights` layout, PEFT's folder, the files musubi-tuner's own network code writes
-(`fixtures/trainer_files/`) and ai-toolkit's layout, each proven at its declared scale through the pipeline class's own
+`save_lora_weights` layout, PEFT's folder, the files musubi-tuner's and ai-toolkit's own code writes
+(`fixtures/trainer_files/`) and ai-toolkit's layout written here, each proven at its declared scale through the pipeline class's own
 conversion, and wrong-family controls both ways."""
 
 import re
@@ -235,6 +235,43 @@ def test_musubi_s_comfyui_z_image_file_of_fused_block_diagonal_qkv_lands_and_ren
     assert applied[comfy.name]["scale"] == applied[source.name]["scale"] == 0.5  # alpha 3 / rank 6; alpha 1 / rank 2
     pixel_diff = {r["adapter"]: r["value"] for r in document["results"] if r["check"] == "pixel_diff"}
     assert pixel_diff[comfy.name] == pytest.approx(pixel_diff[source.name], rel=1e-4)
+
+
+# The files ai-toolkit's own network and model classes write (`fixtures/trainer_files/write_ai_toolkit.py`, ai-toolkit
+# 27a03a9): PEFT's factor names under `diffusion_model.`, no alpha (ai-toolkit sets it to the rank: scale 1), float16,
+# its trainer's metadata. Tensors: Z-Image's 16 modules of its main blocks (attention, feed-forward, adaLN), Wan's 20
+# (self- and cross-attention, ffn, in Wan's own names), Flux.2's 10 in BFL's names (fused qkv, linear1), Qwen-Image's
+# 42 (attention, MLPs and the modulations of 3 blocks).
+AI_TOOLKIT_FILES = {"tiny-z-image": 32, "tiny-wan": 40, "tiny-flux2": 20, "tiny-qwen-image": 84}
+
+
+@pytest.mark.parametrize("base", list(AI_TOOLKIT_FILES))
+def test_the_file_ai_toolkit_s_own_code_writes_lands_whole_at_scale_one(pytester, base):
+    path = TRAINER_FILES / f"ai-toolkit-{base.removeprefix('tiny-')}.safetensors"
+    checks = (MECHANICAL[0], f"{MECHANICAL[1]} or release_metadata")
+    pytester.runpytest_inprocess("--adapter", path, "--base-model", base, *FAST, "--reference-steps", "0", *checks)
+    document = results(pytester)
+    assert [(r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    (adapter,) = document["adapters"]
+    assert adapter["tensors_applied"] == adapter["tensors"] == AI_TOOLKIT_FILES[base] and adapter["scale"] == 1.0
+    metadata = next(r for r in document["results"] if r["check"] == "release_metadata")
+    assert metadata["details"]["claimed_family"] == LABELS[base]  # from ss_base_model_version: zimage, wan_2.1, …
+
+
+def test_ai_toolkit_s_wan22_pair_lands_each_file_on_its_expert(pytester):
+    """ai-toolkit's Wan 2.2 model saves its two experts' LoRA as `<name>_high_noise` and `<name>_low_noise`
+    (`split_multistage_loras`): on the two-expert twin each lands whole on its own transformer. At four steps each
+    expert renders two, so the low-noise file's effect shows (at two, its expert runs only the last step)."""
+    pair = [TRAINER_FILES / f"ai-toolkit-wan22_{expert}_noise.safetensors" for expert in ("high", "low")]
+    given = [a for path in pair for a in ("--adapter", path)]
+    steps = ("--render-seeds", "1", "--render-steps", "4", "--reference-steps", "0", "-p", "no:cacheprovider")
+    pytester.runpytest_inprocess(*given, "--base-model", "tiny-wan22", *steps, *MECHANICAL)
+    document = results(pytester)
+    assert [(r["adapter"], r["check"], r["message"]) for r in document["results"] if r["status"] != "passed"] == []
+    applied = {a["name"]: a for a in document["adapters"]}
+    for path, component in zip(pair, ("transformer", "transformer_2")):
+        assert applied[path.name]["details"]["components"] == [component]
+        assert applied[path.name]["tensors_applied"] == applied[path.name]["tensors"] == 40
 
 
 def test_wan_bias_differences_land_as_lora_biases_and_a_norm_difference_diffusers_drops_fails_wiring(

@@ -52,7 +52,7 @@ FAMILY = Family(
         stages={"layers": "main", "noise_refiner": "image-refiner", "context_refiner": "text-refiner"},
         kinds={"attention": "attn", "feed_forward": "ff", "adaLN_modulation": "mod"},
     ),
-    lineage_prefixes=("z-image", "z_image"),
+    lineage_prefixes=("z-image", "z_image", "zimage"),  # ai-toolkit writes `zimage`
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-z-image", "tiny (Z-Image-shaped)", tiny_base.build_tiny_z_image_pipeline),
 )
