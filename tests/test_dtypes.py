@@ -261,7 +261,7 @@ def test_a_real_layout_half_precision_folder_passes_kohya_diffusers_and_peft_ada
     document = results(pytester)
     name = str(dtype).removeprefix("torch.")
     assert document["settings"]["dtype_choice"] == f"--dtype auto on cpu: float32; the base is stored in {name}"
-    assert document["base"]["family"] == ("tiny" if family == "SD1.x" else "SD2.x")
+    assert document["base"]["family"] == ("tiny SD1.x" if family == "SD1.x" else "SD2.x")
     assert {a["format"] for a in document["adapters"]} == {"kohya", "diffusers", "peft"}
     for adapter in document["adapters"]:
         assert adapter["tensors_applied"] == adapter["tensors"] > 0, adapter["name"]
