@@ -9,7 +9,7 @@ def test_distance_to_reference_corpus(check, adapter, harness, record_check):
     def evaluate():
         if harness.config.reference_images is None:
             return without_corpus(check, adapter.name)
-        features, why_not, status = harness.distance_features(check)
+        features, why_not, status = harness.features.for_distance(check)
         if features is None:
             return CheckResult(adapter.name, check, status, message=why_not)
         renders = lambda: (harness.renders(None), harness.renders(adapter))  # noqa: E731

@@ -4,7 +4,7 @@ from lora_harness.verdicts.results import SKIPPED, CheckResult
 
 def test_mode_collapse(adapter, harness, record_check):
     def evaluate():
-        clip, why_not = harness.clip
+        clip, why_not = harness.features.clip
         if clip is None:
             return CheckResult(adapter.name, CHECK, SKIPPED, message=why_not)
         config = harness.config

@@ -36,7 +36,7 @@ VALUE_OPTIONS = (
         "base_model",
         "MODEL",
         "tiny",
-        "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in docs/families.md), a local diffusers folder, a single-file checkpoint, or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
+        "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in docs/families.md), a local diffusers folder, a single-file checkpoint (a local .safetensors or its https://huggingface.co/…/blob/main/FILE URL), or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
     ),
     ValueOption(
         "--render-size",

@@ -40,7 +40,7 @@ from lora_harness.rendering.render_service import RenderService, RenderTarget
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.check_policy import CheckPolicy
 from lora_harness.verdicts.clip_model import clip_spec
-from lora_harness.verdicts.inception import inception_spec
+from lora_harness.verdicts.feature_models import FeatureModels
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
@@ -110,6 +110,12 @@ class HarnessSession:
         self.policy = CheckPolicy(registry, previous, config.compare_tolerances, self.run_controls)
         self.progress = progress or Progress()  # silent outside pytest
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
+        self.features = FeatureModels(
+            config,
+            embedded_default=config.base_model == EMBEDDED_DEFAULT,
+            supplied=lambda kind: self.hook.pytest_lora_feature_model(harness=self, kind=kind),
+            progress=self.progress,
+        )
         self.checks: list[str] | None = None  # the checks collected (prepare); None: all of them
         self.needs = self._needs()
         self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
@@ -227,7 +233,7 @@ class HarnessSession:
     def _needs(self) -> RenderNeeds:
         """What the checks collected ask to be rendered, and whether the controls run."""
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
-        features = {INCEPTION} if self.inception_spec is not None else set()
+        features = {INCEPTION} if self.features.inception_spec is not None else set()
         # A CLIP is there when one is named, a real base brings the default one or the embedded base its self-test one
         # (one a pytest_lora_feature_model hook supplies on another base is used all the same; its renders are then
         # made when first asked for).
@@ -488,50 +494,6 @@ class HarnessSession:
                 }
             )
         return pictures
-
-    @cached_property
-    def clip(self):
-        """(ClipModel, "") or (None, why there is none); loaded once, only when a quality check asks."""
-        from lora_harness.verdicts.clip_model import load_clip
-
-        supplied = self.hook.pytest_lora_feature_model(harness=self, kind=CLIP)
-        if supplied is not None:
-            return supplied, ""
-        with self.progress.shown():  # a first use's download shows its progress
-            return load_clip(
-                self.config.clip_model,
-                embedded_default=self.config.base_model == EMBEDDED_DEFAULT,
-                real_base=self.config.base_path is not None,
-                offline=self.config.offline,
-            )
-
-    @property
-    def inception_spec(self) -> str | None:
-        return inception_spec(self.config.inception_weights, self.config.base_path is not None)
-
-    @cached_property
-    def inception(self):
-        """(InceptionFeatures, "", None), or (None, why there is none, the status fid and kid then take: skipped
-        offline with the weights not cached, an error where they cannot be had or read)."""
-        from lora_harness.config.config import ConfigError
-        from lora_harness.verdicts.inception import InceptionNotCached, load_inception
-
-        supplied = self.hook.pytest_lora_feature_model(harness=self, kind=INCEPTION)
-        if supplied is not None:
-            return supplied, "", None
-        try:
-            return load_inception(self.inception_spec, self.config.offline, self.progress), "", None
-        except InceptionNotCached as missing:
-            return None, str(missing), SKIPPED
-        except ConfigError as error:
-            return None, str(error), ERROR
-
-    def distance_features(self, check: str):
-        """(features model, why not, status if none) for fid, kid, cmmd: Inception for fid and kid (on a real base
-        by default), else the CLIP's image features; cmmd is defined on CLIP embeddings."""
-        if check != "cmmd" and self.inception_spec is not None:
-            return self.inception
-        return (*self.clip, SKIPPED)
 
     @cached_property
     def reference_images(self):
