@@ -68,7 +68,7 @@ def test_lycoris_loha_and_lokr_files_land_whole_at_lycoris_scale_and_pass(pytest
     assert applied["lokr-r2"]["tensors_applied"] == applied["lokr-r2"]["tensors"] > 2 * modules  # some w2 split in two
     assert (applied["loha"]["kind"], applied["lokr"]["kind"]) == ("LoHa", "LoKr")
     assert {a["format"] for a in applied.values()} == {"lycoris"} and {a["family"] for a in applied.values()} == {
-        "tiny"
+        "tiny SD1.x"
     }
     # LyCORIS's scales: alpha / rank; 1 where both Kronecker factors are full; alpha / rank for a split w2.
     assert (applied["loha"]["scale"], applied["lokr"]["scale"], applied["lokr-r2"]["scale"]) == (2.0, 1.0, 4.0)

@@ -65,7 +65,7 @@ def test_another_family_is_named(pipeline, write_lora):
         }
 
     path = write_lora("diffusers", "sd2", edit=sd2_width)
-    with pytest.raises(FamilyMismatch, match=r"SD2.x \(cross-attention 1024\).*tiny \(cross-attention 32\)"):
+    with pytest.raises(FamilyMismatch, match=r"SD2.x \(cross-attention 1024\).*tiny SD1.x \(cross-attention 32\)"):
         apply_adapter(pipeline, TINY, read_adapter(path), "a")
 
 
