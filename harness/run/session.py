@@ -14,16 +14,14 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
-from lora_harness.bases.families import EMBEDDED_DEFAULT, denoiser_of, family_of_pipeline
+from lora_harness.bases.families import denoiser_of, family_of_pipeline
 from lora_harness.config.check_registry import (
     BASE,
     BASE_AGAIN,
     BUILTIN,
-    CLIP,
     CONTROL_CHECKS,
     CONTROLS,
     HELDOUT,
-    INCEPTION,
     MAIN,
     UNTRAINED,
     CheckRegistry,
@@ -39,7 +37,6 @@ from lora_harness.rendering.render_needs import RenderNeeds
 from lora_harness.rendering.render_service import RenderService, RenderTarget
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
 from lora_harness.run.check_policy import CheckPolicy
-from lora_harness.verdicts.clip_model import clip_spec
 from lora_harness.verdicts.feature_models import FeatureModels
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
@@ -112,7 +109,6 @@ class HarnessSession:
         self.render_cache = RenderCache(config.render_cache) if config.render_cache else None
         self.features = FeatureModels(
             config,
-            embedded_default=config.base_model == EMBEDDED_DEFAULT,
             supplied=lambda kind: self.hook.pytest_lora_feature_model(harness=self, kind=kind),
             progress=self.progress,
         )
@@ -233,18 +229,9 @@ class HarnessSession:
     def _needs(self) -> RenderNeeds:
         """What the checks collected ask to be rendered, and whether the controls run."""
         specs = [self.registry[name] for name in (self.checks if self.checks is not None else self.registry.names)]
-        features = {INCEPTION} if self.features.inception_spec is not None else set()
-        # A CLIP is there when one is named, a real base brings the default one or the embedded base its self-test one
-        # (one a pytest_lora_feature_model hook supplies on another base is used all the same; its renders are then
-        # made when first asked for).
-        if (
-            clip_spec(self.config.clip_model, self.config.base_path is not None)
-            or self.config.base_model == EMBEDDED_DEFAULT
-        ):
-            features.add(CLIP)
         return RenderNeeds.of_checks(
             specs,
-            features=features,
+            features=self.features.expected,
             corpus=self.config.reference_images is not None,
             train_images=self.config.train_images is not None,
             reference_steps=self.config.reference_steps,

@@ -8,26 +8,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cached_property
 
+from lora_harness.bases.families import EMBEDDED_DEFAULT
 from lora_harness.config.check_registry import CLIP, INCEPTION
 from lora_harness.config.config import ConfigError, HarnessConfig
 from lora_harness.config.statuses import ERROR, SKIPPED
 from lora_harness.rendering.progress import Progress
-from lora_harness.verdicts.clip_model import load_clip
+from lora_harness.verdicts.clip_model import clip_spec, load_clip
 from lora_harness.verdicts.inception import InceptionNotCached, inception_spec, load_inception
 
 
 class FeatureModels:
-    def __init__(
-        self, config: HarnessConfig, embedded_default: bool, supplied: Callable[[str], object], progress: Progress
-    ):
+    def __init__(self, config: HarnessConfig, supplied: Callable[[str], object], progress: Progress):
         self.config = config
-        self.embedded_default = embedded_default  # the embedded default base brings its self-test CLIP
         self.supplied = supplied  # kind -> a plugin's model, or None
         self.progress = progress
 
     @property
     def real_base(self) -> bool:
         return self.config.base_path is not None
+
+    @property
+    def embedded_default(self) -> bool:
+        """The embedded default base, which brings its self-test CLIP."""
+        return self.config.base_model == EMBEDDED_DEFAULT
+
+    @property
+    def expected(self) -> set[str]:
+        """The kinds of model this run will have, before any loads: a CLIP where one is named, a real base brings
+        the default one or the embedded default base its self-test one; an Inception where fid and kid use one. (One
+        a pytest_lora_feature_model hook supplies on another base is used all the same; the renders it needs are
+        then made when first asked for.)"""
+        expected = {INCEPTION} if self.inception_spec is not None else set()
+        if clip_spec(self.config.clip_model, self.real_base) or self.embedded_default:
+            expected.add(CLIP)
+        return expected
 
     @cached_property
     def clip(self):

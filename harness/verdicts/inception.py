@@ -46,7 +46,7 @@ def check_inception_weights(value: str) -> str:
     file, or a local weights file (resolved) that begins as its format does."""
     if value in (OFF, TORCH_FIDELITY):
         return value
-    if urllib.parse.urlparse(value).scheme in ("http", "https"):
+    if _is_url(value):
         if not _file_name(value).endswith(WEIGHT_SUFFIXES):
             raise ConfigError(f"--inception-weights {value}: a URL of a .pth or .safetensors file is fetched; {FORMS}")
         return value
@@ -75,8 +75,13 @@ def load_inception(spec: str, offline: bool, progress) -> InceptionFeatures:
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     url = URL_INCEPTION_V3 if spec == TORCH_FIDELITY else spec
-    path = _fetched(url, offline, progress) if urllib.parse.urlparse(url).scheme else Path(url)
+    path = _fetched(url, offline, progress) if _is_url(url) else Path(url)
     return InceptionFeatures(path, source=spec)
+
+
+def _is_url(value: str) -> bool:
+    """An http(s) URL, fetched; anything else is a local path (`C:\\…` included)."""
+    return urllib.parse.urlparse(value).scheme in ("http", "https")
 
 
 def _file_name(url: str) -> str:
