@@ -33,7 +33,7 @@ from render_phase import (
 from lora_harness.bases.base import load_base
 from lora_harness.fixtures.adapter_writers import make_lora, write_adapter
 from lora_harness.loading.adapter_file import read_adapter
-from lora_harness.loading.injection import apply_adapter
+from lora_harness.loading.kinds import apply_adapter
 
 
 @pytest.fixture(scope="module")

@@ -105,13 +105,14 @@ def test_the_reference_overfit_trains_on_a_float16_base_and_its_controls_hold(py
 
 def test_a_value_that_landed_one_step_off_in_float16_is_caught(write_lora, monkeypatch):
     """Rounding to the layer's dtype is the only difference allowed: the next float16 value is a changed tensor."""
-    import lora_harness.loading.injection as injection
+    import lora_harness.loading.peft_injection as peft_injection
     from lora_harness.bases.families import pipeline_signature
     from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.loading.adapter_file import read_adapter
+    from lora_harness.loading.kinds import apply_adapter
 
     pipeline = build_tiny_pipeline().to(dtype=torch.float16)
-    real_inject = injection._inject
+    real_inject = peft_injection.inject
     nudged = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 
     def inject_then_nudge(pipeline, normalized, accepted, adapter_name):
@@ -120,9 +121,9 @@ def test_a_value_that_landed_one_step_off_in_float16_is_caught(write_lora, monke
         with torch.no_grad():
             weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(torch.inf, dtype=weight.dtype))
 
-    monkeypatch.setattr(injection, "_inject", inject_then_nudge)
+    monkeypatch.setattr(peft_injection, "inject", inject_then_nudge)
     path = write_lora("kohya", "nudged.safetensors")
-    application = injection.apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "a")
+    application = apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "a")
     assert {layer.lora_A["a"].weight.dtype for layer in application.lora_layers.values()} == {torch.float16}
     nudged_key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"
     assert application.value_mismatches == [nudged_key]
@@ -137,7 +138,7 @@ def test_a_kohya_flux_file_on_a_half_precision_base_is_proven_to_the_coarser_dty
     from lora_harness.bases.tiny_base import build_tiny_flux_pipeline
     from lora_harness.fixtures.adapter_writers import write_flux_community
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.injection import apply_adapter
+    from lora_harness.loading.kinds import apply_adapter
 
     pipeline = build_tiny_flux_pipeline()
     single = ("linear2", "modulation.lin")

@@ -40,7 +40,8 @@ def applied(pipeline, path):
     """The file applied to the module-scoped pipeline, and taken off it again whatever the test asserts."""
     from lora_harness.bases.families import pipeline_signature
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.injection import apply_adapter, remove_adapter
+    from lora_harness.loading.kinds import apply_adapter
+    from lora_harness.loading.peft_injection import remove_adapter
 
     application = apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(path), "under-test")
     try:
@@ -131,7 +132,7 @@ def test_the_final_modulation_swaps_halves_as_diffusers_does():
 
 
 def test_the_update_inner_product_from_factors_matches_the_dense_one():
-    from lora_harness.loading.injection import _inner
+    from lora_harness.loading.proof import _inner
 
     generator = torch.Generator().manual_seed(0)
     up1, down1 = (
@@ -194,12 +195,12 @@ def test_t5_keys_diffusers_drops_are_refused_naming_them(tiny_flux, community, t
 def test_a_bf16_file_whose_scale_lands_two_percent_off_fails(tiny_flux, tmp_path, monkeypatch):
     """bf16 rounding moves the measured scale by about 0.02%; a 2% error in the scale is a defect, not rounding."""
     from lora_harness.fixtures.adapter_writers import write_flux_community
-    from lora_harness.loading import adapter_layout
+    from lora_harness.loading.kinds import flux_fused
 
-    def two_percent_off(tensors, convert=adapter_layout.convert):
+    def two_percent_off(tensors, convert=flux_fused.convert):
         return {k: v * 1.02 if ".lora_B." in k else v for k, v in convert(tensors).items()}
 
-    monkeypatch.setattr(adapter_layout, "convert", two_percent_off)
+    monkeypatch.setattr(flux_fused, "convert", two_percent_off)
     path = write_flux_community(
         tiny_flux, tmp_path / "bf16.safetensors", alpha=3.0, single=KOHYA_SINGLE, dtype=torch.bfloat16
     )
@@ -237,9 +238,9 @@ def _swapping_q_and_k(convert):
 def test_a_conversion_that_loses_the_scale_or_misplaces_rows_fails_wiring(
     pytester, community, monkeypatch, conversion, wanted
 ):
-    from lora_harness.loading import adapter_layout
+    from lora_harness.loading.kinds import flux_fused
 
-    monkeypatch.setattr(adapter_layout, "convert", conversion(adapter_layout.convert))
+    monkeypatch.setattr(flux_fused, "convert", conversion(flux_fused.convert))
     assert wanted in wiring_failure(pytester, community["kohya"], "tiny-flux")
 
 

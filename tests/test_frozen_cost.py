@@ -32,7 +32,7 @@ def _targeted_parameters(write_lora) -> int:
     from lora_harness.bases.families import pipeline_signature
     from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.injection import apply_adapter
+    from lora_harness.loading.kinds import apply_adapter
 
     pipeline = build_tiny_pipeline()
     adapter = read_adapter(write_lora("kohya", "probe.safetensors"))

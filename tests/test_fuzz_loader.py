@@ -24,7 +24,7 @@ from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import LAYOUTS, make_lora, write_adapter
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 from lora_harness.loading.application import file_defects
-from lora_harness.loading.injection import apply_adapter
+from lora_harness.loading.kinds import apply_adapter
 
 EXAMPLES = int(os.environ.get("LORA_FUZZ_EXAMPLES", "40"))
 SECONDS_PER_LOAD = 20  # a load of the tiny base's adapter takes well under a second

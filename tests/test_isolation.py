@@ -11,7 +11,7 @@ from lora_harness.bases.families import pipeline_signature
 from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import ATTENTION_TARGETS
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.loading.injection import apply_adapter
+from lora_harness.loading.kinds import apply_adapter
 from tests.helpers import INTERLEAVING, modules_to_save_folder
 
 # The reference is trained and the controls run: they are rendered on the base as first digested too.
@@ -65,7 +65,7 @@ def test_a_pissa_adapter_saved_without_conversion_is_refused_and_leaves_the_base
 
 def test_a_crash_half_way_through_injection_leaves_no_layer_adapter_name_or_hook(write_lora, monkeypatch):
     """The layers are in (peft built them) when the proof raises, as an unexpected layer type makes it."""
-    import lora_harness.loading.injection as injection
+    import lora_harness.loading.peft_injection as peft_injection
 
     def crashing_prove(*args, **kwargs):
         raise AttributeError("'Conv2d' object has no attribute 'groups'")
@@ -76,8 +76,8 @@ def test_a_crash_half_way_through_injection_leaves_no_layer_adapter_name_or_hook
     before, state = digest_parameters(pipeline), _loaded_state(pipeline)
     expected = apply_adapter(pipeline, signature, good, "first").record()
     assert _loaded_state(pipeline) != state  # what the state would show of an adapter left behind
-    injection.remove_adapter(pipeline, "first")
-    monkeypatch.setattr(injection, "_prove", crashing_prove)
+    peft_injection.remove_adapter(pipeline, "first")
+    monkeypatch.setattr(peft_injection, "_prove", crashing_prove)
     with pytest.raises(AttributeError, match="groups"):
         apply_adapter(pipeline, signature, read_adapter(write_lora("kohya", "crash.safetensors")), "crash")
     assert _loaded_state(pipeline) == state and digest_parameters(pipeline) == before

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from lora_harness.bases.families import UNET, architecture_family
 from lora_harness.loading.adapter_file import read_adapter
-from lora_harness.loading.adapter_layout import detect_format
+from lora_harness.loading.damaged_tensors import refuse_damaged
+from lora_harness.loading.kinds import kind_of
 
 
 def peak():
@@ -32,7 +34,8 @@ def peak():
 path = Path(sys.argv[1])
 start = peak()
 adapter = read_adapter(path)
-layout = detect_format(adapter)
+refuse_damaged(adapter)  # a pass over every tensor's shape and dtype
+kind = kind_of(adapter, architecture_family(UNET)).name
 # The passes the harness makes over a file's values (NaN or Inf anywhere, an all-zero up), one tensor at a time.
 nonfinite = [key for key in adapter.tensors if not torch.isfinite(adapter.tensors[key].float()).all()]
 zero = [key for key in adapter.tensors if not adapter.tensors[key].any()]
@@ -40,7 +43,7 @@ lazy = peak() - start
 # The control: the same passes over the whole file held at once, as safetensors' load_file returns it.
 whole = load_file(path)
 assert all(torch.isfinite(tensor).all() and not tensor.any() for tensor in whole.values())
-print(json.dumps({"layout": layout, "lazy": lazy, "whole": peak() - start, "zero": len(zero), "nonfinite": nonfinite,
+print(json.dumps({"kind": kind, "lazy": lazy, "whole": peak() - start, "zero": len(zero), "nonfinite": nonfinite,
                   "sha256": adapter.sha256}))
 """
 
@@ -70,7 +73,7 @@ def test_a_multi_gb_adapter_is_read_with_memory_for_one_tensor_not_the_file(tmp_
     run = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     measured = json.loads(run.stdout)
-    assert measured["layout"] == "kohya" and measured["zero"] == TENSORS and measured["nonfinite"] == []
+    assert measured["kind"] == "Kohya LoRA" and measured["zero"] == TENSORS and measured["nonfinite"] == []
     assert len(measured["sha256"]) == 64  # the whole file was hashed, streamed
     assert measured["whole"] > 0.9 * FILE_BYTES  # the control: holding the file shows in the measure
     # One tensor and its pass's temporaries (torch.isfinite makes about 2.7 times the tensor), not the file.

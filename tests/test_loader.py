@@ -7,7 +7,7 @@ from lora_harness.bases.families import UNET, Signature
 from lora_harness.bases.tiny_base import build_tiny_pipeline
 from lora_harness.fixtures.adapter_writers import LAYOUTS
 from lora_harness.loading.adapter_file import AdapterLoadError, FamilyMismatch, read_adapter
-from lora_harness.loading.injection import apply_adapter
+from lora_harness.loading.kinds import apply_adapter
 
 TINY = Signature(UNET, 32)  # the embedded tiny base
 TENSORS = 64  # 16 attention projections x (A, B) in the tiny U-Net
@@ -71,16 +71,16 @@ def test_another_family_is_named(pipeline, write_lora):
 
 def test_scale_that_differs_from_the_file_is_reported(pipeline, write_lora, monkeypatch):
     """A loader that drops the file's LoraConfig (as `load_lora_adapter(path)` does for such files) applies 1.0."""
-    import lora_harness.loading.injection as injection
+    from lora_harness.loading.kinds import peft_lora
 
-    real_normalize = injection.normalize
+    real_normalize = peft_lora.normalize
 
     def drop_config(adapter, pipeline):
         normalized = real_normalize(adapter, pipeline)
         normalized.lora_configs = {}
         return normalized
 
-    monkeypatch.setattr(injection, "normalize", drop_config)
+    monkeypatch.setattr(peft_lora, "normalize", drop_config)
     path = write_lora("peft-file", "scaled.safetensors", rank=4, alpha=16)
     application = apply_adapter(pipeline, TINY, read_adapter(path), "a")
     assert application.tensors_applied == TENSORS  # the values are right...
@@ -140,9 +140,9 @@ def test_a_dora_adapter_lands_whole_with_its_magnitudes(pipeline, dora_folder):
 
 def test_a_loader_that_applies_dora_as_plain_lora_is_caught(pipeline, dora_folder, monkeypatch):
     """diffusers reads DoRA from the magnitude keys; a load without them runs a plain LoRA silently."""
-    import lora_harness.loading.injection as injection
+    import lora_harness.loading.peft_injection as peft_injection
 
-    real_inject = injection._inject
+    real_inject = peft_injection.inject
 
     def drop_magnitudes(pipeline, normalized, accepted, adapter_name):
         for state_dict in normalized.state_dicts.values():
@@ -153,7 +153,7 @@ def test_a_loader_that_applies_dora_as_plain_lora_is_caught(pipeline, dora_folde
             config["use_dora"] = False
         real_inject(pipeline, normalized, accepted, adapter_name)
 
-    monkeypatch.setattr(injection, "_inject", drop_magnitudes)
+    monkeypatch.setattr(peft_injection, "inject", drop_magnitudes)
     application = apply_adapter(pipeline, TINY, read_adapter(dora_folder), "a")
     assert application.tensors_applied == TENSORS and len(application.value_mismatches) == TENSORS // 2
     assert all(key.endswith("lora_magnitude_vector") for key in application.value_mismatches)

@@ -90,7 +90,7 @@ def test_lokr_files_in_the_factor_order_older_lycoris_wrote_are_applied_from_the
     kron(w1, w2) · alpha / rank computed here from the stored factors."""
     from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.lycoris import build_network, file_modules
+    from lora_harness.loading.lycoris_modules import build_network, file_modules
 
     full = load_file(algo_files["lokr"])
     for w1 in [key for key in full if key.endswith(".lokr_w1")]:

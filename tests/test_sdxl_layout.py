@@ -99,7 +99,7 @@ def test_sgm_names_diffusers_cannot_map_or_would_drop_are_refused_naming_the_fil
     from lora_harness.bases.families import pipeline_signature
     from lora_harness.bases.tiny_base import build_tiny_sdxl_pipeline
     from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
-    from lora_harness.loading.injection import apply_adapter
+    from lora_harness.loading.kinds import apply_adapter
 
     path = tmp_path / "renamed.safetensors"
     save_file({f"{k}.lora_{role}.weight": torch.ones(4, 4) for k in keys for role in ("down", "up")}, path)

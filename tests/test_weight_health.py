@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lora_harness.loading.lycoris import LycorisFactors
+from lora_harness.loading.lycoris_modules import LycorisFactors
 from lora_harness.verdicts.weight_health import (
     ModuleHealth,
     entropy_effective_rank,
@@ -189,7 +189,7 @@ def test_dora_and_multiplicative_lycoris_modules_are_judged_per_weight_norm(tmp_
     from lora_harness.bases.tiny_base import build_tiny_pipeline
     from lora_harness.fixtures.adapter_writers import write_lycoris
     from lora_harness.loading.adapter_file import read_adapter
-    from lora_harness.loading.lycoris_application import apply_lycoris
+    from lora_harness.loading.kinds.lycoris import apply_lycoris
 
     pipeline = build_tiny_pipeline()
     args = {"lokr-dora": {"algo": "lokr", "dora_wd": True}, "ia3": {"algo": "ia3"}, "loha": {"algo": "loha"}}[algo]

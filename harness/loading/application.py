@@ -1,17 +1,33 @@
-"""What one adapter put in the pipeline, as every kind's loader reports it (`Application`), and the proof helpers
-they share: the file's tensor facts, value comparison, and how unmatched keys are described."""
+"""What one adapter put in the pipeline, as every kind's loader reports it (`Application`), what is wrong with the
+file itself (`file_defects`), and how keys that landed nowhere are described."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from lora_harness.bases.families import UNET
-from lora_harness.loading.adapter_file import AdapterFile
-from lora_harness.loading.lycoris import LycorisFactors, LycorisNetwork
+from lora_harness.loading.lycoris_modules import LycorisFactors, LycorisNetwork
 from lora_harness.loading.replaced_modules import ReplacedModules
+
+
+class OnBase(Protocol):
+    """One applied adapter as the renderer and the session drive it, whatever its kind applied it with."""
+
+    scale_in_call: bool  # the pipeline's scale keyword carries its scale (peft's layers); else its own modules take it
+
+    def active(self, scale: float) -> AbstractContextManager:
+        """Only this adapter on the base, at `scale`, inside the block."""
+
+    def watch(self, name: str, layer: torch.nn.Module, mark: Callable[[], None]):
+        """A removable hook calling `mark` when the adapter's own computation runs in `name` ("component.module")."""
+
+    def remove(self) -> None:
+        """The adapter off the base: nothing of it stays for the next one."""
 
 
 @dataclass
@@ -51,6 +67,7 @@ class Application:
     # Where a conversion injected more than the file holds (a fused module's down matrix copied into each layer it
     # fills): per "component.first layer" of each file module, the parameters the file holds for it.
     file_module_params: dict[str, int] = field(default_factory=dict)
+    on_base: OnBase | None = None  # how its kind switches it on while it renders and takes it off
 
     def record(self) -> dict:
         """The adapter's entry in results.json."""
@@ -104,28 +121,6 @@ def file_defects(path, application: Application) -> list[str]:
     return defects
 
 
-def tensor_facts(adapter: AdapterFile, keys: list[str]) -> dict:
-    """What the Application says of the file's own weight tensors: their count, shapes, dtypes, and which hold NaN
-    or Inf (integer flags such as (IA)³'s `on_input` hold neither)."""
-    tensors = adapter.tensors
-    return {
-        "tensors": len(keys),
-        "shapes": {key: list(tensors[key].shape) for key in keys},
-        "dtypes": sorted({str(tensors[key].dtype).removeprefix("torch.") for key in keys}),
-        "nonfinite": [key for key in keys if tensors[key].is_floating_point() and not tensors[key].isfinite().all()],
-    }
-
-
-def same_values(landed: torch.Tensor, in_file: torch.Tensor) -> bool:
-    """The file's values as the layer's dtype holds them (injected layers follow the base's, `--dtype`: a float32
-    file on a float16 base lands rounded, once), up to a 1x1-conv vs linear reshape; NaN counts as equal to NaN."""
-    if landed.numel() != in_file.numel():
-        return False
-    landed = landed.detach().to("cpu").reshape(in_file.shape)
-    in_file = in_file.to(landed.dtype)
-    return bool(torch.equal(landed, in_file) or torch.allclose(landed, in_file, rtol=0, atol=0, equal_nan=True))
-
-
 DROPPED = "nothing: the base's loader applies none of it"  # where a key the loader drops is said to land
 
 
@@ -158,8 +153,3 @@ def _module_kind(name: str) -> str:
     """'unet.….attn1.to_out.0' -> 'to_out.0'; 'unet.….attn1.to_q' -> 'to_q'."""
     parts = name.split(".")
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
-
-
-def most_common(values):
-    counted = Counter(values).most_common(1)
-    return counted[0][0] if counted else None

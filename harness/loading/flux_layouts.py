@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lora_harness.loading.kohya_names import module_names
+
 KOHYA_FLUX = "kohya-flux"
 COMFYUI_FLUX = "comfyui-flux"
 XLABS_FLUX = "xlabs-flux"
@@ -165,8 +167,6 @@ def _block_layers(blocks: str, index: str, layers):
 
 def _text_encoder_names(layer_names) -> dict[str, str]:
     """Kohya spelling (without prefix) -> layer path; published files keep transformers 4's `text_model.`."""
-    from lora_harness.loading.lycoris import module_names
-
     return module_names("text_encoder", "", layer_names)
 
 

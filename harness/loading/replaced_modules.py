@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from dataclasses import dataclass, field
 
 import torch
 
+from lora_harness.bases.parameter_names import is_tuner_parameter
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
+
+LORA_METADATA_KEY = "lora_adapter_metadata"  # where diffusers' save_lora_weights keeps each component's LoraConfig
 
 
 @dataclass
@@ -98,3 +102,44 @@ def build_replacements(pipeline, adapter: AdapterFile, saved: dict[str, dict[str
             built.modules[name] = (original, replacement(original, {p: adapter.tensors[k] for p, k in keys.items()}))
             built.file_keys[name] = keys
     return built, unmatched, shape_mismatches
+
+
+def split_replaced(prefixed: dict, lora_configs: dict, file_key_of: dict) -> tuple[dict, dict[str, dict[str, str]]]:
+    """Take the modules a LoraConfig's `modules_to_save` names out of what diffusers' loaders get: they have no
+    place for whole modules, and given the option peft would wrap each in a copy of the base's. peft names them as
+    it matches them: the module's own name or a dotted suffix of it."""
+    names = {component: config.pop("modules_to_save", None) or [] for component, config in lora_configs.items()}
+    kept, replaced = {}, {}
+    for key, tensor in prefixed.items():
+        component, _, parameter = key.partition(".")
+        module = None if is_tuner_parameter(parameter) else saved_module(parameter, names.get(component, []))
+        if module is None:
+            kept[key] = tensor
+        else:
+            saved = replaced.setdefault(f"{component}.{module}", {})
+            saved[parameter.removeprefix(f"{module}.")] = file_key_of[id(tensor)]
+    return kept, replaced
+
+
+def saved_module_keys(adapter: AdapterFile) -> set[str]:
+    """The file keys of modules a LoraConfig's `modules_to_save` names (the folder's config, or the file's
+    metadata for any component)."""
+    configs = [adapter.adapter_config or {}]
+    raw = adapter.file_metadata.get(LORA_METADATA_KEY)
+    try:
+        metadata = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        metadata = {}  # said where the kind reads it for its LoraConfig
+    if isinstance(metadata, dict):
+        configs.append({k.rpartition(".")[2]: v for k, v in metadata.items()})
+    names = [name for config in configs for name in (config.get("modules_to_save") or [])]
+    return {k for k in adapter.tensors if not is_tuner_parameter(k) and saved_module(k, names) is not None}
+
+
+def saved_module(parameter: str, names: list[str]) -> str | None:
+    parts = parameter.split(".")
+    for end in range(1, len(parts)):
+        module = ".".join(parts[:end])
+        if any(module == name or module.endswith(f".{name}") for name in names):
+            return module
+    return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.flux_layouts import FluxModule
 
 FACTORS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
@@ -30,6 +31,40 @@ class TracedConversion:
     dropped: list[str]  # file keys of modules no converted layer came from
     invented: list[str]  # converted layers traced to no file module
     biases: dict[str, tuple[str, str]]  # file key of a `.diff_b` -> (component, layer) whose LoRA bias holds it
+
+
+def traced_by_loader(adapter: AdapterFile, pipeline, what: str, tracer, unused_alpha: bool = False):
+    """`tracer(tensors, pipeline)`: the base's pipeline class's own conversion of the file, traced back to it;
+    refused, naming why, where the conversion fails or makes layers that no tensor of the file holds. `unused_alpha`:
+    the file's alphas may be infinite (ai-toolkit's LoKr with both factors full stores the one it does not use as
+    float16 infinity)."""
+    loader = type(pipeline).__name__
+    nonfinite = next(
+        (
+            k
+            for k, t in adapter.tensors.items()
+            if t.is_floating_point() and not t.isfinite().all() and not (unused_alpha and k.endswith(".alpha"))
+        ),
+        None,
+    )
+    if nonfinite is not None:  # every proportion with NaN is NaN: such a file cannot be traced, only named
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: tensor {nonfinite} holds NaN or Inf, so what {loader}'s conversion made of it "
+            "cannot be traced to the file; the training diverged or the file is damaged: export a finite checkpoint"
+        )
+    try:
+        traced = tracer(adapter.tensors, pipeline)
+    except (KeyError, ValueError, IndexError, RuntimeError, NotImplementedError, AssertionError) as error:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s own conversion of this {what} failed "
+            f"({type(error).__name__}: {error}); the file is damaged or made for another model: export it again"
+        ) from None
+    if traced.invented:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {loader}'s conversion made {len(traced.invented)} layers that no tensor of the "
+            f"file holds, first {', '.join(traced.invented[:3])}; lora-harness will not check what it cannot trace to the file"
+        )
+    return traced
 
 
 def trace(tensors: dict[str, torch.Tensor], pipeline) -> TracedConversion:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,8 +10,8 @@ import torch
 
 from lora_harness.bases.families import family_of_pipeline
 from lora_harness.bases.families.family import GUIDANCE_SCALE
-from lora_harness.loading.lycoris import LycorisNetwork
-from lora_harness.loading.replaced_modules import ReplacedModules
+from lora_harness.loading.application import OnBase
+from lora_harness.loading.peft_injection import peft_layers_off
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,7 @@ class Renderer:
         self.video = rendering.video
         if self.video:
             self.call_arguments["num_frames"] = plan.frames
-        self.lycoris: dict[str, LycorisNetwork] = {}  # adapter name -> a LyCORIS file's modules, off the base
-        self.replaced: dict[str, ReplacedModules] = {}  # adapter name -> its `modules_to_save`, off the base
+        self.adapters: dict[str, OnBase] = {}  # adapter name -> how its kind switches it on (Application.on_base)
 
     def render(
         self,
@@ -86,13 +84,8 @@ class Renderer:
         calls of at most `plan.batch_size` prompts; `watch`ed LoRA layers record whether their forward ran."""
         jobs = self.plan.jobs if jobs is None else jobs
         ran: set[str] = set()
-        network = self.lycoris.get(adapter_name) or self.replaced.get(adapter_name)
-        hooks = [
-            network.watch(name, lambda name=name: ran.add(name))
-            if network is not None and name in network.modules
-            else _watch(layer, adapter_name, lambda name=name: ran.add(name))
-            for name, layer in (watch or {}).items()
-        ]
+        on_base = self.adapters.get(adapter_name)
+        hooks = [on_base.watch(name, layer, lambda name=name: ran.add(name)) for name, layer in (watch or {}).items()]
         try:
             with self._only(adapter_name, scale):
                 batch = self.plan.batch_size
@@ -125,7 +118,7 @@ class Renderer:
             callback_on_step_end=step_end,
             output_type="np",
             **self.call_arguments,
-            **{self.scale_argument: None if adapter_name in (None, *self.lycoris) else {"scale": scale}},
+            **{self.scale_argument: {"scale": scale} if self._scale_in_call(adapter_name) else None},
         )
         if not self.video:
             return output.images
@@ -133,47 +126,11 @@ class Renderer:
         jobs_count, frames, height, width, _ = videos.shape
         return videos.transpose(0, 2, 1, 3, 4).reshape(jobs_count, height, frames * width, 3)
 
-    @contextlib.contextmanager
+    def _scale_in_call(self, adapter_name: str | None) -> bool:
+        return adapter_name is not None and self.adapters[adapter_name].scale_in_call
+
     def _only(self, adapter_name: str | None, scale: float):
-        """Only `adapter_name`'s layers active, at `scale`. LyCORIS networks and replaced modules are off the base
-        but while their adapter renders."""
-        loaded = _loaded_adapters(self.pipeline)
-        network = self.lycoris.get(adapter_name)
-        if network is not None:
-            with self._only(None, scale), network.active(scale):
-                yield
-            return
-        if not loaded:
-            yield
-            return
+        """Only `adapter_name` on the base, at `scale` (none: the base as it is)."""
         if adapter_name is None:
-            self.pipeline.disable_lora()
-            try:
-                yield
-            finally:
-                self.pipeline.enable_lora()
-            return
-        self.pipeline.set_adapters([adapter_name])
-        replaced = self.replaced.get(adapter_name)
-        with replaced.active(scale) if replaced is not None else contextlib.nullcontext():
-            yield
-
-
-def _watch(layer, adapter_name: str, mark: Callable[[], None]):
-    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection; a LoKr layer, whose
-    factors are parameters and no module of their own, when it runs with the adapter active."""
-    if adapter_name in getattr(layer, "lora_A", {}):
-        return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
-
-    def ran(module, *_):
-        if adapter_name in module.active_adapters and not module.disable_adapters:
-            mark()
-
-    return layer.register_forward_hook(ran)
-
-
-def _loaded_adapters(pipeline) -> set[str]:
-    names: set[str] = set()
-    for adapters in pipeline.get_list_adapters().values():
-        names.update(adapters)
-    return names
+            return peft_layers_off(self.pipeline)
+        return self.adapters[adapter_name].active(scale)

@@ -30,7 +30,7 @@ from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
 from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
 from lora_harness.loading.application import Application, file_defects
-from lora_harness.loading.injection import apply_adapter, remove_adapter
+from lora_harness.loading.kinds import apply_adapter
 from lora_harness.rendering.progress import Progress
 from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds
@@ -304,10 +304,7 @@ class HarnessSession:
             record.update(error=str(error))
             return LoadedAdapter(spec, record, problem=str(error))
         record.update(application.record())
-        if application.network is not None:  # LyCORIS applies it, only while it renders
-            self.renderer.lycoris[spec.slot] = application.network
-        if application.replaced is not None:  # so are the modules its `modules_to_save` replaces
-            self.renderer.replaced[spec.slot] = application.replaced
+        self.renderer.adapters[spec.slot] = application.on_base
         defects = file_defects(adapter_file.weights_path, application)
         if defects:
             record["defects"] = defects
@@ -425,10 +422,10 @@ class HarnessSession:
         self.close()
 
     def _take_out(self, slot: str) -> None:
-        """The adapter in `slot` off the base: peft's layers removed, LyCORIS's and replaced modules let go."""
-        self.renderer.replaced.pop(slot, None)
-        if self.renderer.lycoris.pop(slot, None) is None:
-            remove_adapter(self.base.pipeline, slot)
+        """The adapter in `slot` off the base, as its kind takes it off."""
+        on_base = self.renderer.adapters.pop(slot, None)
+        if on_base is not None:
+            on_base.remove()
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:

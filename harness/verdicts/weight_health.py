@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lora_harness.bases.families import UNET, block_of
+from lora_harness.loading.lycoris_modules import LycorisNetwork
 from lora_harness.verdicts.results import verdict
 
 CHECK = "weight_health"
@@ -125,8 +126,6 @@ def _module_delta(module) -> torch.Tensor:
 
 def _added(module, inputs, read) -> torch.Tensor:
     """What the module adds to its layer's output for `inputs`, less what it adds to its bias."""
-    from lora_harness.loading.lycoris import LycorisNetwork
-
     layer = module.org_module[0]
     zero = torch.zeros_like(inputs[:1])
     with LycorisNetwork({"m": module}).active(1.0):

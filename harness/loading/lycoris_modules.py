@@ -17,7 +17,7 @@ from lora_harness.bases.families import denoiser_component
 from lora_harness.bases.parameter_names import unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.forward_swap import forwards_swapped, watch_forward
-from lora_harness.loading.kohya_names import KOHYA_COMPONENTS, SGM_BLOCKS
+from lora_harness.loading.kohya_names import KOHYA_COMPONENTS, SGM_BLOCKS, module_names
 
 OWN_PREFIX = "lycoris_"  # LyCORIS's wrapper names the modules of the one model it wrapped: the denoiser
 KOHYA_NAMED = "lycoris"  # results.json `format` of a LyCORIS file in Kohya's naming
@@ -337,15 +337,3 @@ def _layers_by_file_name(pipeline, prefixed: bool) -> dict[str, tuple[str, str, 
             for spelled in module_names(component_name, prefix, [path]):
                 found[spelled] = (component_name, path, module)
     return found
-
-
-def module_names(component: str, prefix: str, layer_names) -> dict[str, str]:
-    """Kohya name -> module path, for every layer of `component`. A CLIP text encoder's layers are named both as
-    transformers 4 had them (`text_model.encoder…`, most published files) and as the loaded model has them."""
-    names = {}
-    for name in layer_names:
-        paths = {name}
-        if component not in ("unet", "transformer"):
-            paths.add(name if name.startswith("text_model.") else f"text_model.{name}")
-        names.update({prefix + path.replace(".", "_"): name for path in paths})
-    return names

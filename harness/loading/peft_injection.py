@@ -1,46 +1,46 @@
-"""Inject an adapter with diffusers' own per-component loaders, then prove what landed: values and scale."""
+"""The path every kind that injects through diffusers' per-component loaders shares: its normalized file checked
+against the base (family, ranks, targets, shapes), injected into peft layers, and proven by the kind's own proof
+(`proof.by_tensors`, `by_updates`, or a kind's own); its `modules_to_save` replace whole modules beside it.
+`PeftOnBase` is how such an adapter is switched on, watched and taken off."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from lora_harness.bases.families import WIDTH_MODULES, Signature, is_denoiser, keys_signature
 from lora_harness.bases.parameter_names import is_tuner_parameter, unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
-from lora_harness.loading.adapter_layout import (
-    LAYER_TYPES,
-    LORA_BIAS,
-    MAGNITUDE,
-    NormalizedAdapter,
-    Target,
-    layer_modules,
-    normalize,
-    onto_expert,
-)
-from lora_harness.loading.application import (
-    DROPPED,
-    Application,
-    describe_unmatched,
-    most_common,
-    same_values,
-    tensor_facts,
-)
-from lora_harness.loading.converted_lokr import BAKED, KRONECKER, kronecker_shape
-from lora_harness.loading.flux_layouts import flux_layout
-from lora_harness.loading.lycoris import LycorisFactors, is_lycoris_file
-from lora_harness.loading.lycoris_application import apply_lycoris
+from lora_harness.loading.application import DROPPED, Application, describe_unmatched
+from lora_harness.loading.experts import onto_expert
+from lora_harness.loading.normalized import LAYER_TYPES, LORA_BIAS, MAGNITUDE, NormalizedAdapter, Target, layer_modules
+from lora_harness.loading.proof import Proven, most_common, roles_by_module, same_values, tensor_facts
 from lora_harness.loading.replaced_modules import ReplacedModules, build_replacements
-from lora_harness.loading.traced_conversion import proportional
+from lora_harness.loading.traced_kronecker import BAKED, KRONECKER, kronecker_shape
+
+# A kind's proof: (adapter, normalized, the layers injected by "component.module", adapter name, file keys refused
+# before injection) -> what was found in them.
+Proof = Callable[[AdapterFile, NormalizedAdapter, dict, str, set], Proven]
+# A kind's own shape rule beyond a layer's in and out widths: (pipeline, normalized, keys accepted so far) -> the
+# (file key, expected, found) it refuses.
+ShapeRule = Callable[[object, NormalizedAdapter, set], list]
 
 
-def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
-    if is_lycoris_file(adapter.tensors) and flux_layout(list(adapter.tensors)) is None:
-        return apply_lycoris(pipeline, base_signature, adapter, adapter_name)
-    normalized = normalize(adapter, pipeline)
+def apply_normalized(
+    pipeline,
+    base_signature: Signature,
+    adapter: AdapterFile,
+    normalized: NormalizedAdapter,
+    adapter_name: str,
+    prove: Proof,
+    shape_rule: ShapeRule | None = None,
+) -> Application:
     _check_rank_pairs(adapter, normalized)
     # The family first: another family's modules are missing from this base, and saying whose they are is the fix.
     adapter_signature = _signature(normalized, base_signature)
@@ -54,6 +54,10 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
     _check_config_targets(pipeline, adapter, normalized)
     _refuse_base_rewriting_init(adapter, normalized)
     accepted, unmatched, shape_mismatches = _validate_targets(pipeline, normalized)
+    if shape_rule is not None:
+        refused = shape_rule(pipeline, normalized, accepted)
+        shape_mismatches += refused
+        accepted -= {key for key, *_ in refused}
     lora_modules = {target.qualified_module for target in normalized.targets.values()}
     replaced, saved_unmatched, saved_shapes = build_replacements(pipeline, adapter, normalized.replaced, lora_modules)
     unmatched, shape_mismatches = unmatched + saved_unmatched, shape_mismatches + saved_shapes
@@ -67,20 +71,21 @@ def apply_adapter(pipeline, base_signature: Signature, adapter: AdapterFile, ada
             # Several adapters share the base on purpose (one pipeline, no copies); peft warns about each.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
             try:
-                _inject(pipeline, normalized, accepted, adapter_name)
+                inject(pipeline, normalized, accepted, adapter_name)
             except (ValueError, RuntimeError, TypeError, KeyError) as error:
                 # What reaches here passed our own validation; diffusers or peft still refused it.
                 raise AdapterLoadError(
                     f"{adapter.weights_path}: diffusers could not inject it ({type(error).__name__}: {error}); "
                     "check that the file is a LoRA for this base, or export it again"
                 ) from None
-        application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches)
+        application = _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches, prove)
         if replaced.modules:
             _prove_replaced(application, adapter, replaced)
     except BaseException:
         remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
         raise
     application.architecture = base_signature.architecture
+    application.on_base = PeftOnBase(pipeline, adapter_name, application.replaced)
     return application
 
 
@@ -91,6 +96,58 @@ def remove_adapter(pipeline, adapter_name: str) -> None:
         pipeline.delete_adapters(adapter_name)
     if not any(pipeline.get_list_adapters().values()):
         pipeline.unload_lora_weights()
+
+
+@dataclass
+class PeftOnBase:
+    """An adapter in peft's layers: on by diffusers' `set_adapters` with the scale in the pipeline's call, its
+    `modules_to_save` swapped in beside it; off by taking its layers out of every component."""
+
+    pipeline: object
+    adapter_name: str
+    replaced: ReplacedModules | None = None
+    scale_in_call: bool = True
+
+    @contextlib.contextmanager
+    def active(self, scale: float):
+        self.pipeline.set_adapters([self.adapter_name])
+        with self.replaced.active(scale) if self.replaced is not None else contextlib.nullcontext():
+            yield
+
+    def watch(self, name: str, layer: torch.nn.Module, mark: Callable[[], None]):
+        if self.replaced is not None and name in self.replaced.modules:
+            return self.replaced.watch(name, mark)
+        return watch_layer(layer, self.adapter_name, mark)
+
+    def remove(self) -> None:
+        remove_adapter(self.pipeline, self.adapter_name)
+
+
+@contextlib.contextmanager
+def peft_layers_off(pipeline):
+    """Every adapter in peft's layers off inside the block (the base renders as it is, or another kind's adapter
+    does alone)."""
+    if not any(pipeline.get_list_adapters().values()):
+        yield
+        return
+    pipeline.disable_lora()
+    try:
+        yield
+    finally:
+        pipeline.enable_lora()
+
+
+def watch_layer(layer, adapter_name: str, mark: Callable[[], None]):
+    """Call `mark` when the adapter's own computation runs in `layer`: LoRA's A projection; a LoKr layer, whose
+    factors are parameters and no module of their own, when it runs with the adapter active."""
+    if adapter_name in getattr(layer, "lora_A", {}):
+        return layer.lora_A[adapter_name].register_forward_hook(lambda *_: mark())
+
+    def ran(module, *_):
+        if adapter_name in module.active_adapters and not module.disable_adapters:
+            mark()
+
+    return layer.register_forward_hook(ran)
 
 
 # peft (0.21) initialisations that rewrite the base layer's weight when the layer is built: to a residual
@@ -148,7 +205,7 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     layer_names: dict[str, list[str]] = {}  # per component, listed once however many keys miss
     for key, target in normalized.targets.items():
         component = getattr(pipeline, target.component, None)
-        module = _find_module(component, target.module)
+        module = find_module(component, target.module)
         if module is None:
             if target.component not in layer_names:
                 layer_names[target.component] = _layer_names(component)
@@ -159,7 +216,7 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
         expected = _expected_shape(module, target.role, tensor)
         flux_module = normalized.flux_modules.get(target.qualified_module)
         if flux_module is not None:  # a fused module's update fills the rows of all its layers
-            layers = [_find_module(component, layer) for layer in flux_module.layers]
+            layers = [find_module(component, layer) for layer in flux_module.layers]
             missing = [layer for layer, found in zip(flux_module.layers, layers) if found is None]
             if missing:
                 unmatched.append((key, f"{target.component}.{missing[0]}", []))
@@ -173,27 +230,8 @@ def _validate_targets(pipeline, normalized: NormalizedAdapter):
     for flux_module in normalized.flux_modules.values():  # half a module would land without its partner
         if not {flux_module.down, flux_module.up} <= accepted:
             accepted -= {flux_module.down, flux_module.up}
-    if normalized.kind == "LoKr":
-        shape_mismatches += _kronecker_mismatches(pipeline, normalized, accepted)
-        accepted -= {key for key, *_ in shape_mismatches}
     unmatched += [(key, DROPPED, []) for key in normalized.untraced]
     return accepted, unmatched, shape_mismatches
-
-
-def _kronecker_mismatches(pipeline, normalized: NormalizedAdapter, accepted: set[str]) -> list[tuple]:
-    """A LoKr module's kron(w1, w2) must have its linear layer's shape; every factor of one that does not is refused."""
-    mismatches = []
-    for name, by_role in _keys_by_module(normalized).items():
-        component, path = name.split(".", 1)
-        layer = _find_module(getattr(pipeline, component, None), path)
-        keys = list(by_role.values())
-        if layer is None or not set(keys) <= accepted:
-            continue
-        wanted = (layer.out_features, layer.in_features) if isinstance(layer, torch.nn.Linear) else None
-        shape = kronecker_shape({role: normalized.tensors[key] for role, key in by_role.items()})
-        if shape != wanted:
-            mismatches += [(key, wanted, shape) for key in keys]
-    return mismatches
 
 
 def _check_rank_pairs(adapter: AdapterFile, normalized: NormalizedAdapter) -> None:
@@ -245,7 +283,7 @@ def _signature(normalized: NormalizedAdapter, base: Signature) -> Signature | No
     U-Net's cross-attention keys read the text width, which tells SD1.x from SD2.x and SDXL; a transformer's
     queries its inner width)."""
     targets = normalized.targets.values()
-    modules = _roles_by_module(normalized)
+    modules = roles_by_module(normalized)
     widths = Counter()
     for target in targets:
         reads_width = target.module.endswith(WIDTH_MODULES.get(target.component, ()))
@@ -268,7 +306,7 @@ def _input_width(target: Target, roles: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
+def inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter_name: str) -> None:
     for component, state_dict in normalized.state_dicts.items():
         kept = {k: v for k, v in state_dict.items() if normalized.file_keys.get((component, k)) in accepted}
         if not kept:
@@ -292,7 +330,9 @@ def _inject(pipeline, normalized: NormalizedAdapter, accepted: set[str], adapter
             )
 
 
-def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches) -> Application:
+def _prove(
+    pipeline, adapter, normalized, adapter_name, family, unmatched, shape_mismatches, prove: Proof
+) -> Application:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers: dict[str, torch.nn.Module] = {}
@@ -309,22 +349,9 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         )
 
     scales = {name: float(layer.scaling[adapter_name]) for name, layer in layers.items()}
-    rtol = 1e-5
-    lycoris_factors = {}
-    if normalized.kind == "LoKr":
-        rtol = _rewrite_tolerance(normalized, {p.dtype for layer in layers.values() for p in layer.parameters()})
-        applied, value_mismatches, measured, lycoris_factors = _prove_kronecker(normalized, layers, adapter_name)
-        scales.update(measured)
-    elif normalized.flux_modules:
-        rtol = _rewrite_tolerance(normalized, {layer.lora_A[adapter_name].weight.dtype for layer in layers.values()})
-        refused = {key for key, *_ in unmatched + shape_mismatches}
-        applied, value_mismatches, measured = _prove_updates(normalized, layers, adapter_name, refused, rtol)
-        scales.update(measured)
-        biases = {key: target for key, target in normalized.targets.items() if target.role == LORA_BIAS}
-        bias_applied, bias_mismatches = _prove_tensors(adapter, biases, layers, adapter_name)
-        applied, value_mismatches = applied + bias_applied, value_mismatches + bias_mismatches
-    else:
-        applied, value_mismatches = _prove_tensors(adapter, normalized.targets, layers, adapter_name)
+    proven = prove(adapter, normalized, layers, adapter_name, {key for key, *_ in unmatched + shape_mismatches})
+    scales.update(proven.measured)
+    rtol = proven.tolerance
     scale_mismatches = [
         (name, normalized.expected_scales[name], scales[name])
         for name in scales
@@ -337,7 +364,7 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         format=normalized.format,
         family=family,
         **tensor_facts(adapter, normalized.tensor_keys),
-        tensors_applied=applied,
+        tensors_applied=proven.applied,
         lora_params=lora_params,
         file_module_params=_file_module_params(adapter, normalized),
         rank=most_common(normalized.ranks.values()),
@@ -346,13 +373,13 @@ def _prove(pipeline, adapter, normalized, adapter_name, family, unmatched, shape
         scales=scales,
         unmatched=unmatched,
         shape_mismatches=shape_mismatches,
-        value_mismatches=value_mismatches,
+        value_mismatches=proven.mismatches,
         scale_mismatches=scale_mismatches,
         zero_up=[key for key in ups if not adapter.tensors[key].any()],
         up_tensors=len(ups),
         lora_layers=layers,
         factors=_factors(normalized),
-        lycoris_factors=lycoris_factors,
+        lycoris_factors=proven.lycoris_factors,
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
@@ -388,134 +415,6 @@ def _file_module_params(adapter: AdapterFile, normalized: NormalizedAdapter) -> 
     return params
 
 
-def _prove_tensors(adapter, targets: dict[str, Target], layers: dict, adapter_name: str) -> tuple[int, list[str]]:
-    """Each file tensor found, with its values, in the layer it was traced to."""
-    value_mismatches = []
-    applied = 0
-    for key, target in targets.items():
-        layer = layers.get(target.qualified_module)
-        if layer is None:
-            continue
-        landed = _landed(layer, target.role, adapter_name)  # a loader that drops DoRA leaves no magnitude
-        if landed is not None and same_values(landed, adapter.tensors[key]):
-            applied += 1
-        else:
-            value_mismatches.append(key)
-    return applied, value_mismatches
-
-
-def _prove_kronecker(normalized: NormalizedAdapter, layers: dict, adapter_name: str):
-    """LoKr factors in peft's LoKr layers: each as the file stores it, but w1 (w1_a), into which the conversion bakes
-    alpha / rank, in proportion; that proportion times the layer's own scaling is the scale applied. weight_health
-    reads each module's factors as the file stores them, at the scale it declares."""
-    applied, mismatches, measured, factors = 0, [], {}, {}
-    for name, keys in _keys_by_module(normalized).items():
-        layer = layers.get(name)
-        roles = {role: normalized.tensors[key] for role, key in keys.items()}
-        factor = 1.0
-        for role, in_file in roles.items():
-            landed = _landed(layer, role, adapter_name) if layer is not None else None
-            if landed is not None and role in BAKED and proportional(landed, in_file):
-                wanted = in_file.detach().double()
-                factor = float((landed.detach().double() * wanted).sum() / (wanted * wanted).sum().clamp_min(1e-300))
-                applied += 1
-            elif landed is not None and role not in BAKED and same_values(landed, in_file):
-                applied += 1
-            else:
-                mismatches.append(keys[role])
-        if layer is not None:
-            measured[name] = factor * float(layer.scaling[adapter_name])
-            factors[name] = LycorisFactors(roles, normalized.expected_scales.get(name, 1.0), layer, "LoKr")
-    return applied, mismatches, measured, factors
-
-
-def _landed(layer, role: str, adapter_name: str) -> torch.Tensor | None:
-    """The tensor `layer` holds for `role` of `adapter_name`: a LoRA matrix's weight, B's bias, a DoRA magnitude."""
-    if role == LORA_BIAS:
-        b = layer.lora_B[adapter_name] if adapter_name in layer.lora_B else None
-        return None if b is None else b.bias
-    held = getattr(layer, role, {})
-    if adapter_name not in held:
-        return None
-    return getattr(held[adapter_name], "weight", held[adapter_name])  # a magnitude is a parameter of its own
-
-
-def _prove_updates(
-    normalized: NormalizedAdapter, layers: dict, adapter_name: str, skipped: set[str], tolerance: float
-) -> tuple[int, list[str], dict[str, float]]:
-    """For files whose tensors the conversion rewrote: each module's update up · down, cut into its layers' rows,
-    against what each layer adds (B · A · scaling). The scale applied is measured as the factor between the two,
-    so a baked-in alpha is proven like a declared one. A module counts as applied when every layer it fills
-    holds its update up to that factor. Modules with a key in `skipped` were refused before injection.
-
-    Only r × r products are formed (`_inner`): at Flux.1's widths one update is 21504 × 3072."""
-    applied, value_mismatches, measured = 0, [], {}
-    for module in normalized.flux_modules.values():
-        if {module.down, module.up} & skipped:
-            continue
-        names = [f"{module.component}.{layer}" for layer in module.layers]
-        landed = [layers.get(name) for name in names]
-        if any(layer is None or adapter_name not in layer.lora_A for layer in landed):
-            value_mismatches += [module.down, module.up]
-            continue
-        down = _flat(normalized.tensors[module.down])
-        ups = module.split(_flat(normalized.tensors[module.up]), [layer.out_features for layer in landed])
-        holds = True
-        for name, layer, up in zip(names, landed, ups):
-            added_up = _flat(layer.lora_B[adapter_name].weight) * layer.scaling[adapter_name]
-            added_down = _flat(layer.lora_A[adapter_name].weight)
-            wanted_norm2 = _inner(up, down, up, down)  # ‖U·D‖²
-            added_norm2 = _inner(added_up, added_down, added_up, added_down)  # ‖B·A‖²
-            if wanted_norm2 == 0:  # an all-zero update looks the same at every scale
-                measured[name] = module.scale
-                holds = holds and added_norm2 == 0
-                continue
-            crossed = _inner(added_up, added_down, up, down)
-            scale = crossed / wanted_norm2  # the least-squares factor: B·A ≈ scale · U·D
-            measured[name] = scale
-            residual = max(added_norm2 - crossed * scale, 0.0) ** 0.5  # ‖B·A − scale · U·D‖
-            holds = holds and scale != 0 and residual <= 2 * tolerance * abs(scale) * wanted_norm2**0.5
-        if holds:
-            applied += 2
-        else:
-            value_mismatches += [module.down, module.up]
-    return applied, value_mismatches, measured
-
-
-def _flat(factor: torch.Tensor) -> torch.Tensor:
-    """A factor as a 2-D float64 matrix on the CPU, wherever the pipeline runs."""
-    return factor.detach().to("cpu", torch.float64).reshape(factor.shape[0], -1)
-
-
-def _inner(up1: torch.Tensor, down1: torch.Tensor, up2: torch.Tensor, down2: torch.Tensor) -> float:
-    """⟨up1 · down1, up2 · down2⟩ (Frobenius) = Σ (up1ᵀ up2) ∘ (down1 down2ᵀ), from r1 × r2 matrices."""
-    return float(((up1.T @ up2) * (down1 @ down2.T)).sum())
-
-
-def _rewrite_tolerance(normalized: NormalizedAdapter, layer_dtypes: set[torch.dtype]) -> float:
-    """Rewritten values are rounded to the file's dtype before they land (bf16: to within 0.4% each), and so is the
-    scale diffusers computes from an alpha stored in it; they land rounded to the layers' dtype (the base's, as
-    `--dtype` chose): the applied scale is trusted to one eps of the coarsest of them (bf16: 0.8%)."""
-    dtypes = {normalized.tensors[k].dtype for k in normalized.tensor_keys} | layer_dtypes
-    return max(1e-5, max(torch.finfo(dtype).eps for dtype in dtypes))
-
-
-def _keys_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, str]]:
-    """The file's keys per "component.module", by role (lora_A, lokr_w1, ...)."""
-    modules: dict[str, dict[str, str]] = {}
-    for key, target in normalized.targets.items():
-        modules.setdefault(target.qualified_module, {})[target.role] = key
-    return modules
-
-
-def _roles_by_module(normalized: NormalizedAdapter) -> dict[str, dict[str, torch.Tensor]]:
-    """The file's tensors per "component.module", by role."""
-    return {
-        module: {role: normalized.tensors[key] for role, key in keys.items()}
-        for module, keys in _keys_by_module(normalized).items()
-    }
-
-
 def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
     """The file's own down and up matrices per module, with the scale the file declares for it."""
     return {
@@ -524,7 +423,7 @@ def _factors(normalized: NormalizedAdapter) -> dict[str, tuple]:
             roles["lora_B"],
             normalized.expected_scales.get(module, 1.0),
         )
-        for module, roles in _roles_by_module(normalized).items()
+        for module, roles in roles_by_module(normalized).items()
         if "lora_A" in roles and "lora_B" in roles
     }
 
@@ -535,7 +434,7 @@ def _file_module_name(normalized: NormalizedAdapter, module: str) -> str:
     return module if flux_module is None else flux_module.name
 
 
-def _find_module(component, path: str):
+def find_module(component, path: str):
     if component is None:
         return None
     try:

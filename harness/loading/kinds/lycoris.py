@@ -1,26 +1,63 @@
-"""A LyCORIS file on the base, and the proof of what landed: each of its tensors in the module LyCORIS built for it,
-with its value, and each module's scale as LyCORIS applies it against alpha / rank as the file declares them."""
+"""LyCORIS files, every algo, in Kohya's names or LyCORIS's own prefix (not Flux's original names: `unapplied`),
+applied by LyCORIS's own modules (`lycoris_modules`). The proof: each tensor in the module LyCORIS built for it, with
+its value, and each module's scale as LyCORIS applies it against alpha / rank as the file declares them. The modules
+stay off the base but while their adapter renders."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 
-from lora_harness.bases.families import Signature
+from lora_harness.bases.families import Family, Signature
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
-from lora_harness.loading.application import Application, describe_unmatched, most_common, same_values, tensor_facts
-from lora_harness.loading.lycoris import (
+from lora_harness.loading.adapter_kind import AdapterKind
+from lora_harness.loading.application import Application, describe_unmatched
+from lora_harness.loading.flux_layouts import flux_layout
+from lora_harness.loading.lycoris_modules import (
     KOHYA_NAMED,
     OWN_PREFIX,
     PREFIXED,
     LycorisFactors,
+    LycorisNetwork,
     build_network,
     declared_rank,
     file_modules,
+    is_lycoris_file,
     landed_tensors,
 )
+from lora_harness.loading.peft_injection import peft_layers_off
+from lora_harness.loading.proof import most_common, same_values, tensor_facts
 
 
-def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str):
+@dataclass
+class LycorisOnBase:
+    """On: peft's layers off, each LyCORIS module's layer running its forward at the scale as its multiplier (the
+    pipeline's scale keyword does not reach LyCORIS); off: nothing to take out."""
+
+    pipeline: object
+    network: LycorisNetwork
+    scale_in_call: bool = False
+
+    @contextlib.contextmanager
+    def active(self, scale: float):
+        with peft_layers_off(self.pipeline), self.network.active(scale):
+            yield
+
+    def watch(self, name: str, layer: torch.nn.Module, mark):
+        return self.network.watch(name, mark)
+
+    def remove(self) -> None:
+        """Nothing of it is on the base outside `active`."""
+
+
+def _claims(adapter: AdapterFile, family: Family) -> bool:
+    keys = list(adapter.tensors)
+    return is_lycoris_file(keys) and flux_layout(keys) is None
+
+
+def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
     modules = file_modules(adapter)
     built = build_network(pipeline, modules)
     tensor_keys = [key for key in adapter.tensors if not key.endswith(".alpha")]
@@ -89,4 +126,8 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         kind="+".join(kinds),
         architecture=base_signature.architecture,
         network=built.network,
+        on_base=LycorisOnBase(pipeline, built.network),
     )
+
+
+KIND = AdapterKind("LyCORIS", _claims, apply_lycoris)
