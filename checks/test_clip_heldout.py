@@ -1,4 +1,4 @@
-from lora_harness.verdicts.clip_heldout import CHECK, evaluate_clip_heldout
+from lora_harness.verdicts.clip_heldout import CHECK, evaluate_clip_heldout, training_captions
 from lora_harness.verdicts.results import SKIPPED, CheckResult
 
 
@@ -11,7 +11,8 @@ def test_clip_heldout(adapter, harness, record_check):
         def renders(prompts):
             return harness.renders(None, prompts=prompts), harness.renders(adapter, prompts=prompts)
 
-        captions = harness.training_captions(adapter)
+        metadata = adapter.record.get("metadata") or {}
+        captions = training_captions(harness.config.train_captions, metadata, adapter.spec.is_reference)
         return evaluate_clip_heldout(
             adapter.name, clip, list(harness.config.heldout_prompts), captions, renders, harness.config.clip_margin
         )

@@ -163,7 +163,7 @@ def _unload(item: pytest.Item, harness, spec) -> None:
     items are reordered or a plugin check follows it). One that now fails or errs where its test reported another
     status fails this teardown; so does an unloading that raised, its error recorded as theirs."""
     from lora_harness.reports.terminal import visible
-    from lora_harness.run.session import UnloadFailed
+    from lora_harness.run.adapter_lifecycle import UnloadFailed
     from lora_harness.verdicts.results import ERROR, FAILED
 
     try:

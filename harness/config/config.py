@@ -11,6 +11,7 @@ from lora_harness.config.options import ParamBudget
 from lora_harness.config.shard import Shard
 
 REFERENCE = "reference"
+REFERENCE_CAPTION = "a red sun over blue hills, lora-harness reference style"  # the one the reference overfits on
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
     "a watercolor painting of a lighthouse at dusk",

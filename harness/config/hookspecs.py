@@ -67,7 +67,7 @@ def pytest_lora_feature_model(harness, kind: str):
 def pytest_lora_check_result(result, adapter) -> None:
     """Amend `result` (a CheckResult, changed in place) before it is recorded and decides its test's outcome; called
     after the harness's own policy (skipped or refused adapters, failed controls, the file's defects, --compare-to).
-    `adapter` is the LoadedAdapter checked (harness/run/session.py).
+    `adapter` is the LoadedAdapter checked (harness/run/adapter_lifecycle.py).
 
         def pytest_lora_check_result(result, adapter):
             if result.check == "param_budget" and result.status == "failed" and adapter.name.startswith("big-"):

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from lora_harness.bases.families import denoiser_of, family_of_pipeline
+from lora_harness.config.config import REFERENCE_CAPTION
 
 RANK = 4
-CAPTION = "a red sun over blue hills, lora-harness reference style"
 LEARNING_RATE = 1e-2  # a deliberate overfit: a few steps must visibly change the image
 SEED = 0
 
@@ -56,7 +56,7 @@ def train_reference(pipeline, steps: int, size: int, device: str, out_dir: Path,
     try:
         model.save_pretrained(run.control_dir)  # peft's default init: B = 0, so it cannot change an image
         run.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        example = reference.example(pipeline, torch.from_numpy(reference_image(size)), CAPTION, device)
+        example = reference.example(pipeline, torch.from_numpy(reference_image(size)), REFERENCE_CAPTION, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
         generator = torch.Generator(device).manual_seed(SEED)
         model.train()

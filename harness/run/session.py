@@ -1,8 +1,8 @@
 """HarnessSession: the run's state, kept in `config.stash`, and the order of its stages. `prepare` takes the checks
 collected; `start` loads the base, trains the reference overfit where it is needed and renders the baselines, once,
-before the first adapter touches the base; adapters then load one at a time, their renders come from the render
-service, `run_check` is the policy every verdict passes through, and `unload` (after an adapter's last check) takes
-each off the base again. The controls decide whether any verdict can be trusted."""
+before the first adapter touches the base; adapters then load one at a time and are unloaded after their last
+check (harness/run/adapter_lifecycle.py), their renders come from the render service, `run_check` is the policy
+every verdict passes through. The controls decide whether any verdict can be trusted."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import gc
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
-from lora_harness.bases.digests import BaseWatch, Evidence, base_parameters, fingerprint
+from lora_harness.bases.digests import BaseWatch, Evidence, fingerprint
 from lora_harness.bases.families import denoiser_of, family_of_pipeline
 from lora_harness.config.check_registry import (
     BASE,
@@ -28,18 +28,16 @@ from lora_harness.config.check_registry import (
 )
 from lora_harness.config.config import REFERENCE, AdapterSpec, HarnessConfig
 from lora_harness.config.hookspecs import standalone_hooks
-from lora_harness.loading.adapter_file import AdapterLoadError, read_adapter
-from lora_harness.loading.application import Application, file_defects
-from lora_harness.loading.kinds import apply_adapter
 from lora_harness.rendering.progress import Progress
 from lora_harness.rendering.render_cache import RenderCache, scheduler_identity
 from lora_harness.rendering.render_needs import RenderNeeds
 from lora_harness.rendering.render_service import RenderService, RenderTarget
 from lora_harness.rendering.renders import Renderer, RenderPlan, RenderSet
+from lora_harness.run.adapter_lifecycle import AdapterLifecycle, LoadedAdapter, Retake
 from lora_harness.run.check_policy import CheckPolicy
 from lora_harness.verdicts.feature_models import FeatureModels
 from lora_harness.verdicts.pixel_diff import evaluate_pixel_diff
-from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED, CheckResult
+from lora_harness.verdicts.results import FAILED, PASSED, SKIPPED, CheckResult
 from lora_harness.verdicts.wiring import evaluate_wiring
 
 CONTROL = AdapterSpec(UNTRAINED, None, slot="control_untrained")
@@ -51,44 +49,10 @@ NO_FAMILY_MODULE = (
 
 
 @dataclass
-class LoadedAdapter:
-    spec: AdapterSpec
-    record: dict  # the adapter's entry in results.json
-    application: Application | None = None
-    problem: str | None = None  # why it could not be applied: every check fails with it
-    skipped: str | None = None
-    defects: list[str] = field(default_factory=list)  # what is wrong with the file: fails every check
-    stages: dict[str, Evidence] = field(default_factory=dict)  # what frozen_base found at each stage
-    retakes: list[Retake] = field(default_factory=list)  # verdicts taken again once it is unloaded
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass
-class Retake:
-    """A verdict taken again once its adapter is off the base: the unloading is a stage it judges (frozen_base)."""
-
-    check: str
-    evaluate: Callable[[], CheckResult]
-    first: CheckResult  # the verdict its test reported
-
-
-@dataclass
 class Controls:
     status: str  # passed | failed | skipped
     message: str
     details: dict = field(default_factory=dict)
-
-
-class UnloadFailed(RuntimeError):
-    """Unloading raised, so the base may not be the one first digested: the verdicts to take again are errors saying
-    so, carried here for the teardown to record."""
-
-    def __init__(self, message: str, retaken: list):
-        super().__init__(message)
-        self.retaken = retaken
 
 
 class HarnessSession:
@@ -115,14 +79,11 @@ class HarnessSession:
         self.checks: list[str] | None = None  # the checks collected (prepare); None: all of them
         self.needs = self._needs()
         self.unet_forward_passes = 0  # the denoiser's (U-Net or transformer); results.json names it so
-        self._loaded: dict[str, LoadedAdapter] = {}
-        # Unloaded adapters, by name: one whose checks did not run together is loaded again (and says so), keeping
-        # what frozen_base found and takes again.
-        self._unloaded: dict[str, LoadedAdapter] = {}
         self._reported = {"unet_forward_passes": 0, "cache_hits": 0, "cache_written": 0}
         # made by start(), in this order
         self.base = None
         self.rendering: RenderService | None = None
+        self.lifecycle: AdapterLifecycle | None = None  # each adapter's load, stages, unload and restore
         self.reference_run = None  # the reference overfit's training run, where it was needed
         self.after_training: Evidence | None = None  # the full digest after the reference's training
         self.controls_run: Controls | None = None  # the controls' outcome, once run_controls ran
@@ -148,6 +109,17 @@ class HarnessSession:
             gc.freeze()
         if self.rendering is None:
             self.rendering = self._render_service()
+        if self.lifecycle is None:
+            self.lifecycle = AdapterLifecycle(
+                self.config,
+                self.base.pipeline,
+                self.base.signature,
+                self.watch,
+                self.rendering,
+                self.progress,
+                announce=lambda loaded: self.hook.pytest_lora_adapter_loaded(harness=self, adapter=loaded),
+                run_check=self.run_check,
+            )
         if self.reference_run is None and self._reference_needed:
             self.reference_run = self._train_reference()
         self.started = True
@@ -267,54 +239,38 @@ class HarnessSession:
         self.progress.line(f"reference overfit: loss {run.losses[0]:.4f} -> {run.losses[-1]:.4f}")
         self.after_training = self.watch.full()
         if self.after_training.changed:
-            self._restore(self.after_training.changed, "the reference's training")
+            self.lifecycle.restore(self.after_training.changed, "the reference's training")
         return run
 
     # -- adapters -------------------------------------------------------------------------------------------------
     def adapter(self, spec: AdapterSpec) -> LoadedAdapter:
+        """The adapter on the base (harness/run/adapter_lifecycle.py); the reference and its control from the
+        reference's training run, or skipped saying why there is none."""
         self.start()
-        if spec.name not in self._loaded:
-            try:
-                loaded = self._load(spec)
-            except Exception:
-                if self.base is not None:  # what a crash half-way through injection wrote is put back
-                    self._settle(f"{spec.name}, whose loading raised", self.watch.cheap(set()))
-                raise
-            earlier = self._unloaded.get(spec.name)
-            if earlier is not None:  # its checks were split up: frozen_base's evidence and re-take carry on
-                loaded.stages, loaded.retakes = earlier.stages, earlier.retakes
-            self._loaded[spec.name] = loaded
-        return self._loaded[spec.name]
-
-    def _load(self, spec: AdapterSpec) -> LoadedAdapter:
-        path = spec.path
+        path, skipped = spec.path, None
         if path is None:  # the reference or its negative control
             run = self.reference_run
             if run is None:
-                return LoadedAdapter(spec, {"name": spec.name, "path": None}, skipped=self._no_reference)
-            path = run.reference_dir if spec.name == REFERENCE else run.control_dir
-        record = {"name": spec.name, "path": str(path)}
-        again = " again: its checks did not run one after another" if spec.name in self._unloaded else ""
-        self.progress.line(f"loading adapter {spec.name}{again}")
-        try:
-            adapter_file = read_adapter(path)
-            record.update(sha256=adapter_file.sha256, metadata=_metadata(adapter_file))
-            application = apply_adapter(self.base.pipeline, self.base.signature, adapter_file, spec.slot)
-        except AdapterLoadError as error:
-            record.update(error=str(error))
-            return LoadedAdapter(spec, record, problem=str(error))
-        record.update(application.record())
-        self.renderer.adapters[spec.slot] = application.on_base
-        defects = file_defects(adapter_file.weights_path, application)
-        if defects:
-            record["defects"] = defects
-        loaded = LoadedAdapter(spec, record, application=application, defects=defects)
-        try:
-            self.hook.pytest_lora_adapter_loaded(harness=self, adapter=loaded)
-        except BaseException:
-            self._take_out(spec.slot)  # no layer of it stays for the next adapter
-            raise
-        return loaded
+                skipped = self._no_reference
+            else:
+                path = run.reference_dir if spec.name == REFERENCE else run.control_dir
+        return self.lifecycle.load(spec, path, skipped)
+
+    def record_stage(self, adapter: LoadedAdapter, stage: str) -> Evidence:
+        return self.lifecycle.record_stage(adapter, stage)
+
+    def after_unloading(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult], first) -> None:
+        self.lifecycle.after_unloading(adapter, check, evaluate, first)
+
+    def unload(self, spec: AdapterSpec) -> list[tuple[LoadedAdapter, Retake, CheckResult]]:
+        return self.lifecycle.unload(spec) if self.lifecycle is not None else []
+
+    def finish(self) -> None:
+        """What the last item's teardown does, for a run that stopped before it (-x, --maxfail, an interrupt): every
+        adapter still loaded taken off, then the closing digest."""
+        if self.lifecycle is not None:
+            self.lifecycle.unload_all()
+        self.close()
 
     def _render_baselines(self) -> None:
         """What every adapter is compared with (the base's renders, the determinism control, the controls) is made
@@ -332,41 +288,6 @@ class HarnessSession:
         except Exception:  # noqa: BLE001 - raised again, in its own check's record, when that check renders
             pass
 
-    def record_stage(self, adapter: LoadedAdapter, stage: str) -> Evidence:
-        """The base against the session's first digests, for frozen_base: digests of the parameters of the modules
-        the adapter targets and of any parameter whose version counter or storage moved (harness/bases/digests.py)."""
-        modules = set(adapter.application.lora_layers) if adapter.application else set()
-        evidence = self.watch.cheap(modules)
-        earlier = adapter.stages.get(stage)
-        # A stage seen again (the adapter loaded again): what either look found stands. The new look is returned, so
-        # that only what changed since is restored.
-        adapter.stages[stage] = (
-            evidence
-            if earlier is None
-            else Evidence(sorted({*earlier.changed, *evidence.changed}), earlier.digested + evidence.digested)
-        )
-        return evidence
-
-    def _settle(self, who: str, evidence: Evidence) -> None:
-        """Isolation: a base that differs from the first digests is restored before the next adapter loads."""
-        if evidence.changed:
-            self._restore(evidence.changed, who)
-
-    def _restore(self, names: list[str], who: str) -> None:
-        """Reload the base (on the CPU, only while its parameters are copied back) and put back what `who` changed.
-        Cheaper than a kept copy of the base, which would double its memory for a case that should never happen."""
-        from lora_harness.bases.base import load_base
-
-        self.progress.line(f"{who} changed {len(names)} base parameters: restoring them from {self.config.base_model}")
-        fresh = load_base(replace(self.config, device="cpu", offload=False)).pipeline
-        left = self.watch.restore(names, base_parameters(fresh))
-        if left:
-            raise RuntimeError(
-                f"{who} changed {len(names)} base parameters and {len(left)} could not be restored from "
-                f"{self.config.base_model}, first {left[0]}: a module was replaced or removed, or the base on disk "
-                "changed during the run; the adapters after it would be checked on another base: run it alone"
-            )
-
     def close(self) -> None:
         """The session's last full digest, once: a change written around the cheap evidence (through `.data` or a
         shared buffer) still ends the run named. Raises naming what changed."""
@@ -381,51 +302,6 @@ class HarnessSession:
                 "or a shared buffer), so no adapter's frozen_base saw it and the verdicts after it ran on another "
                 "base; run each adapter alone (-k ADAPTER) to find the one that writes them"
             )
-
-    def after_unloading(self, adapter: LoadedAdapter, check: str, evaluate: Callable[[], CheckResult], first) -> None:
-        """`check`'s verdict (`first`) taken again by `evaluate` once `adapter` is unloaded (see `unload`)."""
-        adapter.retakes.append(Retake(check, evaluate, first))
-
-    def unload(self, spec: AdapterSpec) -> list[tuple[LoadedAdapter, Retake, CheckResult]]:
-        """The adapter off the base, which is then held to the first digests (and restored where it differs),
-        after its last check and before the next adapter loads. Returns the verdicts taken again (after_unloading);
-        raises UnloadFailed, carrying them as errors, when the adapter could not be taken off or the base restored."""
-        loaded = self._loaded.pop(spec.name, None)
-        if loaded is None:
-            return []
-        self._unloaded[spec.name] = loaded
-        try:
-            if loaded.application is not None:  # a refused or skipped one has nothing to take out, but ran on the base
-                self._take_out(spec.slot)
-                self.rendering.forget(spec.slot)
-            self._settle(spec.name, self.record_stage(loaded, "after unloading"))
-        except Exception as error:
-            message = f"unloading {spec.name} raised {type(error).__name__}: {error}"
-            failed = [
-                (loaded, retake, CheckResult(loaded.name, retake.check, ERROR, message=message))
-                for retake in loaded.retakes
-            ]
-            raise UnloadFailed(message, failed) from error
-        return [(loaded, retake, self._retaken(loaded, retake)) for retake in loaded.retakes]
-
-    def _retaken(self, loaded: LoadedAdapter, retake: Retake) -> CheckResult:
-        try:
-            return self.run_check(loaded, retake.check, retake.evaluate)
-        except Exception as error:  # noqa: BLE001 - recorded as the check's error, as a raise in its test would be
-            return CheckResult(loaded.name, retake.check, ERROR, message=f"{type(error).__name__}: {error}")
-
-    def finish(self) -> None:
-        """What the last item's teardown does, for a run that stopped before it (-x, --maxfail, an interrupt): every
-        adapter still loaded taken off, then the closing digest."""
-        for loaded in list(self._loaded.values()):
-            self.unload(loaded.spec)
-        self.close()
-
-    def _take_out(self, slot: str) -> None:
-        """The adapter in `slot` off the base, as its kind takes it off."""
-        on_base = self.renderer.adapters.pop(slot, None)
-        if on_base is not None:
-            on_base.remove()
 
     # -- renders ----------------------------------------------------------------------------------------------------
     def renders(self, adapter: LoadedAdapter | None, scale: float = 1.0, prompts=None) -> RenderSet:
@@ -450,35 +326,6 @@ class HarnessSession:
             layers=adapter.application.lora_layers if adapter.application else None,
         )
 
-    def save_pictures(self, adapter: LoadedAdapter) -> list[dict]:
-        """Base, adapted and |diff| heatmap per render as PNG files under the report folder, for the report."""
-        from lora_harness.rendering.pictures import diff_heatmap, save_png
-
-        report_dir = self.config.report_dir
-        folder = report_dir / "images"
-        base, adapted = self.renders(None), self.renders(adapter)
-
-        def saved(image, path) -> str:  # relative, so the report folder can move as a whole
-            return str(save_png(image, path).relative_to(report_dir))
-
-        pictures = []
-        for index, ((prompt, seed), base_image, adapted_image) in enumerate(
-            zip(self.plan.jobs, base.images, adapted.images)
-        ):
-            heatmap, peak = diff_heatmap(adapted_image, base_image)
-            stem = f"{index:02d}-seed{seed}"
-            pictures.append(
-                {
-                    "prompt": prompt,
-                    "seed": seed,
-                    "base": saved(base_image, folder / "base" / f"{stem}.png"),
-                    "adapted": saved(adapted_image, folder / adapter.spec.slot / f"{stem}.png"),
-                    "diff": saved(heatmap, folder / adapter.spec.slot / f"{stem}-diff.png"),
-                    "diff_max": peak,
-                }
-            )
-        return pictures
-
     @cached_property
     def reference_images(self):
         from lora_harness.config.config import load_images
@@ -492,17 +339,6 @@ class HarnessSession:
 
         folder = self.config.train_images
         return load_images(folder, self.plan.size) if folder else None
-
-    def training_captions(self, adapter: LoadedAdapter) -> list[str]:
-        """What the adapter was trained on: --train-captions, the Kohya tags in its metadata, the reference's caption."""
-        from lora_harness.run.reference import CAPTION
-        from lora_harness.verdicts.release_metadata import flat_metadata, tag_counts
-
-        captions = list(self.config.train_captions)
-        if adapter.spec.is_reference:
-            captions.append(CAPTION)
-        captions += list(tag_counts(flat_metadata(adapter.record.get("metadata") or {}).get("ss_tag_frequency")))
-        return captions
 
     def base_renders_again(self) -> RenderSet:
         """The determinism control: the base rendered a second time with the same inputs."""
@@ -559,10 +395,3 @@ class HarnessSession:
         if wrong:
             return Controls(FAILED, "; ".join(wrong), details)
         return Controls(PASSED, "", details)
-
-
-def _metadata(adapter_file) -> dict:
-    metadata = dict(adapter_file.file_metadata)
-    if adapter_file.adapter_config is not None:
-        metadata["adapter_config"] = adapter_file.adapter_config
-    return metadata

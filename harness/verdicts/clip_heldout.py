@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from lora_harness.config.config import REFERENCE_CAPTION
 from lora_harness.verdicts.clip_model import self_test_verdict
 from lora_harness.verdicts.quality import bootstrap_ci, clip_scores, leaked
+from lora_harness.verdicts.release_metadata import flat_metadata, tag_counts
 from lora_harness.verdicts.results import ERROR, CheckResult, verdict
 
 CHECK = "clip_heldout"
@@ -13,6 +15,15 @@ DEFAULT_HELDOUT_PROMPTS = (
     "a snowy mountain village at night",
     "a portrait of an old fisherman",
 )
+
+
+def training_captions(given: tuple[str, ...], metadata: dict, is_reference: bool) -> list[str]:
+    """What the adapter was trained on: --train-captions (`given`), the Kohya tags in its `metadata`, the reference's
+    caption."""
+    captions = list(given)
+    if is_reference:
+        captions.append(REFERENCE_CAPTION)
+    return captions + list(tag_counts(flat_metadata(metadata).get("ss_tag_frequency")))
 
 
 def evaluate_clip_heldout(

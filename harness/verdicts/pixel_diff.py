@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from lora_harness.rendering.pictures import diff_heatmap, save_png
 from lora_harness.rendering.renders import RenderSet
 from lora_harness.verdicts.results import ERROR, CheckResult, verdict
 
@@ -54,3 +57,28 @@ def evaluate_pixel_diff(
         return verdict(adapter, CHECK, False, diff, floor, f"renders produced NaN or Inf: {shown}", details)
     message = f"mean |adapted - base| = {diff:.4f} on 0-255 is not above the floor {floor:g}: the adapter does not change the image"
     return verdict(adapter, CHECK, diff > floor, diff, floor, message, details)
+
+
+def save_pictures(report_dir: Path, slot: str, base: RenderSet, adapted: RenderSet) -> list[dict]:
+    """Base, adapted and |diff| heatmap per render as PNG files under the report folder (the base's once, shared by
+    every adapter; the adapter's under its `slot`), for the report."""
+    folder = report_dir / "images"
+
+    def saved(image, path) -> str:  # relative, so the report folder can move as a whole
+        return str(save_png(image, path).relative_to(report_dir))
+
+    pictures = []
+    for index, ((prompt, seed), base_image, adapted_image) in enumerate(zip(base.jobs, base.images, adapted.images)):
+        heatmap, peak = diff_heatmap(adapted_image, base_image)
+        stem = f"{index:02d}-seed{seed}"
+        pictures.append(
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "base": saved(base_image, folder / "base" / f"{stem}.png"),
+                "adapted": saved(adapted_image, folder / slot / f"{stem}.png"),
+                "diff": saved(heatmap, folder / slot / f"{stem}-diff.png"),
+                "diff_max": peak,
+            }
+        )
+    return pictures
