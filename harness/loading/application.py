@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from lora_harness.bases.families import UNET
-from lora_harness.loading.lycoris_modules import LycorisFactors, LycorisNetwork
+from lora_harness.loading.lycoris_modules import LycorisFactors
 from lora_harness.loading.replaced_modules import ReplacedModules
 
 
@@ -53,6 +53,9 @@ class Application:
     zero_up: list[str] = field(default_factory=list)  # up (B) matrices that are all zero
     up_tensors: int = 0
     lora_layers: dict[str, torch.nn.Module] = field(default_factory=dict)  # "component.module" -> peft / LyCORIS layer
+    layer_params: dict[str, int] = field(
+        default_factory=dict
+    )  # "component.module" -> the adapter's own parameters there
     shapes: dict[str, list[int]] = field(default_factory=dict)  # file key -> shape
     dtypes: list[str] = field(default_factory=list)
     factors: dict[str, tuple] = field(default_factory=dict)  # "component.module" -> (down, up, declared scale)
@@ -62,7 +65,6 @@ class Application:
     dora_modules: int = 0  # modules with a DoRA magnitude vector
     kind: str = "LoRA"  # LoRA | DoRA | LyCORIS algos as the field names them, "+"-joined (LoKr, LoCon+LoHa, ...)
     architecture: str = UNET  # the base's denoiser architecture, which names its blocks
-    network: LycorisNetwork | None = None  # a LyCORIS file's modules, which LyCORIS applies (not peft)
     replaced: ReplacedModules | None = None  # PEFT `modules_to_save`: whole modules, in while the adapter renders
     # Where a conversion injected more than the file holds (a fused module's down matrix copied into each layer it
     # fills): per "component.first layer" of each file module, the parameters the file holds for it.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lora_harness.bases.families import WIDTH_MODULES, Signature, is_denoiser, keys_signature
-from lora_harness.bases.parameter_names import is_tuner_parameter, unwrapped_name
+from lora_harness.bases.parameter_names import TUNER_PARAMETERS, is_tuner_parameter, unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.application import DROPPED, Application, describe_unmatched
 from lora_harness.loading.experts import onto_expert
@@ -378,12 +378,22 @@ def _prove(
         zero_up=[key for key in ups if not adapter.tensors[key].any()],
         up_tensors=len(ups),
         lora_layers=layers,
+        layer_params={name: _own_parameters(layer, adapter_name) for name, layer in layers.items()},
         factors=_factors(normalized),
         lycoris_factors=proven.lycoris_factors,
         ranks=sorted(set(normalized.ranks.values())),
         alphas=sorted(set(normalized.alphas.values())),
         dora_modules=sum(target.role == MAGNITUDE for target in normalized.targets.values()),
         kind=normalized.kind,
+    )
+
+
+def _own_parameters(layer: torch.nn.Module, adapter_name: str) -> int:
+    """A peft layer holds every adapter's parameters: this one's."""
+    return sum(
+        p.numel()
+        for n, p in layer.named_parameters()
+        if n.startswith(TUNER_PARAMETERS) and f".{adapter_name}." in f".{n}."
     )
 
 
@@ -398,6 +408,7 @@ def _prove_replaced(application: Application, adapter: AdapterFile, replaced: Re
             else:
                 application.value_mismatches.append(key)
         application.lora_layers[name] = original
+        application.layer_params[name] = sum(p.numel() for p in twin.parameters())
     application.lora_params += replaced.parameters
     application.replaced = replaced
 

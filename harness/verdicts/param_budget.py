@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 from lora_harness.bases.families import block_of
-from lora_harness.bases.parameter_names import TUNER_PARAMETERS
 from lora_harness.config.options import ParamBudget
 from lora_harness.loading.application import Application
 from lora_harness.verdicts.results import verdict
@@ -21,8 +20,8 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
             breakdown[block_of(name, application.architecture)] += params
         count = sum(application.file_module_params.values())
     else:
-        for name, layer in application.lora_layers.items():
-            breakdown[block_of(name, application.architecture)] += _own_parameters(name, layer, application)
+        for name, params in application.layer_params.items():
+            breakdown[block_of(name, application.architecture)] += params
         count = application.lora_params
     percent = 100 * count / denoiser_params if denoiser_params else 0.0
     details = {"percent_of_denoiser": percent, "budget": str(budget), "per_block": dict(sorted(breakdown.items()))}
@@ -37,17 +36,3 @@ def evaluate_param_budget(adapter: str, application: Application, budget: ParamB
         details["replaced_module_params"] = application.replaced.parameters
         message += f"; {application.replaced.parameters:,} of them in modules `modules_to_save` replaces whole"
     return verdict(adapter, CHECK, count <= limit, count, limit, message, details)
-
-
-def _own_parameters(name: str, layer, application: Application) -> int:
-    """The adapter's parameters in one layer: a LyCORIS module holds only its own, a replaced module's copy all of
-    its saved ones; a peft layer every adapter's."""
-    if application.network is not None:
-        return sum(p.numel() for p in layer.parameters())
-    if application.replaced is not None and name in application.replaced.modules:
-        return sum(p.numel() for p in application.replaced.modules[name][1].parameters())
-    return sum(
-        p.numel()
-        for n, p in layer.named_parameters()
-        if n.startswith(TUNER_PARAMETERS) and f".{application.adapter_name}." in f".{n}."
-    )

@@ -118,6 +118,9 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         zero_up=[k for k in ups if not adapter.tensors[k].any()],
         up_tensors=len(ups),
         lora_layers=dict(built.network.modules),
+        layer_params={
+            name: sum(p.numel() for p in module.parameters()) for name, module in built.network.modules.items()
+        },
         factors=factors,
         lycoris_factors=lycoris_factors,
         ranks=sorted({r for r in ranks.values() if r is not None}),
@@ -125,7 +128,6 @@ def apply_lycoris(pipeline, base_signature: Signature, adapter: AdapterFile, ada
         dora_modules=sum("dora_scale" in modules[file_name] for file_name in built.file_names.values()),
         kind="+".join(kinds),
         architecture=base_signature.architecture,
-        network=built.network,
         on_base=LycorisOnBase(pipeline, built.network),
     )
 
