@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lora_harness.reports.terminal import visible
-from lora_harness.run.merge import MergeError, merge_shards
+from lora_harness.inert_text import visible
+from lora_harness.reports.merge import MergeError, merge_shards
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.config.check_registry import BUILTIN, CheckRegistry
+from lora_harness.config.check_registry import BUILTIN
 from lora_harness.config.option_specs import GivenOptions, add_options
+from lora_harness.config.stash_keys import registry_key, session_key
+from lora_harness.inert_text import visible
 from lora_harness.run import report_records
 
-session_key = pytest.StashKey["HarnessSession"]()
-registry_key = pytest.StashKey[CheckRegistry]()  # the built-in checks and the plugins' (pytest_lora_checks)
 NODE_PREFIX = "lora_harness/checks"
 
 
@@ -162,7 +162,6 @@ def _unload(item: pytest.Item, harness, spec) -> None:
     this teardown's report, for results.json (JUnit: on the check's own test case when this is it, as it is unless
     items are reordered or a plugin check follows it). One that now fails or errs where its test reported another
     status fails this teardown; so does an unloading that raised, its error recorded as theirs."""
-    from lora_harness.reports.terminal import visible
     from lora_harness.run.adapter_lifecycle import UnloadFailed
     from lora_harness.verdicts.results import ERROR, FAILED
 
@@ -191,8 +190,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         harness.finish()
     except Exception as error:  # noqa: BLE001 - sessionfinish must not raise: the reports are still to be written
-        from lora_harness.reports.terminal import visible
-
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(visible(f"lora-harness: at the run's end: {error}"), red=True)

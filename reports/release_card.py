@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from html import escape
 
+from lora_harness.inert_text import visible
 from lora_harness.verdicts.release_metadata import RELEASE_FIELDS, flat_metadata, missing_fields, recorded, tag_counts
 from lora_harness.verdicts.results import adapter_verdict
-
-from .terminal import visible
 
 # Emphasis, code, links and images, table cells, strikethrough, and autolinks (`https:`, `a@b.c`): backslashed.
 MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~:@])")

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from lora_harness import __version__
 from lora_harness.bases.single_file import inspect_single_file
+from lora_harness.inert_text import visible
 from lora_harness.run import report_records
-
-from .terminal import visible
 
 SCHEMA = 1
 ADAPTER_FIELDS = (

@@ -7,6 +7,8 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
+from lora_harness import inert_text
+
 
 class Progress:
     """Silent: what a session gets outside pytest, and under `-q` or xdist."""
@@ -41,16 +43,14 @@ class TerminalProgress(Progress):
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        from lora_harness.reports.terminal import visible
-
         with self.shown():
-            reporter.write_line(f"[lora-harness] {visible(text)}")  # adapter names come from strangers' files
+            reporter.write_line(
+                f"[lora-harness] {inert_text.visible(text)}"
+            )  # adapter names come from strangers' files
 
     @contextlib.contextmanager
     def bar(self, total: int, description: str) -> Iterator[Callable[[], None]]:
         from tqdm import tqdm
-
-        from lora_harness.reports.terminal import visible
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
@@ -58,7 +58,7 @@ class TerminalProgress(Progress):
             return
         with self.shown():
             reporter.ensure_newline()
-            shown = f"[lora-harness] {visible(description)}"
+            shown = f"[lora-harness] {inert_text.visible(description)}"
             with tqdm(total=total, desc=shown, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None) as bar:
                 yield lambda: bar.update(1)
 

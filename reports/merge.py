@@ -17,10 +17,11 @@ from xml.etree import ElementTree
 
 from lora_harness.config.config import adapter_specs
 from lora_harness.config.shard import Shard, parse_shard
-from lora_harness.reports.results_table import SCHEMA, ResultsTable, write_atomically
-from lora_harness.reports.terminal import visible
+from lora_harness.inert_text import visible
 from lora_harness.run import report_records
 from lora_harness.verdicts.results import ERROR, FAILED, PASSED, SKIPPED
+
+from .results_table import SCHEMA, ResultsTable, write_atomically
 
 # Where a shard wrote, not what it checked: these differ between the shards of one run.
 PER_SHARD_SETTINGS = ("shard", "report_dir", "render_cache")
