@@ -4,6 +4,8 @@ diffusers'."""
 
 from __future__ import annotations
 
+from lora_harness.bases.families import is_denoiser
+
 KOHYA_COMPONENTS = {
     "lora_unet_": "unet",
     "lora_te_": "text_encoder",
@@ -20,7 +22,7 @@ def module_names(component: str, prefix: str, layer_names) -> dict[str, str]:
     names = {}
     for name in layer_names:
         paths = {name}
-        if component not in ("unet", "transformer"):
+        if not is_denoiser(component):
             paths.add(name if name.startswith("text_model.") else f"text_model.{name}")
         names.update({prefix + path.replace(".", "_"): name for path in paths})
     return names
