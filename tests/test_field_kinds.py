@@ -14,7 +14,7 @@ DAMAGED = ("damaged", "export it again", "written wrongly")
 @pytest.fixture(scope="module")
 def unapplied_files(tmp_path_factory):
     """file name -> (path, the kind its message must name)."""
-    from peft import LoHaConfig, get_peft_model
+    from peft import OFTConfig, get_peft_model
 
     from lora_harness.bases.tiny_base import build_tiny_pipeline
 
@@ -22,7 +22,12 @@ def unapplied_files(tmp_path_factory):
     files = {}
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     for name, config, kind in (
-        ("peft-loha", LoHaConfig(r=4, alpha=4, target_modules=targets), "a PEFT adapter of a kind other than LoRA"),
+        # LoHa and LoKr are applied (tests/test_peft_tuners.py); OFT rotates the weights, which peft alone applies
+        (
+            "peft-oft",
+            OFTConfig(r=0, oft_block_size=8, target_modules=targets),
+            "a PEFT adapter of a kind other than LoRA",
+        ),
     ):
         get_peft_model(build_tiny_pipeline().unet, config).save_pretrained(folder / name)
         files[name] = (folder / name, kind)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-TUNER_PARAMETERS = ("lora_", "lokr_")  # how peft's LoRA (and DoRA) and LoKr layers name their parameters
+TUNER_PARAMETERS = ("lora_", "lokr_", "hada_")  # how peft's LoRA (and DoRA), LoKr and LoHa layers name their parameters
 
 
 def is_tuner_parameter(name: str) -> bool:

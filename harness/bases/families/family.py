@@ -116,4 +116,6 @@ class Family:
     # Its pipeline's own `lora_state_dict` converts its trainers' layouts (musubi-tuner's `lora_unet_…`, ai-toolkit's
     # `diffusion_model.…`): such files are converted by it and traced back by value (`loading/traced_conversion.py`).
     converts_trainer_layouts: bool = False
+    # ... and LoKr files named after its modules (`….lokr_w1`), loaded into peft's LoKr layers (`kinds/diffusers_lokr.py`).
+    converts_lokr: bool = False
     single_file: SingleFile | None = None  # None: single files of it are detected, not built offline

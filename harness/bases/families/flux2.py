@@ -47,6 +47,7 @@ FAMILY = Family(
     blocks=Blocks(stages={"transformer_blocks": "double", "single_transformer_blocks": "single"}, kinds=mmdit.KINDS),
     lineage_prefixes=("flux.2", "flux_2", "flux2"),
     converts_trainer_layouts=True,
+    converts_lokr=True,
     tiny=TinyTwin("tiny-flux2", "tiny (Flux.2-shaped)", tiny_base.build_tiny_flux2_pipeline),
     variants=(TinyTwin("tiny-flux2-dev", "tiny (Flux.2 dev-shaped)", tiny_base.build_tiny_flux2_dev_pipeline),),
 )

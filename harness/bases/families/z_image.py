@@ -54,5 +54,6 @@ FAMILY = Family(
     ),
     lineage_prefixes=("z-image", "z_image", "zimage"),  # ai-toolkit writes `zimage`
     converts_trainer_layouts=True,
+    converts_lokr=True,
     tiny=TinyTwin("tiny-z-image", "tiny (Z-Image-shaped)", tiny_base.build_tiny_z_image_pipeline),
 )

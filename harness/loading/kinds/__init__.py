@@ -1,6 +1,6 @@
 """The kinds of adapter file, one module each, asked in turn which file is theirs: the first that claims a file
-applies it. The order matters where two kinds' keys overlap: a kind named but not applied before any that would
-apply part of it; the trainers' layouts a family's pipeline converts before the same keys read as Flux's community
+applies it. The order matters where two kinds' keys overlap: peft's own LoHa and LoKr before the other kinds peft
+saves, which are named; a kind named but not applied before any that would apply part of it; the trainers' layouts a family's pipeline converts before the same keys read as Flux's community
 layouts or Kohya's; a transformer's original names a family cannot convert before Kohya's and PEFT's.
 
 Adding a kind: one module here with its `KIND` (how it claims a file, applies it and proves what landed: see
@@ -19,13 +19,16 @@ from lora_harness.loading.kinds import (
     kohya_lora,
     lycoris,
     peft_lora,
+    peft_tuners,
     trainer_layouts,
     unapplied,
 )
 
 KINDS: tuple[AdapterKind, ...] = (
+    peft_tuners.KIND,
     unapplied.NAMED,
     lycoris.KIND,
+    unapplied.UNCONVERTED_LOKR,
     diffusers_lokr.KIND,
     trainer_layouts.KIND,
     flux_fused.KIND,

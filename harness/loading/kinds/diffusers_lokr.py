@@ -24,7 +24,7 @@ PREFIXES = {DIFFUSION_MODEL_PREFIX: DIFFUSION_MODEL, "transformer.": DIFFUSERS}
 
 
 def _claims(adapter: AdapterFile, family: Family) -> bool:
-    return family.converts_trainer_layouts and is_kronecker(adapter.tensors)
+    return family.converts_lokr and is_kronecker(adapter.tensors)
 
 
 def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lora_harness.bases.families import Family
+from lora_harness.bases.families import FAMILIES, Family
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.adapter_kind import AdapterKind
 from lora_harness.loading.damaged_tensors import refuse_damaged
 from lora_harness.loading.flux_layouts import flux_layout
 from lora_harness.loading.layouts import DIFFUSION_MODEL_PREFIX
 from lora_harness.loading.lycoris_modules import is_lycoris_file, lycoris_kind
+from lora_harness.loading.traced_kronecker import KRONECKER
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,25 @@ def _refuse_unconverted(pipeline, base_signature, adapter: AdapterFile, adapter_
 
 
 UNCONVERTED = AdapterKind("a transformer's original names, unconverted", _claims_unconverted, _refuse_unconverted)
+
+
+def _claims_unconverted_lokr(adapter: AdapterFile, family: Family) -> bool:
+    keys = list(adapter.tensors)
+    return not family.converts_lokr and any(KRONECKER in key for key in keys) and not is_lycoris_file(keys)
+
+
+def _refuse_unconverted_lokr(pipeline, base_signature, adapter: AdapterFile, adapter_name: str):
+    refuse_damaged(adapter)
+    example = next(key for key in adapter.tensors if KRONECKER in key)
+    converting = " and ".join(family.name for family in FAMILIES if family.converts_lokr)
+    raise AdapterLoadError(
+        f"{adapter.weights_path}: a LoKr named after the denoiser's modules (`{example}`), as ComfyUI-format trainers "
+        f"write it (diffusion-pipe, ai-toolkit), a valid file of a kind lora-harness does not apply yet on "
+        f"{type(pipeline).__name__}: diffusers' loaders convert such files for {converting} only (it is "
+        "applied by ComfyUI); nothing of it is applied, as a partial load would validate something else"
+    )
+
+
+UNCONVERTED_LOKR = AdapterKind(
+    "a LoKr the base's pipeline does not convert", _claims_unconverted_lokr, _refuse_unconverted_lokr
+)

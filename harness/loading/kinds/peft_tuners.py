@@ -1,0 +1,148 @@
+"""LoHa and LoKr as peft implements them (`peft_type` LOHA / LOKR in adapter_config.json), saved by peft's
+`save_pretrained` (`base_model.model.…`) or by diffusion-pipe (its ComfyUI format: `diffusion_model.…` before the
+denoiser's diffusers module paths, alpha forced to the rank). diffusers converts neither (its loaders take LoRA).
+
+Applied by peft itself, on the denoiser: the folder's config rebuilt as peft's own (`LoHaConfig`, `LoKrConfig`),
+injected by diffusers' `add_adapter` (peft's `inject_adapter_in_model`, so diffusers' `set_adapters`, scale and
+`delete_adapters` reach its layers as they reach LoRA's), the file's tensors set by peft's
+`set_peft_model_state_dict`. The proof: each tensor found in its layer by value, each layer's scale (alpha / r) against
+the config's."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+
+import torch
+
+from lora_harness.bases.families import Family, Signature, denoiser_component
+from lora_harness.bases.parameter_names import unwrapped_name
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.adapter_kind import AdapterKind
+from lora_harness.loading.application import Application, describe_unmatched
+from lora_harness.loading.damaged_tensors import refuse_damaged
+from lora_harness.loading.layouts import DIFFUSION_MODEL, DIFFUSION_MODEL_PREFIX, PEFT_FOLDER
+from lora_harness.loading.lycoris_modules import LycorisFactors
+from lora_harness.loading.normalized import pattern_value
+from lora_harness.loading.peft_injection import PeftOnBase, remove_adapter
+from lora_harness.loading.proof import landed_tensor, most_common, same_values, tensor_facts
+
+KINDS = {"LOHA": "LoHa", "LOKR": "LoKr"}  # peft_type -> the kind as the field names it
+PREFIXES = {"base_model.model.": PEFT_FOLDER, DIFFUSION_MODEL_PREFIX: DIFFUSION_MODEL}
+RANK_ROLES = {"LoHa": ("hada_w1_b", 0), "LoKr": ("lokr_w2_a", 1)}  # where a decomposed factor holds the rank
+
+
+def _prefix(adapter: AdapterFile) -> str | None:
+    return next((p for p in PREFIXES if all(key.startswith(p) for key in adapter.tensors)), None)
+
+
+def _claims(adapter: AdapterFile, family: Family) -> bool:
+    peft_type = (adapter.adapter_config or {}).get("peft_type")
+    return peft_type in KINDS and _prefix(adapter) is not None
+
+
+def _config(adapter: AdapterFile):
+    from peft import LoHaConfig, LoKrConfig
+
+    config_class = {"LOHA": LoHaConfig, "LOKR": LoKrConfig}[adapter.adapter_config["peft_type"]]
+    fields = set(config_class.__dataclass_fields__) - {"peft_type", "task_type", "base_model_name_or_path", "revision"}
+    return config_class(**{k: v for k, v in adapter.adapter_config.items() if k in fields})
+
+
+def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:
+    from peft import set_peft_model_state_dict
+
+    refuse_damaged(adapter)
+    prefix, kind = _prefix(adapter), KINDS[adapter.adapter_config["peft_type"]]
+    component_name = denoiser_component(pipeline)
+    component = getattr(pipeline, component_name)
+    where = adapter.path / "adapter_config.json"
+    tensors = {key.removeprefix(prefix): adapter.tensors[key] for key in adapter.tensors}
+    layers = {unwrapped_name(name): module for name, module in component.named_modules()}
+    unmatched = []
+    for key in tensors:
+        path = key.rpartition(".")[0]
+        if path not in layers:
+            nearest = difflib.get_close_matches(path, list(layers), n=3, cutoff=0.6)
+            unmatched.append((prefix + key, f"{component_name}.{path}", nearest))
+    if unmatched:  # peft would build layers for the config's targets and leave them at their initial values
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: {len(unmatched)} of its {len(tensors)} {kind} tensors match no module of the "
+            f"base's {component_name}; " + describe_unmatched(unmatched, [])
+        )
+    try:
+        with warnings.catch_warnings():  # several adapters share the base on purpose; peft warns about each
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            component.add_adapter(_config(adapter), adapter_name)
+            set_peft_model_state_dict(component, tensors, adapter_name)  # a tensor it has no place for: not proven
+        application = _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature)
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        remove_adapter(pipeline, adapter_name)
+        raise AdapterLoadError(
+            f"{where}: peft could not build its {kind} on the base's {component_name} ({type(error).__name__}: "
+            f"{error}); check that it was trained on this base"
+        ) from None
+    except BaseException:
+        remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
+        raise
+    application.on_base = PeftOnBase(pipeline, adapter_name)
+    return application
+
+
+def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature) -> Application:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    config = _config(adapter)
+    modules: dict[str, dict[str, str]] = {}  # layer path -> role -> key in `tensors`
+    for key in tensors:
+        path, _, role = key.rpartition(".")
+        modules.setdefault(path, {})[role] = key
+    applied, mismatches, scales, expected, ranks, lycoris_factors, layer_params = 0, [], {}, {}, {}, {}, {}
+    for path, roles in modules.items():
+        layer = component.get_submodule(path)
+        name = f"{component_name}.{path}"
+        if not isinstance(layer, BaseTunerLayer) or adapter_name not in getattr(layer, "scaling", {}):
+            mismatches += [prefix + key for key in roles.values()]
+            continue
+        for role, key in roles.items():
+            landed = landed_tensor(layer, role, adapter_name)
+            if landed is not None and same_values(landed, tensors[key]):
+                applied += 1
+            else:
+                mismatches.append(prefix + key)
+        rank = int(pattern_value(config.rank_pattern or {}, path, config.r))
+        alpha = float(pattern_value(config.alpha_pattern or {}, path, config.alpha))
+        scales[name], expected[name], ranks[name] = float(layer.scaling[adapter_name]), alpha / rank, rank
+        factors = {role: tensors[key] for role, key in roles.items()}
+        lycoris_factors[name] = LycorisFactors(factors, expected[name], layer, kind)
+        layer_params[name] = sum(p.numel() for n, p in layer.named_parameters() if f".{adapter_name}" in f".{n}")
+    scale_mismatches = [
+        (name, expected[name], scales[name])
+        for name in scales
+        if not torch.isclose(torch.tensor(scales[name]), torch.tensor(expected[name]), rtol=1e-5)
+    ]
+    keys = list(tensors)
+    return Application(
+        adapter_name=adapter_name,
+        format=PREFIXES[prefix],
+        family=base_signature.family,
+        **tensor_facts(adapter, [prefix + key for key in keys]),
+        tensors_applied=applied,
+        lora_params=sum(layer_params.values()),
+        rank=most_common(ranks.values()),
+        alpha=float(config.alpha),
+        scale=most_common(scales.values()),
+        scales=scales,
+        value_mismatches=mismatches,
+        scale_mismatches=scale_mismatches,
+        lora_layers={f"{component_name}.{path}": component.get_submodule(path) for path in modules},
+        layer_params=layer_params,
+        lycoris_factors=lycoris_factors,
+        ranks=sorted(set(ranks.values())),
+        alphas=[float(config.alpha)],
+        kind=kind,
+        architecture=base_signature.architecture,
+    )
+
+
+KIND = AdapterKind("LoHa or LoKr as peft saves it", _claims, apply)
