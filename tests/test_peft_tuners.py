@@ -53,7 +53,8 @@ def test_a_lokr_the_pipeline_does_not_convert_is_named_never_called_damaged(pyte
     assert not any(word in message for word in DAMAGED), message
 
 
-def test_peft_s_own_loha_and_lokr_folders_pass(pytester, tmp_path):
+def test_peft_s_own_loha_and_lokr_folders_pass_beside_a_lora(pytester, tmp_path, write_lora):
+    """Run between two LoRA files, in one session: peft's LoHa and LoKr layers sit beside diffusers' LoRA layers."""
     from peft import LoHaConfig, LoKrConfig, get_peft_model
 
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -68,14 +69,16 @@ def test_peft_s_own_loha_and_lokr_folders_pass(pytester, tmp_path):
                 if parameter.requires_grad and not parameter.any():
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
         model.save_pretrained(tmp_path / name)
-    adapters = ("--adapter", tmp_path / "loha", "--adapter", tmp_path / "lokr")
+    before, after = write_lora("kohya", "before.safetensors"), write_lora("peft", "after")
+    adapters = ("--adapter", before, "--adapter", tmp_path / "loha", "--adapter", tmp_path / "lokr", "--adapter", after)
     result = pytester.runpytest_inprocess(*adapters, "--param-budget", "5%", *FAST, *MECHANICAL)  # LoHa: 4 factors
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=20)
     by_name = {adapter["name"]: adapter for adapter in results(pytester)["adapters"]}
+    assert by_name["before.safetensors"]["tensors_applied"] == by_name["after"]["tensors_applied"] == 64
     assert (by_name["loha"]["kind"], by_name["loha"]["format"], by_name["loha"]["scale"]) == ("LoHa", "peft", 2.0)
     assert (by_name["lokr"]["kind"], by_name["lokr"]["scale"]) == ("LoKr", 0.5)
     for adapter in by_name.values():
-        assert adapter["tensors_applied"] == adapter["tensors"] > 0
+        assert adapter["tensors_applied"] == adapter["tensors"] > 0 and not adapter.get("defects")
 
 
 def test_a_tensor_peft_did_not_set_is_named(diffusion_pipe, monkeypatch):
