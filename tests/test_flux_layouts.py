@@ -299,8 +299,8 @@ def test_a_flux_file_on_an_sd1_base_fails_wiring_naming_both_families(pytester, 
 @pytest.mark.parametrize(
     ("key", "wanted"),
     [
-        (
-            "diffusion_model.single_blocks.0.linear1.lora_A.weight",
+        (  # Wan's original names (Flux's own, in peft's factor names, are ComfyUI's layout: read as such)
+            "diffusion_model.blocks.0.self_attn.q.lora_A.weight",
             "a LoRA named after a transformer's original (not diffusers') modules",
         ),
         ("lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight", "an SD3 LoRA in Kohya's layout"),

@@ -20,8 +20,10 @@ from lora_harness.loading.kohya_names import module_names
 
 KOHYA_FLUX = "kohya-flux"
 COMFYUI_FLUX = "comfyui-flux"
+# ComfyUI's names with PEFT's factor names and no alpha, as diffusion-pipe saves Chroma's and Flux's ("ComfyUI format")
+COMFYUI_FLUX_PEFT = "comfyui-flux-peft"
 XLABS_FLUX = "xlabs-flux"
-LAYOUTS = (KOHYA_FLUX, COMFYUI_FLUX, XLABS_FLUX)
+LAYOUTS = (KOHYA_FLUX, COMFYUI_FLUX, COMFYUI_FLUX_PEFT, XLABS_FLUX)
 
 # A double-stream block's original modules (Kohya spelling) -> the diffusers layers their output rows fill, in order.
 DOUBLE_BLOCK = {
@@ -67,6 +69,7 @@ XLABS_SINGLE = {"qkv_lora": ("attn.to_q", "attn.to_k", "attn.to_v"), "proj_lora"
 FACTOR_SUFFIXES = {
     KOHYA_FLUX: (".lora_down.weight", ".lora_up.weight"),
     COMFYUI_FLUX: (".lora_down.weight", ".lora_up.weight"),
+    COMFYUI_FLUX_PEFT: (".lora_A.weight", ".lora_B.weight"),
     XLABS_FLUX: (".down.weight", ".up.weight"),
 }
 TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te_", "text_encoders.clip_l.transformer.")
@@ -103,12 +106,11 @@ def flux_layout(keys) -> str | None:
         return XLABS_FLUX
     if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
         return KOHYA_FLUX
-    if any(
-        k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))
-        and k.endswith(".lora_down.weight")
-        for k in keys
-    ):
+    blocks = [k for k in keys if k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))]
+    if any(k.endswith(".lora_down.weight") for k in blocks):
         return COMFYUI_FLUX
+    if any(k.endswith(".lora_A.weight") for k in blocks):
+        return COMFYUI_FLUX_PEFT
     return None
 
 
@@ -172,7 +174,18 @@ def _text_encoder_names(layer_names) -> dict[str, str]:
 
 def convert(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """diffusers' own conversion, as `FluxPipeline.load_lora_weights` runs it, on copies: it scales some of the
-    tensors it is given in place (measured: a Kohya file's text-encoder factors)."""
+    tensors it is given in place (measured: a Kohya file's text-encoder factors). ComfyUI's names with PEFT's factor
+    names reach it as ComfyUI's own (`lora_down` / `lora_up`, which ComfyUI reads alike): diffusers' Flux conversion
+    reads only those, and returns the others unconverted (measured: 0.42.1), so that nothing would land."""
     from diffusers import FluxPipeline
 
+    if flux_layout(tensors) == COMFYUI_FLUX_PEFT:
+        tensors = {_comfyui_factor_name(key): tensor for key, tensor in tensors.items()}
     return FluxPipeline.lora_state_dict({key: tensor.clone() for key, tensor in tensors.items()})
+
+
+def _comfyui_factor_name(key: str) -> str:
+    down, up = FACTOR_SUFFIXES[COMFYUI_FLUX_PEFT]
+    if key.endswith(down):
+        return key.removesuffix(down) + FACTOR_SUFFIXES[COMFYUI_FLUX][0]
+    return key.removesuffix(up) + FACTOR_SUFFIXES[COMFYUI_FLUX][1] if key.endswith(up) else key

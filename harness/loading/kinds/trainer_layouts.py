@@ -11,7 +11,7 @@ from lora_harness.loading.adapter_file import AdapterFile
 from lora_harness.loading.adapter_kind import AdapterKind
 from lora_harness.loading.application import Application
 from lora_harness.loading.damaged_tensors import refuse_damaged
-from lora_harness.loading.flux_layouts import flux_layout
+from lora_harness.loading.flux_layouts import COMFYUI_FLUX_PEFT, flux_layout
 from lora_harness.loading.kohya_names import KOHYA_COMPONENTS, names_a_unet
 from lora_harness.loading.layouts import DIFFUSION_MODEL, DIFFUSION_MODEL_PREFIX, KOHYA
 from lora_harness.loading.normalized import NormalizedAdapter, from_modules
@@ -22,8 +22,9 @@ from lora_harness.loading.traced_conversion import trace, traced_by_loader
 
 def _layout(adapter: AdapterFile) -> str | None:
     keys = list(adapter.tensors)
-    if flux_layout(keys) is not None:
-        return flux_layout(keys)
+    flux = flux_layout(keys)
+    if flux is not None and flux != COMFYUI_FLUX_PEFT:  # those read as `diffusion_model.` keys, as they always were
+        return flux
     if all(k.startswith(DIFFUSION_MODEL_PREFIX) for k in keys):
         return DIFFUSION_MODEL
     if all(k.startswith(tuple(KOHYA_COMPONENTS)) for k in keys):
