@@ -183,6 +183,47 @@ def test_mutated_trainer_files_converted_by_the_pipeline_load_or_fail_clearly(fa
     _load_or_fail_clearly(target, pipeline, pipeline_signature(pipeline))
 
 
+@cache
+def _peft_tuner_folder(kind: str) -> Path:
+    """diffusion-pipe's LoKr folder for Qwen-Image, or peft's own LoHa folder for the SD1.x twin, written once."""
+    from peft import LoHaConfig, get_peft_model
+
+    from lora_harness.bases.tiny_base import build_tiny_qwen_image_pipeline
+    from lora_harness.fixtures.adapter_writers import write_diffusion_pipe
+
+    folder = WORKDIR / "valid" / kind
+    if kind == "diffusion-pipe-lokr":
+        return write_diffusion_pipe(build_tiny_qwen_image_pipeline().transformer, folder, "lokr")  # peft wraps it
+    config = LoHaConfig(r=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    get_peft_model(build_tiny_pipeline().unet, config).save_pretrained(folder)
+    return folder
+
+
+@settings(
+    max_examples=max(EXAMPLES // 2, 1),
+    deadline=None,
+    derandomize=EXAMPLES <= 100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kind=st.sampled_from(["diffusion-pipe-lokr", "peft-loha"]),
+    mutation=st.one_of(byte_mutation, tensor_mutation),
+    case=st.integers(0, 2**31),
+)
+def test_mutated_peft_loha_and_lokr_folders_load_or_fail_clearly(kind, mutation, case):
+    """Folders peft's own tuners apply (kinds/peft_tuners.py): a config beside the weights peft sets."""
+    from lora_harness.bases.families import pipeline_signature
+
+    target = WORKDIR / "case" / f"{case}-{kind}"
+    shutil.copytree(_peft_tuner_folder(kind), target)
+    if mutation[0] in ("flip", "truncate", "append", "header_size"):
+        _mutate_bytes(_weights(target), mutation)
+    else:
+        _mutate_tensors(_weights(target), mutation)
+    pipeline = _twin("qwen-image") if kind == "diffusion-pipe-lokr" else _pipeline()
+    _load_or_fail_clearly(target, pipeline, pipeline_signature(pipeline))
+
+
 def _load_or_fail_clearly(target: Path, pipeline, signature) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(SECONDS_PER_LOAD)
