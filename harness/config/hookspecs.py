@@ -26,7 +26,7 @@ def pytest_lora_checks(config: pytest.Config):
 @pytest.hookspec
 def pytest_lora_adapter_loaded(harness, adapter) -> None:
     """Called once an adapter is on the base and proven, before its first check runs: `adapter` is the LoadedAdapter
-    (harness/run/session.py; its `application` says what landed), `harness.base.pipeline` the pipeline. Inspect it,
+    (harness/run/adapter_lifecycle.py; its `application` says what landed), `harness.base.pipeline` the pipeline. Inspect it,
     or put the pipeline in the state your deployment runs it in. Whatever this changes in the base, frozen_base
     sees; an exception is an error of the adapter's checks, and its layers are taken out before the next one loads.
 

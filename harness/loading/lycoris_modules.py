@@ -108,7 +108,7 @@ class LycorisNetwork:
 
 @dataclass(frozen=True)
 class LycorisFactors:
-    """What weight_health reads of one LyCORIS module (or peft LoKr layer): the file's tensors by role, the declared scale, and the
+    """What weight_health reads of one LyCORIS module (or peft LoHa or LoKr layer): the file's tensors by role, the declared scale, and the
     module itself, whose ΔW LyCORIS computes for the algos without a cheaper structure."""
 
     roles: dict[str, torch.Tensor]

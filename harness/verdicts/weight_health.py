@@ -63,7 +63,7 @@ def module_health(
 
 
 def lycoris_health(module: str, factors, architecture: str = UNET) -> ModuleHealth:
-    """Norms and effective rank of a LyCORIS module's ΔW (`factors`: lycoris_application.LycorisFactors). LoHa and
+    """Norms and effective rank of a LyCORIS module's ΔW (`factors`: lycoris_modules.LycorisFactors). LoHa and
     LoKr from their factors without forming ΔW: LoHa (w1a w1b) ⊙ (w2a w2b) is the rank-r1·r2 product of their
     column- and row-wise Khatri-Rao products; LoKr w1 ⊗ w2 has the products σᵢ(w1)·σⱼ(w2) as its singular values.
     The other algos (Tucker forms, DoRA, (IA)³, OFT, full, norms, GLoRA) from the ΔW LyCORIS computes for the one

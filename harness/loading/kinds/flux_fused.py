@@ -10,14 +10,24 @@ from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, Fam
 from lora_harness.loading.adapter_kind import AdapterKind
 from lora_harness.loading.application import Application
 from lora_harness.loading.damaged_tensors import refuse_damaged
-from lora_harness.loading.flux_layouts import convert, flux_layout, flux_modules
+from lora_harness.loading.flux_layouts import COMFYUI_FLUX_PEFT, convert, flux_layout, flux_modules
 from lora_harness.loading.normalized import NormalizedAdapter, from_modules, layer_modules
 from lora_harness.loading.peft_injection import apply_normalized
 from lora_harness.loading.proof import by_updates
 
 
 def _claims(adapter: AdapterFile, family: Family) -> bool:
-    return flux_layout(list(adapter.tensors)) is not None
+    layout = flux_layout(list(adapter.tensors))
+    # ComfyUI's names in peft's factor names are read as Flux's only where Flux's loader is the base's (Flux, Chroma):
+    # other models' original names look alike (HunyuanVideo's `double_blocks.N.img_attn_qkv`).
+    return layout is not None and (layout != COMFYUI_FLUX_PEFT or _loads_as_flux(family))
+
+
+def _loads_as_flux(family: Family) -> bool:
+    import diffusers
+    from diffusers.loaders import FluxLoraLoaderMixin
+
+    return any(issubclass(getattr(diffusers, name, type), FluxLoraLoaderMixin) for name in family.pipelines)
 
 
 def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_name: str) -> Application:

@@ -2,34 +2,34 @@
 `save_pretrained` (`base_model.model.…`) or by diffusion-pipe (its ComfyUI format: `diffusion_model.…` before the
 denoiser's diffusers module paths, alpha forced to the rank). diffusers converts neither (its loaders take LoRA).
 
-Applied by peft itself, on the denoiser: the folder's config rebuilt as peft's own (`LoHaConfig`, `LoKrConfig`),
-injected by diffusers' `add_adapter` (peft's `inject_adapter_in_model`, so diffusers' `set_adapters`, scale and
-`delete_adapters` reach its layers as they reach LoRA's), the file's tensors set by peft's
-`set_peft_model_state_dict`. The proof: each tensor found in its layer by value, each layer's scale (alpha / r) against
-the config's."""
+Applied by peft itself, on the denoiser (Wan 2.2's second expert for a file named for it): the folder's config
+rebuilt as peft's own (`LoHaConfig`, `LoKrConfig`), injected by diffusers' `add_adapter` (peft's
+`inject_adapter_in_model`, so diffusers' `set_adapters`, scale and `delete_adapters` reach its layers as they reach
+LoRA's), the file's tensors set by peft's `set_peft_model_state_dict`. The proof: each tensor found in its layer by
+value, and no layer built that the file holds nothing for. The scale is the config's alpha / r by construction (peft
+builds the layers from it), and the rank the file's factors hold must be the config's (peft refuses other shapes)."""
 
 from __future__ import annotations
 
 import difflib
 import warnings
 
-import torch
-
-from lora_harness.bases.families import Family, Signature, denoiser_component
+from lora_harness.bases.families import Family, Signature, denoiser_component, family_of_pipeline
 from lora_harness.bases.parameter_names import unwrapped_name
 from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
 from lora_harness.loading.adapter_kind import AdapterKind
 from lora_harness.loading.application import Application, describe_unmatched
 from lora_harness.loading.damaged_tensors import refuse_damaged
+from lora_harness.loading.experts import for_second_expert
 from lora_harness.loading.layouts import DIFFUSION_MODEL, DIFFUSION_MODEL_PREFIX, PEFT_FOLDER
 from lora_harness.loading.lycoris_modules import LycorisFactors
 from lora_harness.loading.normalized import pattern_value
 from lora_harness.loading.peft_injection import PeftOnBase, remove_adapter
 from lora_harness.loading.proof import landed_tensor, most_common, same_values, tensor_facts
 
-KINDS = {"LOHA": "LoHa", "LOKR": "LoKr"}  # peft_type -> the kind as the field names it
+ALGOS = {"LOHA": "LoHa", "LOKR": "LoKr"}  # peft_type -> the algo as the field names it
 PREFIXES = {"base_model.model.": PEFT_FOLDER, DIFFUSION_MODEL_PREFIX: DIFFUSION_MODEL}
-RANK_ROLES = {"LoHa": ("hada_w1_b", 0), "LoKr": ("lokr_w2_a", 1)}  # where a decomposed factor holds the rank
+TUCKER_ROLES = ("hada_t1", "hada_t2", "lokr_t2")  # peft's `use_effective_conv2d` on convolutions
 
 
 def _prefix(adapter: AdapterFile) -> str | None:
@@ -38,7 +38,7 @@ def _prefix(adapter: AdapterFile) -> str | None:
 
 def _claims(adapter: AdapterFile, family: Family) -> bool:
     peft_type = (adapter.adapter_config or {}).get("peft_type")
-    return peft_type in KINDS and _prefix(adapter) is not None
+    return peft_type in ALGOS and _prefix(adapter) is not None
 
 
 def _config(adapter: AdapterFile):
@@ -53,11 +53,18 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
     from peft import set_peft_model_state_dict
 
     refuse_damaged(adapter)
-    prefix, kind = _prefix(adapter), KINDS[adapter.adapter_config["peft_type"]]
-    component_name = denoiser_component(pipeline)
+    prefix, kind = _prefix(adapter), ALGOS[adapter.adapter_config["peft_type"]]
+    component_name = _component(pipeline, adapter)
     component = getattr(pipeline, component_name)
     where = adapter.path / "adapter_config.json"
     tensors = {key.removeprefix(prefix): adapter.tensors[key] for key in adapter.tensors}
+    tucker = next((key for key in tensors if key.rpartition(".")[2] in TUCKER_ROLES), None)
+    if tucker is not None:
+        raise AdapterLoadError(
+            f"{adapter.weights_path}: a {kind} with Tucker factors (`{prefix + tucker}`, peft's `use_effective_conv2d`), "
+            "a valid file of a kind lora-harness does not apply yet from peft's folders (it applies LyCORIS's own "
+            "Tucker files; this one is applied by peft's `PeftModel.from_pretrained`); nothing of it is applied"
+        )
     layers = {unwrapped_name(name): module for name, module in component.named_modules()}
     unmatched = []
     for key in tensors:
@@ -73,20 +80,28 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
     try:
         with warnings.catch_warnings():  # several adapters share the base on purpose; peft warns about each
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
-            component.add_adapter(_config(adapter), adapter_name)
-            set_peft_model_state_dict(component, tensors, adapter_name)  # a tensor it has no place for: not proven
+            try:
+                component.add_adapter(_config(adapter), adapter_name)
+                set_peft_model_state_dict(component, tensors, adapter_name)  # a tensor it has no place for: not proven
+            except (ValueError, RuntimeError, TypeError, KeyError) as error:
+                raise AdapterLoadError(
+                    f"{where}: peft could not build its {kind} on the base's {component_name} "
+                    f"({type(error).__name__}: {error}); check that it was trained on this base"
+                ) from None
         application = _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature)
-    except (ValueError, RuntimeError, TypeError, KeyError) as error:
-        remove_adapter(pipeline, adapter_name)
-        raise AdapterLoadError(
-            f"{where}: peft could not build its {kind} on the base's {component_name} ({type(error).__name__}: "
-            f"{error}); check that it was trained on this base"
-        ) from None
     except BaseException:
         remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
         raise
     application.on_base = PeftOnBase(pipeline, adapter_name)
     return application
+
+
+def _component(pipeline, adapter: AdapterFile) -> str:
+    """The denoiser, or Wan 2.2's second expert for a file named for it (as `experts.onto_expert` puts a LoRA)."""
+    expert = family_of_pipeline(pipeline).denoiser.second_expert
+    if expert is not None and getattr(pipeline, expert, None) is not None and for_second_expert(adapter):
+        return expert
+    return denoiser_component(pipeline)
 
 
 def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature) -> Application:
@@ -97,7 +112,16 @@ def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_na
     for key in tensors:
         path, _, role = key.rpartition(".")
         modules.setdefault(path, {})[role] = key
-    applied, mismatches, scales, expected, ranks, lycoris_factors, layer_params = 0, [], {}, {}, {}, {}, {}
+    applied, mismatches, scales, ranks, alphas, lycoris_factors, layer_params, lora_layers = (
+        0,
+        [],
+        {},
+        {},
+        {},
+        {},
+        {},
+        {},
+    )
     for path, roles in modules.items():
         layer = component.get_submodule(path)
         name = f"{component_name}.{path}"
@@ -110,17 +134,25 @@ def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_na
                 applied += 1
             else:
                 mismatches.append(prefix + key)
-        rank = int(pattern_value(config.rank_pattern or {}, path, config.r))
-        alpha = float(pattern_value(config.alpha_pattern or {}, path, config.alpha))
-        scales[name], expected[name], ranks[name] = float(layer.scaling[adapter_name]), alpha / rank, rank
+        ranks[name] = int(pattern_value(config.rank_pattern or {}, path, config.r))
+        alphas[name] = float(pattern_value(config.alpha_pattern or {}, path, config.alpha))
+        scales[name] = float(layer.scaling[adapter_name])
         factors = {role: tensors[key] for role, key in roles.items()}
-        lycoris_factors[name] = LycorisFactors(factors, expected[name], layer, kind)
-        layer_params[name] = sum(p.numel() for n, p in layer.named_parameters() if f".{adapter_name}" in f".{n}")
-    scale_mismatches = [
-        (name, expected[name], scales[name])
-        for name in scales
-        if not torch.isclose(torch.tensor(scales[name]), torch.tensor(expected[name]), rtol=1e-5)
+        lycoris_factors[name] = LycorisFactors(factors, scales[name], layer, kind)
+        layer_params[name] = sum(p.numel() for n, p in layer.named_parameters() if f".{adapter_name}." in f".{n}.")
+        lora_layers[name] = layer
+    built = [
+        unwrapped_name(path)
+        for path, layer in component.named_modules()
+        if isinstance(layer, BaseTunerLayer) and adapter_name in getattr(layer, "scaling", {})
     ]
+    invented = [path for path in built if path not in modules]
+    if invented:  # built from the config's targets at peft's initial values: no file tensor says what they add
+        raise AdapterLoadError(
+            f"{adapter.path / 'adapter_config.json'}: its target_modules make peft build {len(invented)} {kind} layers "
+            f"the file holds no tensor for, first {component_name}.{invented[0]}; lora-harness will not check what it "
+            "cannot trace to the file: save the adapter again, or edit target_modules to the modules it holds"
+        )
     keys = list(tensors)
     return Application(
         adapter_name=adapter_name,
@@ -130,16 +162,15 @@ def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_na
         tensors_applied=applied,
         lora_params=sum(layer_params.values()),
         rank=most_common(ranks.values()),
-        alpha=float(config.alpha),
+        alpha=most_common(alphas.values()),
         scale=most_common(scales.values()),
         scales=scales,
         value_mismatches=mismatches,
-        scale_mismatches=scale_mismatches,
-        lora_layers={f"{component_name}.{path}": component.get_submodule(path) for path in modules},
+        lora_layers=lora_layers,
         layer_params=layer_params,
         lycoris_factors=lycoris_factors,
         ranks=sorted(set(ranks.values())),
-        alphas=[float(config.alpha)],
+        alphas=sorted(set(alphas.values())),
         kind=kind,
         architecture=base_signature.architecture,
     )
