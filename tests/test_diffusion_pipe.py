@@ -93,3 +93,16 @@ def test_a_module_the_base_lacks_is_refused_naming_it(diffusion_pipe, tmp_path):
     pipeline = build_tiny_qwen_image_pipeline()
     with pytest.raises(AdapterLoadError, match=r"1 of its 126 LoKr tensors match no module .*transformer_blocks\.9\."):
         apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(folder), "a")
+
+
+def test_a_lokr_folder_on_another_family_s_base_is_named_for_its_family(diffusion_pipe):
+    """Read from the width its factors take at the registry's width-reading modules, before module names are matched."""
+    from lora_harness.bases.tiny_base import build_tiny_z_image_pipeline
+    from lora_harness.loading.adapter_file import FamilyMismatch
+
+    pipeline = build_tiny_z_image_pipeline()
+    with pytest.raises(
+        FamilyMismatch, match=r"made for tiny Qwen-Image \(transformer width 192\), but the base is tiny Z-Image"
+    ):
+        apply_adapter(pipeline, pipeline_signature(pipeline), read_adapter(diffusion_pipe["lokr"]), "a")
+    assert not any(pipeline.get_list_adapters().values())

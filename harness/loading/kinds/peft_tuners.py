@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections import Counter
 
-from lora_harness.bases.families import Family, Signature, denoiser_component, family_of_pipeline
+import torch
+
+from lora_harness.bases.families import (
+    WIDTH_MODULES,
+    Family,
+    Signature,
+    denoiser_component,
+    family_of_pipeline,
+    keys_signature,
+)
 from lora_harness.bases.parameter_names import unwrapped_name
-from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError
+from lora_harness.loading.adapter_file import AdapterFile, AdapterLoadError, FamilyMismatch
 from lora_harness.loading.adapter_kind import AdapterKind
 from lora_harness.loading.application import Application, describe_unmatched
 from lora_harness.loading.damaged_tensors import refuse_damaged
@@ -26,6 +36,7 @@ from lora_harness.loading.lycoris_modules import LycorisFactors
 from lora_harness.loading.normalized import pattern_value
 from lora_harness.loading.peft_injection import PeftOnBase, remove_adapter
 from lora_harness.loading.proof import landed_tensor, most_common, same_values, tensor_facts
+from lora_harness.loading.traced_kronecker import kronecker_shape
 
 ALGOS = {"LOHA": "LoHa", "LOKR": "LoKr"}  # peft_type -> the algo as the field names it
 PREFIXES = {"base_model.model.": PEFT_FOLDER, DIFFUSION_MODEL_PREFIX: DIFFUSION_MODEL}
@@ -65,6 +76,7 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
             "a valid file of a kind lora-harness does not apply yet from peft's folders (it applies LyCORIS's own "
             "Tucker files; this one is applied by peft's `PeftModel.from_pretrained`); nothing of it is applied"
         )
+    _refuse_another_family(adapter, tensors, component_name, base_signature)
     layers = {unwrapped_name(name): module for name, module in component.named_modules()}
     unmatched = []
     for key in tensors:
@@ -94,6 +106,35 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
         raise
     application.on_base = PeftOnBase(pipeline, adapter_name)
     return application
+
+
+def _refuse_another_family(adapter: AdapterFile, tensors: dict, component_name: str, base_signature: Signature) -> None:
+    """The family first, as for every kind: another family's modules are missing from this base, and saying whose
+    they are is the fix. Read from the input width the registry's width-reading modules take."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        path, _, role = key.rpartition(".")
+        modules.setdefault(path, {})[role] = tensor
+    reading = WIDTH_MODULES.get(component_name, ())
+    widths = Counter(_input_width(roles) for path, roles in modules.items() if reading and path.endswith(reading))
+    widths.pop(None, None)
+    if not widths:
+        return
+    made_for = keys_signature(component_name, widths.most_common(1)[0][0], list(modules), base_signature)
+    if made_for is not None and made_for != base_signature:
+        raise FamilyMismatch(
+            f"{adapter.weights_path}: made for {made_for}, but the base is {base_signature}; "
+            "pass the base it was trained on with --base-model"
+        )
+
+
+def _input_width(roles: dict[str, torch.Tensor]) -> int | None:
+    """The input width a module's factors read: LoHa's w1_b columns, LoKr's kron(w1, w2) columns."""
+    if "hada_w1_b" in roles:
+        return int(roles["hada_w1_b"].shape[1])
+    has_w1 = "lokr_w1" in roles or {"lokr_w1_a", "lokr_w1_b"} <= set(roles)
+    has_w2 = "lokr_w2" in roles or {"lokr_w2_a", "lokr_w2_b"} <= set(roles)
+    return int(kronecker_shape(roles)[1]) if has_w1 and has_w2 else None
 
 
 def _component(pipeline, adapter: AdapterFile) -> str:
