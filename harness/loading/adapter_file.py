@@ -24,6 +24,11 @@ class AdapterLoadError(Exception):
 class FamilyMismatch(AdapterLoadError):
     """The adapter was made for another model family than the base."""
 
+    def __init__(self, path, made_for, base):
+        super().__init__(
+            f"{path}: made for {made_for}, but the base is {base}; pass the base it was trained on with --base-model"
+        )
+
 
 class LazyTensors(Mapping):
     """The file's tensors by key, each read when asked for and kept by nobody here: a pass over them that looks at

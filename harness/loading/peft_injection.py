@@ -46,10 +46,7 @@ def apply_normalized(
     adapter_signature = _signature(normalized, base_signature)
     family = adapter_signature.family if adapter_signature else "unknown"
     if adapter_signature is not None and adapter_signature != base_signature:
-        raise FamilyMismatch(
-            f"{adapter.weights_path}: made for {adapter_signature}, but the base is {base_signature}; "
-            "pass the base it was trained on with --base-model"
-        )
+        raise FamilyMismatch(adapter.weights_path, adapter_signature, base_signature)
     normalized = onto_expert(normalized, adapter, pipeline)
     _check_config_targets(pipeline, adapter, normalized)
     _refuse_base_rewriting_init(adapter, normalized)

@@ -56,10 +56,7 @@ def normalize(adapter: AdapterFile, pipeline) -> NormalizedAdapter:
     if widths and base.width not in widths:
         width = min(widths)
         made_for = keys_signature("transformer", width, [], base) or f"a transformer {width} wide"
-        raise FamilyMismatch(
-            f"{adapter.weights_path}: made for {made_for}, but the base is {base}; "
-            "pass the base it was trained on with --base-model"
-        )
+        raise FamilyMismatch(adapter.weights_path, made_for, base)
     single_stream_rows = [adapter.tensors[m.up].shape[0] for m in modules.values() if m.layers[-1].endswith("proj_mlp")]
     try:
         converted = convert(adapter.tensors)

@@ -76,7 +76,11 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
             "a valid file of a kind lora-harness does not apply yet from peft's folders (it applies LyCORIS's own "
             "Tucker files; this one is applied by peft's `PeftModel.from_pretrained`); nothing of it is applied"
         )
-    _refuse_another_family(adapter, tensors, component_name, base_signature)
+    modules: dict[str, dict[str, str]] = {}  # layer path -> role -> key in `tensors`
+    for key in tensors:
+        path, _, role = key.rpartition(".")
+        modules.setdefault(path, {})[role] = key
+    _refuse_another_family(adapter, tensors, modules, component_name, base_signature)
     layers = {unwrapped_name(name): module for name, module in component.named_modules()}
     unmatched = []
     for key in tensors:
@@ -89,18 +93,21 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
             f"{adapter.weights_path}: {len(unmatched)} of its {len(tensors)} {kind} tensors match no module of the "
             f"base's {component_name}; " + describe_unmatched(unmatched, [])
         )
+    config = _config(adapter)
     try:
         with warnings.catch_warnings():  # several adapters share the base on purpose; peft warns about each
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
             try:
-                component.add_adapter(_config(adapter), adapter_name)
+                component.add_adapter(config, adapter_name)
                 set_peft_model_state_dict(component, tensors, adapter_name)  # a tensor it has no place for: not proven
             except (ValueError, RuntimeError, TypeError, KeyError) as error:
                 raise AdapterLoadError(
                     f"{where}: peft could not build its {kind} on the base's {component_name} "
                     f"({type(error).__name__}: {error}); check that it was trained on this base"
                 ) from None
-        application = _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature)
+        application = _prove(
+            adapter, config, tensors, modules, prefix, kind, component_name, component, adapter_name, base_signature
+        )
     except BaseException:
         remove_adapter(pipeline, adapter_name)  # a half-made injection leaves no layer or adapter name behind
         raise
@@ -108,24 +115,21 @@ def apply(pipeline, base_signature: Signature, adapter: AdapterFile, adapter_nam
     return application
 
 
-def _refuse_another_family(adapter: AdapterFile, tensors: dict, component_name: str, base_signature: Signature) -> None:
+def _refuse_another_family(adapter: AdapterFile, tensors, modules, component_name: str, base_signature) -> None:
     """The family first, as for every kind: another family's modules are missing from this base, and saying whose
     they are is the fix. Read from the input width the registry's width-reading modules take."""
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        path, _, role = key.rpartition(".")
-        modules.setdefault(path, {})[role] = tensor
     reading = WIDTH_MODULES.get(component_name, ())
-    widths = Counter(_input_width(roles) for path, roles in modules.items() if reading and path.endswith(reading))
+    widths = Counter(
+        _input_width({role: tensors[key] for role, key in roles.items()})
+        for path, roles in modules.items()
+        if reading and path.endswith(reading)
+    )
     widths.pop(None, None)
     if not widths:
         return
     made_for = keys_signature(component_name, widths.most_common(1)[0][0], list(modules), base_signature)
     if made_for is not None and made_for != base_signature:
-        raise FamilyMismatch(
-            f"{adapter.weights_path}: made for {made_for}, but the base is {base_signature}; "
-            "pass the base it was trained on with --base-model"
-        )
+        raise FamilyMismatch(adapter.weights_path, made_for, base_signature)
 
 
 def _input_width(roles: dict[str, torch.Tensor]) -> int | None:
@@ -145,24 +149,14 @@ def _component(pipeline, adapter: AdapterFile) -> str:
     return denoiser_component(pipeline)
 
 
-def _prove(adapter, tensors, prefix, kind, component_name, component, adapter_name, base_signature) -> Application:
+def _prove(
+    adapter, config, tensors, modules, prefix, kind, component_name, component, adapter_name, base_signature
+) -> Application:
+    """Each file tensor in the layer peft built for it, by value; no layer built that the file holds nothing for."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    config = _config(adapter)
-    modules: dict[str, dict[str, str]] = {}  # layer path -> role -> key in `tensors`
-    for key in tensors:
-        path, _, role = key.rpartition(".")
-        modules.setdefault(path, {})[role] = key
-    applied, mismatches, scales, ranks, alphas, lycoris_factors, layer_params, lora_layers = (
-        0,
-        [],
-        {},
-        {},
-        {},
-        {},
-        {},
-        {},
-    )
+    applied, mismatches = 0, []
+    scales, ranks, alphas, layer_params, lora_layers, lycoris_factors = {}, {}, {}, {}, {}, {}
     for path, roles in modules.items():
         layer = component.get_submodule(path)
         name = f"{component_name}.{path}"
