@@ -23,3 +23,24 @@ def _model_libraries_imported_once():
         "StableDiffusion3Pipeline",
     ):
         getattr(diffusers, pipeline)  # diffusers imports each family's modules on first use
+
+
+@pytest.fixture
+def local_hub_in_process(monkeypatch, tmp_path):
+    """Points this process's huggingface_hub at a local Hub (its endpoint and cache are read at import, so the
+    constants are set, not the environment) and returns a function that serves repositories there."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import LocalHub
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+    def serve(repos):
+        hub = LocalHub(repos)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        return hub
+
+    return serve

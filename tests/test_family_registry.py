@@ -113,3 +113,19 @@ def test_single_file_tables_are_the_registry_s():
     assert set(single_file.CARRIED) == {"SD1.x", "SD2.x", "SDXL"}
     assert single_file.MODEL_TYPES["xl_base"] == "SDXL" and single_file.MODEL_TYPES["flux-dev"] == "Flux"
     assert single_file.PIPELINES["SDXL"] == "StableDiffusionXLPipeline"
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.model_types], ids=lambda family: family.name)
+def test_every_single_file_type_has_a_repository_its_other_parts_come_from(family):
+    """A file of a family's denoiser alone takes its pipeline's other parts from --base-components, by default the
+    repository diffusers names for its model type (or the family's own, where diffusers names none); marks that
+    tell a file diffusers does not name name it as the family's first model type."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    from lora_harness.bases.single_file import SingleFileBase
+
+    for model_type in family.model_types:
+        base = SingleFileBase(path=None, family=family.name, model_type=model_type, dtype="bfloat16", whole=False)
+        assert base.default_components, f"{family.name}'s `{model_type}` names no repository"
+        assert model_type in DIFFUSERS_DEFAULT_PIPELINE_PATHS or family.file_marks
+    assert not (family.file_marks and family.model_types[0] in DIFFUSERS_DEFAULT_PIPELINE_PATHS)

@@ -85,16 +85,29 @@ def test_each_carried_familys_layout_is_detected_from_the_header_alone(pytester,
 
 
 @pytest.mark.parametrize(
-    "family, held",
-    [("SD3", "holding the transformer and CLIP-G, CLIP-L, VAE"), ("Flux", "holding the transformer only")],
+    "family, described, repository",
+    [
+        (
+            "SD3",
+            "an SD3 file of the transformer and CLIP-G, CLIP-L, VAE",
+            "stabilityai/stable-diffusion-3-medium-diffusers",
+        ),
+        ("Flux", "a Flux file of the transformer alone", "black-forest-labs/FLUX.1-dev"),
+    ],
 )
-def test_mmdit_files_are_detected_and_refused_saying_what_they_hold_and_what_to_pass(pytester, family, held):
+def test_mmdit_files_take_the_rest_of_their_pipeline_from_the_repository_diffusers_names(
+    pytester, family, described, repository
+):
+    """No single file holds T5's SentencePiece tokenizer: SD3's and Flux's pipelines take their other parts from
+    --base-components, by default the repository diffusers' `from_single_file` names for the file's model type
+    (fetched as in tests/test_denoiser_files.py); offline and not cached, the usage error says what the file is and
+    what to fetch."""
     base = write_header_only(pytester.path / f"{family}.safetensors", FAMILY_HEADERS[family])
-    result = collect(pytester, base)
+    result = collect(pytester, base, "--offline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     message = result.stderr.str()
-    assert f"--base-model {base}: a {family} checkpoint" in message and held in message
-    assert "T5-XXL" in message and "Pass a diffusers folder of the base" in message
+    assert f"--base-model {base} is {described}" in message
+    assert f"{repository}: not in the local Hugging Face cache" in message and f"`hf download {repository}`" in message
 
 
 @pytest.mark.parametrize(
@@ -127,11 +140,19 @@ def test_a_file_of_no_known_layout_is_a_usage_error_naming_what_it_holds(pyteste
     assert seen in message and "a diffusers pipeline folder" in message
 
 
-def test_a_checkpoint_without_its_text_encoder_is_a_usage_error_naming_the_part(pytester):
+def test_a_checkpoint_without_its_text_encoder_takes_its_pipeline_from_the_published_repository(pytester):
+    """Its U-Net alone is used, the rest comes from --base-components (by default SDXL base's repository): offline and
+    not cached, the usage error names the missing part and what to fetch."""
     keys = {k: v for k, v in FAMILY_HEADERS["SDXL"].items() if not k.startswith("conditioner.embedders.0.")}
-    result = collect(pytester, write_header_only(pytester.path / "unet-only.safetensors", keys))
+    result = collect(pytester, write_header_only(pytester.path / "unet-only.safetensors", keys), "--offline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*an SDXL checkpoint*without its CLIP ViT-L text encoder*conditioner.embedders.0.*"])
+    result.stderr.fnmatch_lines(
+        [
+            "*is an SDXL checkpoint without its CLIP ViT-L text encoder, so the rest of its pipeline comes from the "
+            "published repository for `xl_base`) stabilityai/stable-diffusion-xl-base-1.0: not in the local Hugging "
+            "Face cache*"
+        ]
+    )
 
 
 class WritesWhenUnpickled:
@@ -195,27 +216,6 @@ def test_a_good_adapter_passes_the_mechanical_checks_on_a_single_file_base(pytes
     assert single["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert document["settings"]["base_single_file"]["family"] == "SD1.x"
     assert document["settings"]["dtype_choice"] == "--dtype auto on cpu: float32; the base is stored in float16"
-
-
-@pytest.fixture
-def local_hub_in_process(monkeypatch, tmp_path):
-    """Points this process's huggingface_hub at a local Hub (its endpoint and cache are read at import, so the
-    constants are set, not the environment) and returns a function that serves repositories there."""
-    from huggingface_hub import constants
-
-    from tests.hub_server import LocalHub
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-    def serve(repos):
-        hub = LocalHub(repos)
-        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        return hub
-
-    return serve
 
 
 def test_a_single_file_on_the_hub_is_fetched_by_its_url_then_read_offline(pytester, narrow_sd1, local_hub_in_process):

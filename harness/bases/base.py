@@ -119,11 +119,22 @@ def load_base(config: HarnessConfig) -> BaseModel:
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
     elif config.base_path.is_file():
-        from lora_harness.bases.single_file import checkpoint_hashes, inspect_single_file, load_single_file
+        from lora_harness.bases.single_file import (
+            checkpoint_hashes,
+            inspect_single_file,
+            load_denoiser,
+            load_single_file,
+        )
 
         detected = inspect_single_file(config.base_model, config.base_path)
-        pipeline = load_single_file(detected, dtype)
         single_file = {**detected.record(), **checkpoint_hashes(config.base_path)}
+        if config.components_path is None:
+            pipeline = load_single_file(detected, dtype)
+        else:
+            denoiser = load_denoiser(detected, config.components_path, dtype)
+            pipeline = _load_folder(config.components_path, dtype, **{detected.component: denoiser})
+            single_file["components"] = config.base_components or detected.default_components
+            single_file["components_path"] = str(config.components_path)
     else:
         # Every component in the one dtype: left alone, diffusers loads its models in float32 and transformers its
         # text encoders in the stored dtype, and a float16 folder's text states then meet a float32 U-Net.
@@ -158,12 +169,14 @@ def load_base(config: HarnessConfig) -> BaseModel:
     )
 
 
-def _load_folder(path, dtype):
+def _load_folder(path, dtype, **components):
+    """A diffusers folder's pipeline; `components`: models loaded elsewhere (a single file's denoiser)."""
     from diffusers import DiffusionPipeline
 
     index = json.loads((path / "model_index.json").read_text())
-    extra = {}
     if "safety_checker" in index:
         # A validation run judges the adapter's pixels, not content; the checker would black out images.
-        extra = {"safety_checker": None, "requires_safety_checker": False}
-    return DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype, **extra)
+        components |= {"safety_checker": None, "requires_safety_checker": False}
+    return DiffusionPipeline.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, dtype=dtype, **components
+    )

@@ -4,6 +4,7 @@ is; the messages here say what went wrong."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -29,13 +30,28 @@ def offline_now(offline: bool) -> bool:
     return offline or constants.HF_HUB_OFFLINE
 
 
+@contextlib.contextmanager
+def kept_offline():
+    """huggingface_hub's own offline switch, for the length of a cache lookup: without it the client still asks
+    the Hub for its registry of agent harnesses (`/api/agent-harnesses`, for its user agent) on a local lookup."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def hub_file(repo: str, filename: str, offline: bool) -> Path:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     offline = offline_now(offline)
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=offline))
+        with kept_offline() if offline else contextlib.nullcontext():
+            return Path(hf_hub_download(repo, filename, local_files_only=offline))
     except LocalEntryNotFoundError:
         if offline:
             raise HubFileNotCached(f"`hf download {repo} {filename}`") from None

@@ -1,14 +1,18 @@
 """Single-file bases (`--base-model FILE.safetensors`): one checkpoint in the original key layout, as AUTOMATIC1111
 and ComfyUI hold them (`v1-5-pruned-emaonly.safetensors`, `sd_xl_base_1.0.safetensors`, `flux1-dev.safetensors`).
 
-The family is read from the header alone by diffusers' own detection; the file is loaded through diffusers'
-`from_single_file` with the diffusers configs carried in `base_configs/` and CLIP tokenizers built from open_clip's
-vocabulary, so nothing is fetched. Nothing is unpickled.
+The family is read from the header alone by diffusers' own detection (and the registry's `file_marks` where it
+names none). A whole SD checkpoint is loaded through diffusers' `from_single_file` with the diffusers configs carried
+in `base_configs/` and CLIP tokenizers built from open_clip's vocabulary, so nothing is fetched. A file of the
+denoiser alone (ComfyUI's `diffusion_models/` files: Flux, Qwen-Image, Z-Image, Flux.2, Wan) is loaded by its model
+class's `from_single_file` and the pipeline's other parts come from a diffusers folder or hub id (`--base-components`,
+by default the repository diffusers names for the file's model type). Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +31,7 @@ LEGACY_HASH_OFFSET = 0x100000
 LEGACY_HASH_BYTES = 0x10000
 A1111_SHORT_HASH = 10  # A1111's newer short form: the file's SHA-256, first 10 hex digits
 
+BY_NAME = {family.name: family for family in FAMILIES}
 # What lora-harness carries to build each family's pipeline from one file, by family name.
 CARRIED: dict[str, SingleFile] = {family.name: family.single_file for family in FAMILIES if family.single_file}
 PIPELINES = {family.name: family.pipelines[0] for family in FAMILIES}
@@ -36,6 +41,7 @@ CONFIG_FOLDERS = {
 }
 # diffusers' model types (`infer_diffusers_model_type`) of the families lora-harness checks.
 MODEL_TYPES = {model_type: family.name for family in FAMILIES for model_type in family.model_types}
+COMFYUI_PREFIX = "model.diffusion_model."  # ComfyUI's checkpoint savers put it before a denoiser's keys
 # diffusers answers "v1" for any file it does not recognise; an SD1.x U-Net has this key.
 SD1_KEY = LDM_UNET + "output_blocks.11.0.skip_connection.weight"
 # The MMDiT families' text encoders in single files (SD3's and ComfyUI's all-in-one layout).
@@ -46,7 +52,12 @@ MMDIT_PARTS = {
     "first_stage_model.": "VAE",
     "vae.": "VAE",
 }
-SUPPORTED = f"{', '.join(CARRIED)} checkpoints as AUTOMATIC1111 and ComfyUI save them"
+OTHER_PARTS = (*MMDIT_PARTS, "cond_stage_model.", "conditioner.")
+DENOISER_FILES = ", ".join(family.name for family in FAMILIES if family.model_types and family.name not in CARRIED)
+SUPPORTED = (
+    f"{', '.join(CARRIED)} checkpoints as AUTOMATIC1111 and ComfyUI save them, or a file of a denoiser "
+    f"({', '.join(CARRIED)}, {DENOISER_FILES}) whose pipeline's other parts come from --base-components"
+)
 
 
 @dataclass(frozen=True)
@@ -54,13 +65,30 @@ class SingleFileBase:
     """A single-file base as its header describes it (no weights read)."""
 
     path: Path
-    family: str  # SD1.x, SD2.x, SDXL
-    model_type: str  # what diffusers' detection called it
-    dtype: str  # what most of the U-Net's tensors are stored in
+    family: str  # SD1.x, SDXL, Flux, Wan, ...
+    model_type: str  # what diffusers' detection called it (or the registry's `file_marks`)
+    dtype: str  # what most of the denoiser's tensors are stored in
+    # It holds every part its pipeline needs and lora-harness carries the rest: built from the file alone. Otherwise
+    # only its denoiser is taken from it, the rest from --base-components.
+    whole: bool
+    missing: tuple[str, ...] = ()  # the parts of a carried family's pipeline it lacks
 
     @property
     def carried(self) -> SingleFile:
         return CARRIED[self.family]
+
+    @property
+    def component(self) -> str:
+        return BY_NAME[self.family].denoiser.component
+
+    @property
+    def default_components(self) -> str:
+        """The repository a file of this model type takes the rest of its pipeline from: diffusers' own choice for
+        `from_single_file` (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`), else the family's."""
+        from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+        known = DIFFUSERS_DEFAULT_PIPELINE_PATHS.get(self.model_type)
+        return known["pretrained_model_name_or_path"] if known else BY_NAME[self.family].components_repo
 
     def record(self) -> dict:
         return {
@@ -68,6 +96,8 @@ class SingleFileBase:
             "family": self.family,
             "model_type": self.model_type,
             "stored_dtype": self.dtype,
+            # What the pipeline took from the file: all of it, or its denoiser (the rest from --base-components).
+            "used": "every part" if self.whole else f"the {self.component}",
         }
 
 
@@ -91,26 +121,35 @@ def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleF
     model_type = _diffusers_model_type(entries)
     family = MODEL_TYPES.get(model_type)
     if model_type == "v1" and SD1_KEY not in entries:
-        family = None
+        family, model_type = _marked(entries)
     if family is None:
         raise ConfigError(_unknown_layout(base_model, entries, model_type))
-    if family not in CARRIED:
-        raise ConfigError(_not_buildable_offline(base_model, family, model_type, entries))
-    missing = [name for prefix, name in CARRIED[family].parts.items() if not any(k.startswith(prefix) for k in entries)]
-    if missing:
-        raise ConfigError(
-            f"--base-model {base_model}: an {family} checkpoint (diffusers reads it as `{model_type}`) without its "
-            f"{', '.join(missing)} (no `{'`, `'.join(p for p, n in CARRIED[family].parts.items() if n in missing)}` "
-            "keys); lora-harness builds the whole pipeline from the file and cannot fetch the rest: pass a full "
-            "checkpoint or a diffusers folder of the base"
-        )
-    counted = Counter(entry["dtype"] for key, entry in entries.items() if key.startswith(LDM_UNET))
+    carried = CARRIED.get(family)
+    missing = tuple(
+        name
+        for prefix, name in (carried.parts if carried else {}).items()
+        if not any(k.startswith(prefix) for k in entries)
+    )
+    denoiser_keys = [key for key in entries if key.startswith(LDM_UNET)] or [
+        key for key in entries if not key.startswith(OTHER_PARTS)
+    ]
+    counted = Counter(entries[key]["dtype"] for key in denoiser_keys)
     stored = next((FLOAT_DTYPES[d] for d, _ in counted.most_common() if d in FLOAT_DTYPES), None)
     if stored is None:
         raise ConfigError(
-            f"--base-model {base_model}: its U-Net holds no floating-point tensors ({dict(counted)}); save it again"
+            f"--base-model {base_model}: its denoiser holds no floating-point tensors ({dict(counted)}); save it again"
         )
-    return SingleFileBase(path=path, family=family, model_type=model_type, dtype=stored)
+    whole = carried is not None and not missing
+    return SingleFileBase(path=path, family=family, model_type=model_type, dtype=stored, whole=whole, missing=missing)
+
+
+def _marked(entries: dict) -> tuple[str | None, str]:
+    """A family whose denoiser file diffusers' detection does not name, told by the keys the registry marks it by."""
+    names = {key.removeprefix(COMFYUI_PREFIX) for key in entries}
+    for family in FAMILIES:
+        if family.file_marks and names.issuperset(family.file_marks):
+            return family.name, family.model_types[0]
+    return None, "v1"
 
 
 def _refuse_pickle(base_model: str, path: Path) -> None:
@@ -155,15 +194,16 @@ def _unknown_layout(base_model: str, entries: dict, model_type: str) -> str:
     )
 
 
-def _not_buildable_offline(base_model: str, family: str, model_type: str, entries: dict) -> str:
+def described(base: SingleFileBase) -> str:
+    """What a file that is not a whole pipeline holds, for messages: `a Flux file of the transformer alone`, `an
+    SDXL checkpoint without its CLIP ViT-L text encoder`."""
+    article = "an" if base.family.startswith("SD") else "a"  # spoken: an SDXL, a Flux
+    if base.missing:
+        return f"{article} {base.family} checkpoint without its {', '.join(base.missing)}"
+    entries = read_header(base.path)
     held = sorted({name for prefix, name in MMDIT_PARTS.items() if any(k.startswith(prefix) for k in entries)})
-    holds = f"the transformer and {', '.join(held)}" if held else "the transformer only"
-    return (
-        f"--base-model {base_model}: a {family} checkpoint (diffusers reads it as `{model_type}`) holding {holds}; "
-        f"{family}'s pipeline needs T5-XXL's text encoder and its SentencePiece tokenizer, and no single file holds "
-        "that tokenizer, so lora-harness cannot build the pipeline offline. Pass a diffusers folder of the base "
-        "(`save_pretrained`) or its hub id from the local cache"
-    )
+    parts = f"the {base.component} and {', '.join(held)}" if held else f"the {base.component} alone"
+    return f"{article} {base.family} file of {parts}"
 
 
 def checkpoint_hashes(path: Path) -> dict:
@@ -207,4 +247,74 @@ def load_single_file(base: SingleFileBase, dtype):
         torch_dtype=dtype,
         **tokenizers,
         **base.carried.pipeline_kwargs,
+    )
+
+
+def components_class(components: Path, component: str) -> str:
+    """The model class a components folder's pipeline holds its denoiser in (`model_index.json`)."""
+    return json.loads((components / "model_index.json").read_text())[component][1]
+
+
+def denoiser_misfit(base: SingleFileBase, components: Path) -> str | None:
+    """Why the file's denoiser cannot load as the components' denoiser, read from shapes alone: the file's header
+    converted by the model class's own single-file mapping (on the meta device) against the model the components'
+    config builds; None when every key and shape fits."""
+    import diffusers
+    import torch
+    from diffusers.loaders.single_file_model import (
+        SINGLE_FILE_LOADABLE_CLASSES,
+        _should_convert_state_dict_to_diffusers,
+    )
+
+    class_name = components_class(components, base.component)
+    if class_name not in SINGLE_FILE_LOADABLE_CLASSES:
+        return f"its {base.component} is a {class_name}, which diffusers loads from no single file"
+    model_class = getattr(diffusers, class_name)
+    config = model_class.load_config(components, subfolder=base.component, local_files_only=True)
+    with torch.device("meta"):
+        model_state = model_class.from_config(config).state_dict()
+        header = {k: torch.empty(e["shape"]) for k, e in read_header(base.path).items() if k != "__metadata__"}
+    prefixed = all(key.startswith(COMFYUI_PREFIX) for key in header)
+    expected = {key: tuple(tensor.shape) for key, tensor in model_state.items()}
+    try:
+        mapping = SINGLE_FILE_LOADABLE_CLASSES[class_name]["checkpoint_mapping_fn"]
+        if _should_convert_state_dict_to_diffusers(model_state, header):  # as from_single_file decides
+            header = mapping(checkpoint=header, config=config)
+        said = _differences(expected, {key: tuple(tensor.shape) for key, tensor in header.items()})
+    except Exception as error:  # each mapping assumes its published layout and widths; any failure says the file is not
+        said = [f"diffusers' {class_name} conversion failed on it ({type(error).__name__}: {error})"]
+    if said and prefixed:
+        said.append(
+            f"its keys carry ComfyUI's `{COMFYUI_PREFIX}` prefix, which diffusers' {class_name} conversion does not "
+            "strip: save the file again without it"
+        )
+    return "; ".join(said) or None
+
+
+def _differences(expected: dict, converted: dict) -> list[str]:
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    reshaped = sorted(key for key in set(expected) & set(converted) if expected[key] != converted[key])
+    said = []
+    if missing:
+        said.append(f"{len(missing)} of the model's {len(expected)} tensors are not in it (first `{missing[0]}`)")
+    if unexpected:
+        said.append(f"{len(unexpected)} of its tensors have no place in the model (first `{unexpected[0]}`)")
+    if reshaped:
+        key = reshaped[0]
+        said.append(
+            f"{len(reshaped)} tensors differ in shape (first `{key}`: {list(converted[key])} in the file, "
+            f"{list(expected[key])} in the model)"
+        )
+    return said
+
+
+def load_denoiser(base: SingleFileBase, components: Path, dtype):
+    """The file's denoiser, read by its model class's own `from_single_file` and configured by the components'
+    config; the rest of the pipeline loads from the components folder."""
+    import diffusers
+
+    model_class = getattr(diffusers, components_class(components, base.component))
+    return model_class.from_single_file(
+        str(base.path), config=str(components), subfolder=base.component, local_files_only=True, torch_dtype=dtype
     )

@@ -75,6 +75,10 @@ class HarnessConfig:
     dtype: str = "float32"  # what the base and every adapter's layers compute in, as --dtype resolved it
     dtype_choice: str = ""  # why: what --dtype said and what the base is stored in
     offline: bool = False  # --offline (ini lora_offline): a hub id from the local cache alone
+    base_components: str | None = None  # --base-components as given; None: not given
+    # The diffusers folder a single file of a denoiser alone takes the rest of its pipeline from (--base-components,
+    # or the repository diffusers names for it, fetched); None for other bases.
+    components_path: Path | None = None
     offload_requested: bool = False  # --offload (ini lora_offload): what the user asked for
     offload: bool = False  # whether diffusers' model CPU offload is used: only onto a CUDA device
     offload_choice: str = ""  # what was asked, what is used and why
@@ -109,6 +113,7 @@ class HarnessConfig:
         settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         settings["adapters"] = [spec.name if spec.is_reference else str(spec.path) for spec in self.adapters]
         settings["base_path"] = str(self.base_path) if self.base_path else None
+        settings["components_path"] = str(self.components_path) if self.components_path else None
         settings["report_dir"] = str(self.report_dir)
         settings["inception_weights"] = self.inception_weights
         settings["render_cache"] = str(self.render_cache) if self.render_cache else None

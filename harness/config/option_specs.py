@@ -39,6 +39,16 @@ VALUE_OPTIONS = (
         "Base: an embedded tiny twin (`tiny`, `tiny-sdxl`, `tiny-flux`, ...: one per family, listed in docs/families.md), a local diffusers folder, a single-file checkpoint (a local .safetensors or its https://huggingface.co/…/blob/main/FILE URL), or a hub id (fetched into the Hugging Face cache on first use, as diffusers does). Default: tiny.",
     ),
     ValueOption(
+        "--base-components",
+        "base_components",
+        "MODEL",
+        "",
+        "For a single-file base holding its denoiser alone (ComfyUI's diffusion_models/ files: Flux, Qwen-Image, "
+        "Z-Image, Flux.2, Wan; an SD U-Net): the diffusers folder or hub id its pipeline's other parts (text encoders, "
+        "tokenizers, VAE, scheduler) and its denoiser's config come from; a hub id's denoiser weights are not fetched. "
+        "Default: the repository diffusers' from_single_file names for the file's model type.",
+    ),
+    ValueOption(
         "--render-size",
         "render_size",
         "PX",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_harness.bases.base import resolve_dtype, resolve_offload
-from lora_harness.bases.resolve import resolve_base
+from lora_harness.bases.resolve import resolve_base, resolve_components
 from lora_harness.config import options
 from lora_harness.config.check_registry import CheckRegistry
 from lora_harness.config.config import (
@@ -33,8 +33,10 @@ def harness_config(given: GivenOptions, registry: CheckRegistry) -> HarnessConfi
     prompts = read_lines("--prompts", given.text("prompts")) if given.text("prompts") else DEFAULT_PROMPTS
     base_model = given.text("base_model")
     offline = given.flag("offline")
+    base_components = given.text("base_components") or None
     with given.shown():  # a hub id's download shows its progress
         base_path = resolve_base(base_model, offline)
+        components_path = resolve_components(base_model, base_path, base_components, offline)
     device = resolve_device(options.parse_device(given.text("device")), given.worker_index)
     dtype, dtype_choice = resolve_dtype(options.parse_dtype(given.text("dtype")), device, base_model, base_path)
     offload_requested = given.flag("offload")
@@ -43,6 +45,8 @@ def harness_config(given: GivenOptions, registry: CheckRegistry) -> HarnessConfi
         adapters=adapter_specs(given.adapters),
         base_model=base_model,
         base_path=base_path,
+        base_components=base_components,
+        components_path=components_path,
         offline=offline,
         render_size=_optional(given, "render_size", options.parse_render_size),
         render_steps=options.parse_positive_int(given.text("render_steps"), "--render-steps"),

@@ -44,4 +44,5 @@ FAMILY = Family(
     blocks=flux.FAMILY.blocks,
     lineage_prefixes=("chroma",),
     tiny=TinyTwin("tiny-chroma", "tiny (Chroma-shaped)", tiny_base.build_tiny_chroma_pipeline),
+    model_types=("chroma",),
 )

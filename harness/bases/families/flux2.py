@@ -50,4 +50,5 @@ FAMILY = Family(
     converts_lokr=True,
     tiny=TinyTwin("tiny-flux2", "tiny (Flux.2-shaped)", tiny_base.build_tiny_flux2_pipeline),
     variants=(TinyTwin("tiny-flux2-dev", "tiny (Flux.2 dev-shaped)", tiny_base.build_tiny_flux2_dev_pipeline),),
+    model_types=("flux-2-dev",),
 )

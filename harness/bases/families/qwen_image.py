@@ -46,4 +46,9 @@ FAMILY = Family(
     lineage_prefixes=("qwen-image", "qwen_image"),
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-qwen-image", "tiny (Qwen-Image-shaped)", tiny_base.build_tiny_qwen_image_pipeline),
+    # Its published file (ComfyUI's `qwen_image_bf16.safetensors`) holds diffusers' own names, which diffusers'
+    # detection does not name; Qwen-Image 2.1's (`txt_in.text_norm`) is another model.
+    model_types=("qwen-image",),
+    file_marks=("img_in.weight", "txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"),
+    components_repo="Qwen/Qwen-Image",
 )

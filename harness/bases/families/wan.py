@@ -44,4 +44,5 @@ FAMILY = Family(
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-wan", "tiny (Wan-shaped)", tiny_base.build_tiny_wan_pipeline),
     variants=(TinyTwin("tiny-wan22", "tiny (Wan 2.2-shaped, two experts)", tiny_base.build_tiny_wan22_pipeline),),
+    model_types=("wan-t2v-1.3B", "wan-t2v-14B", "wan-i2v-14B"),
 )

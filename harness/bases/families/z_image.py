@@ -56,4 +56,5 @@ FAMILY = Family(
     converts_trainer_layouts=True,
     converts_lokr=True,
     tiny=TinyTwin("tiny-z-image", "tiny (Z-Image-shaped)", tiny_base.build_tiny_z_image_pipeline),
+    model_types=("z-image-turbo",),
 )
