@@ -218,6 +218,45 @@ def test_a_good_adapter_passes_the_mechanical_checks_on_a_single_file_base(pytes
     assert document["settings"]["dtype_choice"] == "--dtype auto on cpu: float32; the base is stored in float16"
 
 
+def test_a_u_net_alone_takes_the_rest_of_its_pipeline_from_base_components(pytester, narrow_sd1):
+    """The U-Net's keys of the checkpoint, alone in a file, with a diffusers folder of the same model for the rest:
+    the U-Net is the file's (every weight where it was), the Kohya adapter passes the mechanical checks on it."""
+    from safetensors.torch import load_file, save_file
+
+    from lora_harness.bases.single_file import inspect_single_file, load_denoiser, load_single_file
+
+    checkpoint, pipeline = narrow_sd1
+    load_single_file(inspect_single_file(str(checkpoint), checkpoint), torch.float16).save_pretrained(
+        pytester.path / "components"
+    )
+    u_net = pytester.path / "unet-only.safetensors"
+    save_file({k: v for k, v in load_file(checkpoint).items() if k.startswith(UNET)}, u_net)
+    loaded = load_denoiser(inspect_single_file(str(u_net), u_net), pytester.path / "components", torch.float16)
+    want = {k: v.to(torch.float16) for k, v in pipeline.unet.state_dict().items()}
+    assert loaded.state_dict().keys() == want.keys()
+    assert all(torch.equal(loaded.state_dict()[k], want[k]) for k in want)
+    adapter = kohya_adapter(pipeline, pytester.path / "style.safetensors")
+    result = pytester.runpytest_inprocess(
+        "--adapter",
+        adapter,
+        "--base-model",
+        u_net,
+        "--base-components",
+        pytester.path / "components",
+        *FAST,
+        *MECHANICAL,
+        "--param-budget",
+        "10%",
+    )
+    result.assert_outcomes(passed=5)
+    document = results(pytester)
+    single = document["base"]["single_file"]
+    assert (single["family"], single["used"]) == ("SD1.x", "the unet")
+    assert single["components"] == str(pytester.path / "components")
+    (record,) = document["adapters"]
+    assert record["tensors_applied"] == record["tensors"] > 0
+
+
 def test_a_single_file_on_the_hub_is_fetched_by_its_url_then_read_offline(pytester, narrow_sd1, local_hub_in_process):
     """The URL diffusers' `from_single_file` takes (https://huggingface.co/ORG/REPO/blob/main/FILE) is fetched into
     the Hugging Face cache; offline, the cache alone serves it; a pickle's URL is refused before any download."""
