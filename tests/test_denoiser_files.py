@@ -78,6 +78,8 @@ def test_musubi_tuners_lora_lands_whole_on_each_familys_file_and_passes_the_mech
     written = results(pytester)
     single = written["base"]["single_file"]
     assert (single["family"], single["used"], single["components"]) == (family, "the transformer", str(components))
+    report = (pytester.path / "lora-report" / "report.html").read_text()
+    assert f"the transformer from the file, the rest from <code>{components}</code>" in report
     (record,) = [r for r in written["results"] if r["check"] == "wiring"]
     assert record["details"]["tensors_applied"] == record["details"]["tensors"] > 0
 
