@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_harness.bases import tiny_base
-from lora_harness.bases.resolve import resolve_components
+from lora_harness.bases.components import resolve_components
 from lora_harness.bases.single_file import inspect_single_file, load_denoiser
 from tests.denoiser_files import TRAINER_FILES, write_denoiser_file
 from tests.helpers import FAST, MECHANICAL, results
@@ -171,7 +171,7 @@ def test_without_base_components_the_repository_diffusers_names_is_fetched_witho
         [
             f"*--base-components (not given: --base-model {qwen} is a Qwen-Image file of the transformer alone, so "
             "the rest of its pipeline comes from the published repository for `qwen-image`) Qwen/Qwen-Image: not in "
-            "the local Hugging Face cache*`hf download Qwen/Qwen-Image`*"
+            "the local Hugging Face cache*`hf download Qwen/Qwen-Image --exclude 'transformer/*.safetensors'`*"
         ]
     )
 
@@ -190,3 +190,69 @@ def test_a_prefixed_file_whose_conversion_keeps_the_prefix_is_a_usage_error_sayi
             "does not strip: save the file again without it*"
         ]
     )
+
+
+def test_a_hub_id_given_as_components_fetches_no_denoiser_weights_even_where_the_pipeline_holds_them_optional(
+    pytester, monkeypatch, tmp_path, files
+):
+    """WanPipeline's transformers are optional arguments, which diffusers' own download does not leave out when
+    passed: the components are fetched by their folders, never the transformer's weights."""
+    from tests.hub_server import LocalHub
+
+    path, components, _ = files["Wan"]
+    adapter = TRAINER_FILES / FAMILIES["Wan"][3]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with LocalHub({"org/wan-t2v": components}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        run = ("--adapter", adapter, "--base-model", path, "--base-components", "org/wan-t2v", *AT_TWIN_SIZE, *FAST)
+        pytester.runpytest_subprocess(*run, *MECHANICAL, timeout=600).assert_outcomes(passed=5)
+    fetched = {path for method, path in hub.requests if method == "GET" and "/resolve/" in path}
+    assert any(name.endswith("/transformer/config.json") for name in fetched)
+    assert not any("/transformer/" in name and name.endswith(".safetensors") for name in fetched), sorted(fetched)
+    assert {name.split("/")[-2] for name in fetched if name.endswith(".safetensors")} == {"text_encoder", "vae"}
+
+
+def test_a_wan_file_of_a_width_diffusers_reads_as_image_to_video_needs_its_components_named(pytester, files):
+    """diffusers reads any Wan file of neither 1.3B's nor 14B's width as `wan-i2v-14B`, whose repository is an
+    image-to-video pipeline: no default is taken for it."""
+    path, _, _ = files["Wan"]
+    result = collect(pytester, path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"*--base-model {path}: a Wan file of the transformer alone, which diffusers reads as `wan-i2v-14B`*pass "
+            "--base-components*"
+        ]
+    )
+
+
+def test_an_image_to_video_file_is_named_and_refused(pytester):
+    from tests.test_single_file import write_header_only
+
+    header = {
+        "head.modulation": [1, 2, 5120],
+        "patch_embedding.weight": [5120, 36, 1, 2, 2],
+        "img_emb.proj.1.weight": [5120, 1280],
+    }
+    path = write_header_only(pytester.path / "wan2.1_i2v_480p_14B_bf16.safetensors", header)
+    result = collect(pytester, path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*--base-model {path}: a Wan file of an image-to-video model (`img_emb.…`*renders from prompts alone*"]
+    )
+
+
+def test_components_that_cannot_configure_the_denoiser_are_usage_errors(pytester, files):
+    """A folder saved without its transformer (`hf download … --exclude 'transformer/*'`), and a file given for the
+    folder."""
+    import shutil
+
+    path, components, _ = files["Wan"]
+    partial = pytester.path / "no-transformer"
+    shutil.copytree(components, partial, ignore=shutil.ignore_patterns("transformer"))
+    result = collect(pytester, path, "--base-components", partial)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--base-components {partial}: no transformer/config.json*"])
+    result = collect(pytester, path, "--base-components", path)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--base-components {path}: a file, not a diffusers folder*"])

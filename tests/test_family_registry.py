@@ -116,16 +116,15 @@ def test_single_file_tables_are_the_registry_s():
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f.model_types], ids=lambda family: family.name)
-def test_every_single_file_type_has_a_repository_its_other_parts_come_from(family):
+def test_every_single_file_type_has_a_repository_its_other_parts_come_from_or_says_it_has_none(family):
     """A file of a family's denoiser alone takes its pipeline's other parts from --base-components, by default the
-    repository diffusers names for its model type (or the family's own, where diffusers names none); marks that
-    tell a file diffusers does not name name it as the family's first model type."""
-    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
-
+    family's repository for its model type or diffusers' (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`); None only where the
+    family says no published repository serves (then --base-components must be given)."""
     from lora_harness.bases.single_file import SingleFileBase
 
     for model_type in family.model_types:
         base = SingleFileBase(path=None, family=family.name, model_type=model_type, dtype="bfloat16", whole=False)
-        assert base.default_components, f"{family.name}'s `{model_type}` names no repository"
-        assert model_type in DIFFUSERS_DEFAULT_PIPELINE_PATHS or family.file_marks
-    assert not (family.file_marks and family.model_types[0] in DIFFUSERS_DEFAULT_PIPELINE_PATHS)
+        if family.components_repos.get(model_type, "") is None:
+            assert base.default_components is None
+        else:
+            assert base.default_components.count("/") == 1, f"{family.name}'s `{model_type}`"

@@ -95,19 +95,20 @@ def test_each_carried_familys_layout_is_detected_from_the_header_alone(pytester,
         ("Flux", "a Flux file of the transformer alone", "black-forest-labs/FLUX.1-dev"),
     ],
 )
-def test_mmdit_files_take_the_rest_of_their_pipeline_from_the_repository_diffusers_names(
+def test_mmdit_files_name_the_repository_their_pipeline_is_taken_from_and_what_to_fetch_offline(
     pytester, family, described, repository
 ):
     """No single file holds T5's SentencePiece tokenizer: SD3's and Flux's pipelines take their other parts from
-    --base-components, by default the repository diffusers' `from_single_file` names for the file's model type
-    (fetched as in tests/test_denoiser_files.py); offline and not cached, the usage error says what the file is and
-    what to fetch."""
+    --base-components, by default the repository diffusers' `from_single_file` names for the file's model type;
+    offline and not cached, the usage error says what the file is and what to fetch. (Loading such files is tested
+    on the families whose files load at tiny widths: tests/test_denoiser_files.py.)"""
     base = write_header_only(pytester.path / f"{family}.safetensors", FAMILY_HEADERS[family])
     result = collect(pytester, base, "--offline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     message = result.stderr.str()
     assert f"--base-model {base} is {described}" in message
-    assert f"{repository}: not in the local Hugging Face cache" in message and f"`hf download {repository}`" in message
+    assert f"{repository}: not in the local Hugging Face cache" in message
+    assert f"`hf download {repository} --exclude 'transformer/*.safetensors'`" in message
 
 
 @pytest.mark.parametrize(
@@ -150,8 +151,19 @@ def test_a_checkpoint_without_its_text_encoder_takes_its_pipeline_from_the_publi
         [
             "*is an SDXL checkpoint without its CLIP ViT-L text encoder, so the rest of its pipeline comes from the "
             "published repository for `xl_base`) stabilityai/stable-diffusion-xl-base-1.0: not in the local Hugging "
-            "Face cache*"
+            "Face cache*`hf download stabilityai/stable-diffusion-xl-base-1.0 --exclude 'unet/*.safetensors'`*"
         ]
+    )
+
+
+def test_an_sdxl_u_net_alone_is_told_by_its_size_conditioning(pytester):
+    """diffusers tells SDXL by a text encoder's key; a U-Net alone is told by the registry's marks (`label_emb`)."""
+    keys = {k: v for k, v in FAMILY_HEADERS["SDXL"].items() if k.startswith(UNET)}
+    keys |= {UNET + "label_emb.0.0.weight": [1280, 2816], UNET + "input_blocks.4.1.proj_in.weight": [640, 640]}
+    result = collect(pytester, write_header_only(pytester.path / "sdxl-unet.safetensors", keys), "--offline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*is an SDXL checkpoint without its VAE, CLIP ViT-L text encoder, OpenCLIP ViT-bigG text encoder*`xl_base`*"]
     )
 
 

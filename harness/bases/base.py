@@ -132,7 +132,7 @@ def load_base(config: HarnessConfig) -> BaseModel:
             pipeline = load_single_file(detected, dtype)
         else:
             denoiser = load_denoiser(detected, config.components_path, dtype)
-            pipeline = _load_folder(config.components_path, dtype, **{detected.component: denoiser})
+            pipeline = _load_around(config.components_path, detected.component, denoiser, dtype)
             single_file["components"] = config.base_components or detected.default_components
             single_file["components_path"] = str(config.components_path)
     else:
@@ -167,6 +167,21 @@ def load_base(config: HarnessConfig) -> BaseModel:
         dtype=str(denoiser.dtype).removeprefix("torch."),
         single_file=single_file,
     )
+
+
+def _load_around(path: Path, component: str, model, dtype):
+    """The pipeline of the folder at `path` around `model` (loaded elsewhere) as its `component`. diffusers loads
+    a component its pipeline takes as an optional argument (WanPipeline's transformer) from the folder even when
+    one is passed, so the pipeline is read from a view of the folder whose model_index names none."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lora-harness-components-") as view:
+        for entry in path.iterdir():
+            if entry.name != "model_index.json":
+                (Path(view) / entry.name).symlink_to(entry)
+        index = json.loads((path / "model_index.json").read_text())
+        (Path(view) / "model_index.json").write_text(json.dumps({**index, component: [None, None]}))
+        return _load_folder(Path(view), dtype, **{component: model})
 
 
 def _load_folder(path, dtype, **components):

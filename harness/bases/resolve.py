@@ -9,16 +9,10 @@ from pathlib import Path
 
 from diffusers.loaders.single_file_utils import _extract_repo_id_and_weights_name, is_valid_url
 
-from lora_harness.bases.families import DENOISER_COMPONENTS, EMBEDDED_BASES, SECOND_EXPERTS, supported_pipelines
+from lora_harness.bases.families import DENOISER_COMPONENTS, EMBEDDED_BASES, supported_pipelines
 from lora_harness.bases.families.generic import SCALE_KEYWORDS
 from lora_harness.bases.hub_file import HubFileNotCached, HubFileUnavailable, hub_file, kept_offline
-from lora_harness.bases.single_file import (
-    SAFETENSORS_SUFFIX,
-    SingleFileBase,
-    denoiser_misfit,
-    described,
-    inspect_single_file,
-)
+from lora_harness.bases.single_file import SAFETENSORS_SUFFIX, inspect_single_file
 from lora_harness.config.config import ConfigError
 
 EMBEDDED_NAMES = ", ".join(f"`{name}`" for name in EMBEDDED_BASES)
@@ -39,89 +33,21 @@ def resolve_base(base_model: str, offline: bool = False) -> Path | None:
         inspect_single_file(base_model, path)
         return path
     if not path.is_dir():
-        if not _looks_like_hub_id(base_model):
+        if not looks_like_hub_id(base_model):
             raise ConfigError(
                 f"--base-model {base_model}: no such folder or file; pass a diffusers pipeline folder, a single-file checkpoint (.safetensors), a hub id or an embedded base ({EMBEDDED_NAMES})"
             )
         path = _hub_snapshot(base_model, offline)
-    _check_pipeline(base_model, path)
+    check_pipeline(base_model, path)
     return path
 
 
-def _looks_like_hub_id(given: str) -> bool:
+def looks_like_hub_id(given: str) -> bool:
     return (
         given.count("/") == 1
         and not given.startswith((".", "/", "~"))
         and Path(given).suffix.lower() not in (".safetensors", ".ckpt")  # a checkpoint file's name, not a repository
     )
-
-
-def resolve_components(base_model: str, base_path: Path | None, given: str | None, offline: bool) -> Path | None:
-    """The diffusers folder a single file of a denoiser alone takes the rest of its pipeline from: `given`
-    (--base-components: a folder or a hub id, whose denoiser weights are not fetched), else the repository diffusers
-    names for the file's model type. None for a base that needs none; a ConfigError when the components cannot
-    serve the file (another family, or a denoiser config its tensors do not fit)."""
-    if base_path is None or not base_path.is_file():
-        if given:
-            raise ConfigError(
-                f"--base-components {given}: only a single-file base takes its other parts from elsewhere, and "
-                f"--base-model {base_model} is a whole pipeline; drop --base-components"
-            )
-        return None
-    detected = inspect_single_file(base_model, base_path)
-    if detected.whole:
-        if given:
-            raise ConfigError(
-                f"--base-components {given}: --base-model {base_model} holds every part of its {detected.family} "
-                "pipeline, so nothing is taken from elsewhere; drop --base-components"
-            )
-        return None
-    source = given or detected.default_components
-    option = "--base-components"
-    if not given:
-        option += (
-            f" (not given: --base-model {base_model} is {described(detected)}, so the rest of its pipeline comes from "
-            f"the published repository for `{detected.model_type}`)"
-        )
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        if not _looks_like_hub_id(source):
-            raise ConfigError(
-                f"{option} {source}: no such folder; pass a diffusers pipeline folder or hub id of the base whose "
-                f"{detected.component} {base_model} holds"
-            )
-        path = _hub_snapshot(source, offline, option=option, without=detected.component)
-    _check_pipeline(source, path, option=option)
-    _check_components(base_model, detected, source, path, option)
-    return path
-
-
-def _check_components(base_model: str, detected: SingleFileBase, source: str, path: Path, option: str) -> None:
-    index = json.loads((path / "model_index.json").read_text())
-    pipeline_class = index.get("_class_name")
-    families = supported_pipelines().get(pipeline_class, ())
-    if detected.family not in families:
-        held = f"{pipeline_class} ({', '.join(families)})" if families else str(pipeline_class)
-        raise ConfigError(
-            f"{option} {source}: a {held}, but --base-model {base_model} is {described(detected)} (diffusers reads "
-            f"it as `{detected.model_type}`); pass a {detected.family} pipeline's folder or hub id"
-        )
-    second = [name for name in SECOND_EXPERTS if (index.get(name) or [None])[0] is not None]
-    if second:
-        raise ConfigError(
-            f"{option} {source}: a {pipeline_class} with a second expert (`{second[0]}`), and --base-model "
-            f"{base_model} holds one {detected.component}; pass a folder of the whole base, or components of a "
-            "pipeline with one expert"
-        )
-    if detected.component not in index:
-        raise ConfigError(f"{option} {source}: its model_index.json names no {detected.component}")
-    misfit = denoiser_misfit(detected, path)
-    if misfit:
-        raise ConfigError(
-            f"--base-model {base_model}: its {detected.component} does not fit the {detected.component} config of "
-            f"{option} {source}: {misfit}. Pass the components of the model the file is (a {detected.family} "
-            "variant of other widths or blocks has a repository of its own), or a file of the components' model"
-        )
 
 
 def _hub_single_file(url: str, offline: bool) -> Path:
@@ -148,25 +74,22 @@ def _hub_single_file(url: str, offline: bool) -> Path:
         raise ConfigError(f"--base-model {url}: {error}") from None
 
 
-def _hub_snapshot(repo_id: str, offline: bool, option: str = "--base-model", without: str | None = None) -> Path:
+def _hub_snapshot(repo_id: str, offline: bool) -> Path:
     """A hub id's pipeline folder as diffusers' `from_pretrained` fetches it: the files its pipeline loads, safetensors
     only, into the Hugging Face cache (huggingface_hub shows the progress); from the cache alone when offline
-    (`--offline`, or the ecosystem's `HF_HUB_OFFLINE=1`). `without`: a component whose weights come from elsewhere
-    (a single file's denoiser): only its config is fetched."""
+    (`--offline`, or the ecosystem's `HF_HUB_OFFLINE=1`)."""
     from diffusers import DiffusionPipeline
-    from huggingface_hub import constants, hf_hub_download, model_info
+    from huggingface_hub import constants, model_info
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    # A component passed to diffusers' download is not fetched at all, its config neither.
-    passed = {} if without is None else {without: None}
     if offline or constants.HF_HUB_OFFLINE:
         why = "--offline" if offline else "HF_HUB_OFFLINE=1"
         try:  # diffusers' own lookup: the files its pipeline loads, where a whole snapshot's would ask for every file
             with kept_offline():
-                return Path(DiffusionPipeline.download(repo_id, use_safetensors=True, local_files_only=True, **passed))
+                return Path(DiffusionPipeline.download(repo_id, use_safetensors=True, local_files_only=True))
         except LocalEntryNotFoundError:
             raise ConfigError(
-                f"{option} {repo_id}: not in the local Hugging Face cache, and {why} keeps lora-harness off the "
+                f"--base-model {repo_id}: not in the local Hugging Face cache, and {why} keeps lora-harness off the "
                 f"network: fetch it once where there is one (`hf download {repo_id}`, or a run without {why}), or "
                 "pass a local folder"
             ) from None
@@ -174,40 +97,39 @@ def _hub_snapshot(repo_id: str, offline: bool, option: str = "--base-model", wit
         model_info(repo_id)
     except GatedRepoError:
         raise ConfigError(
-            f"{option} {repo_id}: a gated repository; accept its terms on its page on {constants.ENDPOINT} and "
+            f"--base-model {repo_id}: a gated repository; accept its terms on its page on {constants.ENDPOINT} and "
             "log in (`hf auth login`), or pass a local folder"
         ) from None
     except RepositoryNotFoundError:
         raise ConfigError(
-            f"{option} {repo_id}: no such repository on {constants.ENDPOINT} (or a private one: log in with "
+            f"--base-model {repo_id}: no such repository on {constants.ENDPOINT} (or a private one: log in with "
             "`hf auth login`); check the id, or pass a local folder"
         ) from None
     except Exception as error:  # the Hub's client raises its HTTP library's own errors when it cannot connect
         raise ConfigError(
-            f"{option} {repo_id}: could not reach {constants.ENDPOINT} ({type(error).__name__}: {error}); "
+            f"--base-model {repo_id}: could not reach {constants.ENDPOINT} ({type(error).__name__}: {error}); "
             "connect, or pass --offline to use what the local Hugging Face cache holds"
         ) from None
     try:
-        folder = Path(DiffusionPipeline.download(repo_id, use_safetensors=True, **passed))
-        if without is not None:
-            hf_hub_download(repo_id, f"{without}/config.json")
-        return folder
+        return Path(DiffusionPipeline.download(repo_id, use_safetensors=True))
     except OSError as error:
         if "safetensors" in str(error):  # diffusers' `use_safetensors=True` refusal
             raise ConfigError(
-                f"{option} {repo_id}: its weights are pickles only (.bin, .ckpt), which lora-harness never "
+                f"--base-model {repo_id}: its weights are pickles only (.bin, .ckpt), which lora-harness never "
                 "unpickles (unpickling can run arbitrary code); use a repository with safetensors weights, or convert "
                 "it once where you trust it and pass the folder"
             ) from None
-        raise ConfigError(f"{option} {repo_id}: the download failed ({error}); run again, or pass --offline") from None
+        raise ConfigError(
+            f"--base-model {repo_id}: the download failed ({error}); run again, or pass --offline"
+        ) from None
     except ValueError as error:  # a pipeline or component of custom code, which diffusers runs only when trusted
         raise ConfigError(
-            f"{option} {repo_id}: needs code from the repository to load ({error}); lora-harness runs no code "
+            f"--base-model {repo_id}: needs code from the repository to load ({error}); lora-harness runs no code "
             "from a repository"
         ) from None
 
 
-def _check_pipeline(base_model: str, path: Path, option: str = "--base-model") -> None:
+def check_pipeline(base_model: str, path: Path, option: str = "--base-model") -> None:
     index_path = path / "model_index.json"
     if not index_path.is_file():
         raise ConfigError(

@@ -82,13 +82,15 @@ class SingleFileBase:
         return BY_NAME[self.family].denoiser.component
 
     @property
-    def default_components(self) -> str:
-        """The repository a file of this model type takes the rest of its pipeline from: diffusers' own choice for
-        `from_single_file` (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`), else the family's."""
+    def default_components(self) -> str | None:
+        """The repository a file of this model type takes the rest of its pipeline from: the family's own choice,
+        else diffusers' for `from_single_file` (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`); None where none serves."""
         from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
 
-        known = DIFFUSERS_DEFAULT_PIPELINE_PATHS.get(self.model_type)
-        return known["pretrained_model_name_or_path"] if known else BY_NAME[self.family].components_repo
+        family = BY_NAME[self.family]
+        if self.model_type in family.components_repos:
+            return family.components_repos[self.model_type]
+        return DIFFUSERS_DEFAULT_PIPELINE_PATHS[self.model_type]["pretrained_model_name_or_path"]
 
     def record(self) -> dict:
         return {
@@ -124,6 +126,13 @@ def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleF
         family, model_type = _marked(entries)
     if family is None:
         raise ConfigError(_unknown_layout(base_model, entries, model_type))
+    names = {key.removeprefix(COMFYUI_PREFIX) for key in entries}
+    for prefix, what in BY_NAME[family].other_models.items():
+        if any(name.startswith(prefix) for name in names):
+            raise ConfigError(
+                f"--base-model {base_model}: a {family} file of {what}; lora-harness renders from prompts alone: pass "
+                "a text-to-video or text-to-image model's file"
+            )
     carried = CARRIED.get(family)
     missing = tuple(
         name
@@ -144,8 +153,9 @@ def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleF
 
 
 def _marked(entries: dict) -> tuple[str | None, str]:
-    """A family whose denoiser file diffusers' detection does not name, told by the keys the registry marks it by."""
-    names = {key.removeprefix(COMFYUI_PREFIX) for key in entries}
+    """A family whose denoiser file diffusers' detection does not name, told by the keys the registry marks it by
+    (matched with and without ComfyUI's prefix)."""
+    names = set(entries) | {key.removeprefix(COMFYUI_PREFIX) for key in entries}
     for family in FAMILIES:
         if family.file_marks and names.issuperset(family.file_marks):
             return family.name, family.model_types[0]
@@ -177,7 +187,10 @@ def _diffusers_model_type(entries: dict) -> str:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     shapes = {key: torch.empty(entry["shape"], device="meta") for key, entry in entries.items()}
-    return infer_diffusers_model_type(shapes)
+    try:
+        return infer_diffusers_model_type(shapes)
+    except Exception:  # it assumes published shapes for layouts it half knows (an SD3 `pos_embed` of another size)
+        return "v1"  # what it answers for a file it does not recognise
 
 
 def _key_groups(entries: dict, count: int = 6) -> str:

@@ -46,7 +46,7 @@ VALUE_OPTIONS = (
         "For a single-file base holding its denoiser alone (ComfyUI's diffusion_models/ files: Flux, Qwen-Image, "
         "Z-Image, Flux.2, Wan; an SD U-Net): the diffusers folder or hub id its pipeline's other parts (text encoders, "
         "tokenizers, VAE, scheduler) and its denoiser's config come from; a hub id's denoiser weights are not fetched. "
-        "Default: the repository diffusers' from_single_file names for the file's model type.",
+        "Default: the published repository for the file's model type (diffusers' from_single_file choice).",
     ),
     ValueOption(
         "--render-size",

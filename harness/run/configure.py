@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_harness.bases.base import resolve_dtype, resolve_offload
-from lora_harness.bases.resolve import resolve_base, resolve_components
+from lora_harness.bases.components import resolve_components
+from lora_harness.bases.resolve import resolve_base
 from lora_harness.config import options
 from lora_harness.config.check_registry import CheckRegistry
 from lora_harness.config.config import (

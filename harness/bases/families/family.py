@@ -113,12 +113,16 @@ class Family:
     tiny: TinyTwin | None = None
     variants: tuple[TinyTwin, ...] = ()  # more embedded twins of it (Wan 2.2's two experts beside Wan 2.1's one)
     model_types: tuple[str, ...] = ()  # diffusers' single-file detection names (`infer_diffusers_model_type`)
-    # Keys a file of its denoiser holds (all of them, read without ComfyUI's `model.diffusion_model.`) where
+    # Keys a file of its denoiser holds (all of them; ComfyUI's `model.diffusion_model.` may stand before each) where
     # diffusers' detection names no model type for it: the file is then `model_types[0]`.
     file_marks: tuple[str, ...] = ()
-    # Where a file of its denoiser alone takes the pipeline's other parts from by default, where diffusers'
-    # `from_single_file` names no repository for its model type (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`).
-    components_repo: str | None = None
+    # Where a file of its denoiser alone takes the pipeline's other parts from by default, by model type, where
+    # diffusers' `from_single_file` names none (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`) or names one the harness cannot
+    # render with (None: --base-components must say).
+    components_repos: dict[str, str | None] = field(default_factory=dict)
+    # Key prefixes (without ComfyUI's `model.diffusion_model.`) marking a file of its denoiser as a model the
+    # harness does not render (an image-to-video one), with what it is.
+    other_models: dict[str, str] = field(default_factory=dict)
     # Its pipeline's own `lora_state_dict` converts its trainers' layouts (musubi-tuner's `lora_unet_…`, ai-toolkit's
     # `diffusion_model.…`): such files are converted by it and traced back by value (`loading/traced_conversion.py`).
     converts_trainer_layouts: bool = False

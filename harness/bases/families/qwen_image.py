@@ -50,5 +50,5 @@ FAMILY = Family(
     # detection does not name; Qwen-Image 2.1's (`txt_in.text_norm`) is another model.
     model_types=("qwen-image",),
     file_marks=("img_in.weight", "txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"),
-    components_repo="Qwen/Qwen-Image",
+    components_repos={"qwen-image": "Qwen/Qwen-Image"},
 )

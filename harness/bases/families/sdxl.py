@@ -13,6 +13,8 @@ FAMILY = Family(
     lineage_prefixes=("sdxl", "stable-diffusion-xl"),
     tiny=TinyTwin("tiny-sdxl", "tiny (SDXL-shaped)", tiny_base.build_tiny_sdxl_pipeline),
     model_types=("xl_base",),
+    # Its U-Net alone, which diffusers' detection (by a text encoder's key) does not name: its size conditioning.
+    file_marks=(unet.LDM_UNET + "label_emb.0.0.weight", unet.LDM_UNET + "input_blocks.4.1.proj_in.weight"),
     single_file=SingleFile(
         configs="sdxl",
         parts={

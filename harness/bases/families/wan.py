@@ -44,5 +44,9 @@ FAMILY = Family(
     converts_trainer_layouts=True,
     tiny=TinyTwin("tiny-wan", "tiny (Wan-shaped)", tiny_base.build_tiny_wan_pipeline),
     variants=(TinyTwin("tiny-wan22", "tiny (Wan 2.2-shaped, two experts)", tiny_base.build_tiny_wan22_pipeline),),
+    # diffusers calls a Wan file `wan-i2v-14B` whenever its width is not 1.3B's or 14B's (Wan 2.2 TI2V-5B's, a
+    # tiny one's): it is read as Wan, its repository must be given. Image-to-video files are named and refused.
     model_types=("wan-t2v-1.3B", "wan-t2v-14B", "wan-i2v-14B"),
+    components_repos={"wan-i2v-14B": None},
+    other_models={"img_emb.": "an image-to-video model (`img_emb.…`: its image encoder's projection)"},
 )
