@@ -22,9 +22,11 @@ def test_each_tiny_twin_is_its_family_as_the_registry_describes_it(family):
     denoiser = getattr(pipeline, family.denoiser.component)
     assert type(denoiser).__name__ in family.denoiser.classes and families.denoiser_of(pipeline) is denoiser
     # Every reference target and width-reading module is a module the twin has; its scale keyword is a parameter
-    # of its pipeline's own call.
+    # of its pipeline's own call. A family without a reference overfit says why.
     names = [name for name, _ in denoiser.named_modules()]
-    for target in (*family.reference.targets, *family.denoiser.width_modules):
+    assert family.reference is not None or family.without_reference
+    targets = family.reference.targets if family.reference else ()
+    for target in (*targets, *family.denoiser.width_modules):
         assert any(name.endswith(f".{target}") for name in names), target
     assert family.rendering.scale_keyword in inspect.signature(type(pipeline).__call__).parameters
     # Every stage the blocks name is one of the twin's.
@@ -54,6 +56,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
         "tiny-flux2-dev",
         "tiny-wan",
         "tiny-wan22",
+        "tiny-ltx2",
     )
     assert EMBEDDED["tiny-chroma"].name == "Chroma" and families.EMBEDDED_DEFAULT == "tiny"
     assert EMBEDDED["tiny-wan22"] is EMBEDDED["tiny-wan"]  # Wan 2.2's two experts: one family
@@ -64,6 +67,7 @@ def test_the_embedded_bases_and_supported_pipelines_are_the_registry_s():
     assert families.supported_pipelines()["Flux2KleinPipeline"] == ["Flux.2"]
     assert families.supported_pipelines()["Flux2Pipeline"] == ["Flux.2"] and EMBEDDED["tiny-flux2-dev"].name == "Flux.2"
     assert families.supported_pipelines()["WanPipeline"] == ["Wan"]
+    assert families.supported_pipelines()["LTX2Pipeline"] == ["LTX-2"]
 
 
 @pytest.mark.parametrize(

@@ -154,7 +154,11 @@ def load_base(config: HarnessConfig) -> BaseModel:
     # Flux's transformer has no sample size; its pipeline holds the default; Z-Image's holds none either.
     latent_size = denoiser.config.get("sample_size") or getattr(pipeline, "default_sample_size", None)
     # A video pipeline's VAE also compresses time: its spatial factor is the one a frame's size is divided by.
-    vae_factor = getattr(pipeline, "vae_scale_factor", None) or pipeline.vae_scale_factor_spatial
+    vae_factor = next(
+        getattr(pipeline, name)
+        for name in ("vae_scale_factor", "vae_scale_factor_spatial", "vae_spatial_compression_ratio")  # LTX-2's
+        if getattr(pipeline, name, None)
+    )
     native_size = latent_size * vae_factor if latent_size else family_of_pipeline(pipeline).rendering.native_size
     return BaseModel(
         pipeline=pipeline,

@@ -62,7 +62,7 @@ VALUE_OPTIONS = (
         "render_frames",
         "N",
         "5",
-        "Frames per render of a video base (Wan); its pipeline rounds the count to one it can make. Image bases "
+        "Frames per render of a video base (Wan, LTX-2); its pipeline rounds the count to one it can make. Image bases "
         "render one. Default: 5.",
     ),
     ValueOption(

@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lora_harness.bases.families import chroma, flux, flux2, generic, qwen_image, sd1, sd2, sd3, sdxl, wan, z_image
+from lora_harness.bases.families import (
+    chroma,
+    flux,
+    flux2,
+    generic,
+    ltx2,
+    qwen_image,
+    sd1,
+    sd2,
+    sd3,
+    sdxl,
+    wan,
+    z_image,
+)
 from lora_harness.bases.families.family import Family, TinyTwin, default_guidance
 
 FAMILIES: tuple[Family, ...] = (
@@ -24,6 +37,7 @@ FAMILIES: tuple[Family, ...] = (
     z_image.FAMILY,
     flux2.FAMILY,
     wan.FAMILY,
+    ltx2.FAMILY,
 )
 
 # The families made from LoRA-loadable pipeline classes no module covers (`generic.py`), by pipeline class,
