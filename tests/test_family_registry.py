@@ -22,11 +22,9 @@ def test_each_tiny_twin_is_its_family_as_the_registry_describes_it(family):
     denoiser = getattr(pipeline, family.denoiser.component)
     assert type(denoiser).__name__ in family.denoiser.classes and families.denoiser_of(pipeline) is denoiser
     # Every reference target and width-reading module is a module the twin has; its scale keyword is a parameter
-    # of its pipeline's own call. A family without a reference overfit says why.
+    # of its pipeline's own call.
     names = [name for name, _ in denoiser.named_modules()]
-    assert family.reference is not None or family.without_reference
-    targets = family.reference.targets if family.reference else ()
-    for target in (*targets, *family.denoiser.width_modules):
+    for target in (*family.reference.targets, *family.denoiser.width_modules):
         assert any(name.endswith(f".{target}") for name in names), target
     assert family.rendering.scale_keyword in inspect.signature(type(pipeline).__call__).parameters
     # Every stage the blocks name is one of the twin's.

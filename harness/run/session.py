@@ -223,9 +223,7 @@ class HarnessSession:
         if self.config.reference_steps == 0:
             return REFERENCE_SKIPPED
         family = family_of_pipeline(self.base.pipeline)
-        if family.reference is not None:
-            return None
-        return family.without_reference or NO_FAMILY_MODULE.format(pipeline=type(self.base.pipeline).__name__)
+        return NO_FAMILY_MODULE.format(pipeline=type(self.base.pipeline).__name__) if family.reference is None else None
 
     def _train_reference(self):
         """Trained once, before any adapter is loaded, so the base it leaves is the one every adapter sees."""

@@ -104,8 +104,7 @@ class Family:
     pipelines: tuple[str, ...]  # the diffusers pipeline classes it covers
     denoiser: Denoiser
     widths: dict[int, str]  # width -> the name of what has it ({2048: "SDXL", 64: "tiny SDXL"})
-    # None: no reference overfit (a family made from a pipeline class, `generic.py`, or `without_reference` says why)
-    reference: Reference | None
+    reference: Reference | None  # None: no reference overfit (a family made from a pipeline class, `generic.py`)
     rendering: Rendering
     blocks: Blocks
     # Prefixes of what trainers write in `ss_base_model_version` / `modelspec.architecture` for it ("sdxl").
@@ -130,4 +129,3 @@ class Family:
     # ... and LoKr files named after its modules (`….lokr_w1`), loaded into peft's LoKr layers (`kinds/diffusers_lokr.py`).
     converts_lokr: bool = False
     single_file: SingleFile | None = None  # None: single files of it are detected, not built offline
-    without_reference: str = ""  # why a family module trains no reference overfit (shown where it is skipped)
