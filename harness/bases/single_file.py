@@ -122,11 +122,11 @@ def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleF
     entries = {key: entry for key, entry in header.items() if key != "__metadata__"}
     model_type = _diffusers_model_type(entries)
     family = MODEL_TYPES.get(model_type)
+    names = {key.removeprefix(COMFYUI_PREFIX) for key in entries}
     if model_type == "v1" and SD1_KEY not in entries:
-        family, model_type = _marked(entries)
+        family, model_type = _marked(set(entries) | names)
     if family is None:
         raise ConfigError(_unknown_layout(base_model, entries, model_type))
-    names = {key.removeprefix(COMFYUI_PREFIX) for key in entries}
     for prefix, what in BY_NAME[family].other_models.items():
         if any(name.startswith(prefix) for name in names):
             raise ConfigError(
@@ -152,10 +152,9 @@ def _inspected(base_model: str, path: Path, size: int, modified: int) -> SingleF
     return SingleFileBase(path=path, family=family, model_type=model_type, dtype=stored, whole=whole, missing=missing)
 
 
-def _marked(entries: dict) -> tuple[str | None, str]:
+def _marked(names: set[str]) -> tuple[str | None, str]:
     """A family whose denoiser file diffusers' detection does not name, told by the keys the registry marks it by
-    (matched with and without ComfyUI's prefix)."""
-    names = set(entries) | {key.removeprefix(COMFYUI_PREFIX) for key in entries}
+    (`names`: the file's keys with and without ComfyUI's prefix)."""
     for family in FAMILIES:
         if family.file_marks and names.issuperset(family.file_marks):
             return family.name, family.model_types[0]

@@ -30,6 +30,11 @@ class Denoiser:
     second_expert: str | None = None
 
 
+def attention_inner_width(transformer) -> int:
+    """A transformer's attention inner width (heads x head dim), which its query projections read."""
+    return transformer.config.num_attention_heads * transformer.config.attention_head_dim
+
+
 @dataclass(frozen=True)
 class Blocks:
     """How `param_budget` and `weight_health` group the denoiser's modules: 'stage/kind' in the family's own names."""

@@ -11,8 +11,16 @@ from dataclasses import dataclass
 import torch
 
 from lora_harness.bases import tiny_ltx2
-from lora_harness.bases.families.family import Blocks, Denoiser, Family, Reference, Rendering, TinyTwin
-from lora_harness.bases.families.objectives import RectifiedFlow
+from lora_harness.bases.families.family import (
+    Blocks,
+    Denoiser,
+    Family,
+    Reference,
+    Rendering,
+    TinyTwin,
+    attention_inner_width,
+)
+from lora_harness.bases.families.objectives import RectifiedFlow, still_video_latents
 
 # The video stream's self-attention, where a still's look is learned (the loss is the video stream's alone).
 VIDEO_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
@@ -37,8 +45,7 @@ def training_example(pipeline, pixels, caption: str, device: str) -> AudioVideoF
     """The training image as a one-frame video, encoded, normalized and packed as `LTX2Pipeline` prepares latents;
     the caption through Gemma and the text connectors; the audio stream's noise seeded."""
     vae = pipeline.vae
-    video = pixels.permute(2, 0, 1)[None, :, None].to(device, vae.dtype)  # [1, 3, 1 frame, H, W]
-    latents = vae.encode(video * 2 - 1).latent_dist.mean
+    latents = still_video_latents(pipeline, pixels, device)
     latents = pipeline._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
     _, _, frames, height, width = latents.shape
     transformer = pipeline.transformer
@@ -79,7 +86,7 @@ FAMILY = Family(
         architecture="ltx2",
         component="transformer",
         classes=("LTX2VideoTransformer3DModel",),
-        width=lambda transformer: transformer.config.num_attention_heads * transformer.config.attention_head_dim,
+        width=attention_inner_width,
         width_label="video stream width",
         width_modules=("attn1.to_q",),
         distinctive_modules=("audio_attn1.", "audio_to_video_attn.", "video_to_audio_attn."),

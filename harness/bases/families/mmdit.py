@@ -3,7 +3,7 @@ the text stream's projections named `add_*`. The reference overfit trains both s
 
 from __future__ import annotations
 
-from lora_harness.bases.families.family import Denoiser, Rendering
+from lora_harness.bases.families.family import Denoiser, Rendering, attention_inner_width
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 KINDS = {
@@ -21,17 +21,13 @@ KINDS = {
 RENDERING = Rendering(scale_keyword="joint_attention_kwargs")
 
 
-def inner_width(transformer) -> int:
-    return transformer.config.num_attention_heads * transformer.config.attention_head_dim
-
-
 def denoiser(architecture: str, model_class: str, distinctive_modules: tuple[str, ...] = ()) -> Denoiser:
     """An MMDiT `transformer`: its width is the attention's inner width, which every query projection reads."""
     return Denoiser(
         architecture=architecture,
         component="transformer",
         classes=(model_class,),
-        width=inner_width,
+        width=attention_inner_width,
         width_label="transformer width",
         width_modules=("attn.to_q",),
         distinctive_modules=distinctive_modules,

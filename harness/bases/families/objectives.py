@@ -56,12 +56,17 @@ def scaled_latents(pipeline, pixels: torch.Tensor, device: str) -> torch.Tensor:
     return (pipeline.vae.encode(image * 2 - 1).latent_dist.mean - shift) * pipeline.vae.config.scaling_factor
 
 
+def still_video_latents(pipeline, pixels: torch.Tensor, device: str) -> torch.Tensor:
+    """A video VAE's latent mean of `pixels` ([H, W, 3] in [0, 1]) as a one-frame video, not yet normalized."""
+    video = pixels.permute(2, 0, 1)[None, :, None].to(device, pipeline.vae.dtype)  # [1, 3, 1 frame, H, W]
+    return pipeline.vae.encode(video * 2 - 1).latent_dist.mean
+
+
 def normalized_video_latents(pipeline, pixels: torch.Tensor, device: str) -> torch.Tensor:
-    """A video VAE's latent mean of `pixels` ([H, W, 3] in [0, 1]) as a one-frame video, normalized per channel by
-    the VAE's `latents_mean` and `latents_std` (Qwen-Image's and Wan's VAEs), as their pipelines' decode undoes."""
+    """`still_video_latents`, normalized per channel by the VAE's `latents_mean` and `latents_std` (Qwen-Image's and
+    Wan's VAEs), as their pipelines' decode undoes."""
     vae = pipeline.vae
-    video = pixels.permute(2, 0, 1)[None, :, None].to(device, vae.dtype)  # [1, 3, 1 frame, H, W]
-    latents = vae.encode(video * 2 - 1).latent_dist.mean
+    latents = still_video_latents(pipeline, pixels, device)
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
     return (latents - mean) / std

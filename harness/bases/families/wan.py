@@ -7,7 +7,15 @@ from __future__ import annotations
 import torch
 
 from lora_harness.bases import tiny_base
-from lora_harness.bases.families.family import Blocks, Denoiser, Family, Reference, Rendering, TinyTwin
+from lora_harness.bases.families.family import (
+    Blocks,
+    Denoiser,
+    Family,
+    Reference,
+    Rendering,
+    TinyTwin,
+    attention_inner_width,
+)
 from lora_harness.bases.families.objectives import RectifiedFlow, normalized_video_latents
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")  # in self- (`attn1`) and cross-attention (`attn2`)
@@ -29,7 +37,7 @@ FAMILY = Family(
         architecture="wan",
         component="transformer",
         classes=("WanTransformer3DModel",),
-        width=lambda transformer: transformer.config.num_attention_heads * transformer.config.attention_head_dim,
+        width=attention_inner_width,
         width_label="transformer width",
         width_modules=("attn1.to_q",),
         distinctive_modules=("ffn.net.", "attn2."),
